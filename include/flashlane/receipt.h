@@ -1,0 +1,45 @@
+// flashlane/receipt.h: the per-call receipt: what was asked for, what ran, and why anything
+// else did not. Schema: docs/RECEIPTS.md.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace flashlane {
+
+struct SkippedBackend {
+  std::string backend;  // "sm90"
+  std::string reason;   // stable tag, "sm90.requires_sm90"
+  bool operator==(const SkippedBackend& o) const {
+    return backend == o.backend && reason == o.reason;
+  }
+};
+
+/// One receipt per public call (forward / backward), successful or not.
+struct Receipt {
+  std::string requested_backend;  // "auto", "sm90", "reference_cuda", "reference_cpu"
+  std::string actual_backend;     // the backend that ran; empty when nothing ran
+  std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd"
+  bool strict = false;
+  /// Auto mode: the tag that made the top-priority backend step aside; empty when it ran.
+  std::string fallback_reason;
+  std::vector<SkippedBackend> skipped;  // every backend passed over, with its tag
+  std::string variant;      // kernel variant: tile shape and features, e.g. "tile128x128_d128_causal"
+  std::string device_name;  // "NVIDIA H100 80GB HBM3" or "cpu"
+  int sm = 0;               // compute capability * 10 (90 for Hopper); 0 on the CPU
+  bool deterministic = false;
+  std::string status;       // "ok" or the error code name
+  std::string error_reason; // reason tag of a refusal, empty otherwise
+
+  bool operator==(const Receipt& o) const;
+};
+
+/// One-line JSON object (no trailing newline).
+std::string receipt_to_json(const Receipt& receipt);
+/// Parses receipt_to_json's output; returns false (leaving *out unspecified) on malformed input.
+bool receipt_from_json(const std::string& json, Receipt* out);
+
+/// The receipt of the last forward/backward call made on this thread (empty before any call).
+const Receipt& last_receipt();
+
+}  // namespace flashlane
