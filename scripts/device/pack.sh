@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Copies the runnable parts of build/ (binaries and ctest files, no object files) into
+# .gpu_carry/build, the folder that travels to the GPU machine with the device tool's `carry`.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+src="${FLASHLANE_BUILD_DIR:-$root/build}"
+dst="$root/.gpu_carry/build"
+rm -rf "$dst"; mkdir -p "$dst"
+( cd "$src" && find . -type f \( -name '*.o' -o -name '*.a' -o -name '*.ninja*' -o -name '.ninja*' \
+    -o -path './CMakeFiles/*' \) -prune -o -type f -print ) | while read -r f; do
+  mkdir -p "$dst/$(dirname "$f")"; cp -p "$src/$f" "$dst/$f"
+done
+du -sh "$dst"
