@@ -21,7 +21,8 @@
 //   window_left / window_right (-1 = unbounded) bound the visible keys around the same diagonal:
 //     diag(i) = i (kCausal) or i + seqlen_k - seqlen_q (otherwise);
 //     visible(i, j) = (window_left < 0 || j >= diag(i) - window_left) &&
-//                     (window_right < 0 || j <= diag(i) + window_right); causal forces right = 0.
+//                     (window_right < 0 || j <= diag(i) + window_right). Causal masks accept window_right
+//     -1 or 0 only and normalize it to 0.
 //   seqlen_k here is the number of keys actually used (seqused_k[b] when given).
 // softcap s > 0: score = s * tanh(softmax_scale * q.k / s) (Gemma 2), softmax without more scaling.
 // A query row with no visible key writes O = 0 and LSE = -inf (never NaN); its gradients are 0.

@@ -52,6 +52,16 @@ inline float fp16_to_float(uint16_t h) {
   return bits_float(sign | ((exp - 15 + 127) << 23) | (mant << 13));
 }
 
+/// Rounds a double to float with round-to-odd: truncate, then set the last bit when inexact.
+/// Rounding that result to a 16-bit format (round-to-nearest-even) equals rounding the double
+/// directly, which a plain double -> float -> 16-bit chain does not always give.
+inline float double_to_float_round_odd(double d) {
+  float f = static_cast<float>(d);
+  if (!std::isfinite(d) || static_cast<double>(f) == d) return f;
+  if (std::fabs(static_cast<double>(f)) > std::fabs(d)) f = std::nextafter(f, 0.0f);
+  return bits_float(float_bits(f) | 1u);
+}
+
 /// Reads element `index` (in elements from `base`) of a floating tensor as double.
 inline double load(const void* base, DType dtype, int64_t index) {
   switch (dtype) {
@@ -66,8 +76,8 @@ inline double load(const void* base, DType dtype, int64_t index) {
 /// Writes `value` rounded to `dtype` at element `index` of `base`.
 inline void store(void* base, DType dtype, int64_t index, double value) {
   switch (dtype) {
-    case DType::kFloat16: static_cast<uint16_t*>(base)[index] = float_to_fp16(static_cast<float>(value)); break;
-    case DType::kBFloat16: static_cast<uint16_t*>(base)[index] = float_to_bf16(static_cast<float>(value)); break;
+    case DType::kFloat16: static_cast<uint16_t*>(base)[index] = float_to_fp16(double_to_float_round_odd(value)); break;
+    case DType::kBFloat16: static_cast<uint16_t*>(base)[index] = float_to_bf16(double_to_float_round_odd(value)); break;
     case DType::kFloat32: static_cast<float*>(base)[index] = static_cast<float>(value); break;
     case DType::kFloat64: static_cast<double*>(base)[index] = value; break;
     case DType::kInt32: static_cast<int32_t*>(base)[index] = static_cast<int32_t>(value); break;
@@ -76,8 +86,8 @@ inline void store(void* base, DType dtype, int64_t index, double value) {
 /// Rounds `value` through `dtype` (what storing and reloading would give).
 inline double round_to(DType dtype, double value) {
   switch (dtype) {
-    case DType::kFloat16: return fp16_to_float(float_to_fp16(static_cast<float>(value)));
-    case DType::kBFloat16: return bf16_to_float(float_to_bf16(static_cast<float>(value)));
+    case DType::kFloat16: return fp16_to_float(float_to_fp16(double_to_float_round_odd(value)));
+    case DType::kBFloat16: return bf16_to_float(float_to_bf16(double_to_float_round_odd(value)));
     case DType::kFloat32: return static_cast<float>(value);
     default: return value;
   }
