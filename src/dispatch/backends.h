@@ -12,8 +12,16 @@
 
 namespace flashlane::detail {
 
+/// How reference_cpu computes: kFloat64 is the ground truth (float64 accumulation);
+/// kLowPrecision emulates a fused kernel's roundings (fp32 scores, softmax and sums, P rounded to
+/// the input dtype before P V), the "ref_lowp" of FlashAttention's test rule
+/// max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5 (forward only; backward is float64).
+enum class ReferenceNumerics { kFloat64, kLowPrecision };
+
 /// float64-accumulating CPU reference; all tensors on the host.
 Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info);
+Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
+                             ReferenceNumerics numerics);
 Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info);
 
 /// Straightforward CUDA reference (fp32 accumulation); all tensors on one CUDA device.

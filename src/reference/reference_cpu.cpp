@@ -219,7 +219,16 @@ inline double capped(double raw, double softcap) {
 }  // namespace
 
 Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info) {
+  return reference_cpu_forward(p, info, ReferenceNumerics::kFloat64);
+}
+
+Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
+                             ReferenceNumerics numerics) {
   if (Status st = check_host(p); !st.ok()) return st;
+  // kLowPrecision mirrors what a fused kernel does (FlashAttention's attention_ref with
+  // upcast=False): fp32 scores and softmax, P rounded to the input dtype before P V, fp32 sums.
+  const bool emulate = numerics == ReferenceNumerics::kLowPrecision;
+  const auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
   const Layout layout(p, info);
   const MaskRule rule = mask_rule(info);
   const int64_t d = info.head_dim, dv = info.head_dim_v;
@@ -253,16 +262,24 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info)
       load_row(p.q, layout.row(p.q, b, token, h), d, qrow.data());
       double m = kNegInf;
       for (int64_t j = first; j < last; ++j) {
-        const double sc = capped(scale * dot(qrow.data(), &kbuf[j * d], d), softcap);
+        double sc = capped(scale * dot(qrow.data(), &kbuf[j * d], d), softcap);
+        if (emulate) sc = f32(sc);
         scores[j] = sc;
         m = std::max(m, sc);
       }
       double l = 0.0;
       std::fill(orow.begin(), orow.end(), 0.0);
       for (int64_t j = first; j < last; ++j) {
-        const double pj = std::exp(scores[j] - m);
-        l += pj;
-        axpy(pj, &vbuf[j * dv], orow.data(), dv);
+        if (!emulate) {
+          const double pj = std::exp(scores[j] - m);
+          l += pj;
+          axpy(pj, &vbuf[j * dv], orow.data(), dv);
+          continue;
+        }
+        const double pj = f32(std::exp(static_cast<float>(scores[j] - m)));
+        l = f32(l + pj);
+        const double pj_lowp = numeric::round_to(info.dtype, pj);
+        for (int64_t c = 0; c < dv; ++c) orow[c] = f32(orow[c] + pj_lowp * vbuf[j * dv + c]);
       }
       const double inv_l = 1.0 / l;
       for (int64_t c = 0; c < dv; ++c) orow[c] *= inv_l;

@@ -1,0 +1,74 @@
+// bench/gate.h: DESIGN.md's stop rules over proof rows, fail-closed. Used by `flashlane gate` and
+// tests/cpu/test_gate.cpp.
+//
+// Rules (each violation names its rule and the row key):
+//   no_rows            the set of rows is empty (or no file could be read: a malformed file fails)
+//   counts_mismatch    a row's counts_for_status disagrees with compute_counts_for_status() on its
+//                      own fields (hand-edited or mis-produced); the derived value is used
+//   no_counting_row    not a single row counts for status (nothing proves anything)
+//   required_missing   a required row (config "required", matched by selector fields) is absent
+//   required_not_counted  a row matching a required selector does not count for status
+//   non_finite         nan_count > 0, or a metric (median_ms, tflops, peak_memory_mib,
+//                      max_abs_diff, ref_max_abs_diff, any per-tensor figure) is NaN/Inf
+//   error_bound        max_abs_diff > 2 * ref_max_abs_diff + 1e-5 (the row and each tensor of it);
+//                      a counting row without error figures also fails this rule
+//   throughput         tflops below (1 - throughput_tolerance) x baseline (default 10%)
+//   memory             peak_memory_mib above (1 + memory_tolerance) x baseline (default 5%)
+//   claim_not_executed a claimed mode (config "claims": fwd, bwd, varlen, decode, paged) has no
+//                      execute row that counts for status
+// Baselines: rows of a baseline receipts file (matched by row_key; the last counting row of a
+// key wins), or config "baseline": [{"match": {selector}, "tflops": x, "peak_memory_mib": y}].
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "bench/proof.h"
+
+namespace flashlane::bench {
+
+struct BaselineEntry {
+  nlohmann::json match;  // selector (all fields must equal the row's selector fields)
+  std::optional<double> tflops;
+  std::optional<double> peak_memory_mib;
+};
+
+struct GateConfig {
+  std::vector<nlohmann::json> required;  // selectors
+  std::vector<std::string> claims;
+  std::vector<BaselineEntry> baseline;
+  double throughput_tolerance = 0.10;
+  double memory_tolerance = 0.05;
+};
+
+/// Parses a gate configuration; unknown top-level keys are an error (a typo must not disable a
+/// rule). Keys: required, claims, baseline, throughput_tolerance, memory_tolerance, description.
+bool gate_config_from_json(const nlohmann::json& j, GateConfig* out, std::string* why);
+bool load_gate_config(const std::string& path, GateConfig* out, std::string* why);
+
+struct Violation {
+  std::string rule;
+  std::string key;  // row key or selector text
+  std::string detail;
+  std::string to_string() const { return rule + ": " + key + (detail.empty() ? "" : " (" + detail + ")"); }
+};
+
+struct GateResult {
+  bool pass = false;
+  std::vector<Violation> violations;
+  int rows = 0;
+  int counting_rows = 0;
+};
+
+/// True when every field of `selector` equals the row's selector field (numbers compared as
+/// numbers; the key "seqlen" means seqlen_q).
+bool selector_matches(const nlohmann::json& selector, const ProofRow& row);
+
+/// Applies every rule. `baseline_rows` may be empty.
+GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
+                    const std::vector<ProofRow>& baseline_rows);
+
+}  // namespace flashlane::bench

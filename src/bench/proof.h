@@ -1,0 +1,121 @@
+// bench/proof.h: proof rows, the validation and benchmark receipts of DESIGN.md ("Validation and
+// benchmark receipts"): one JSON object per (problem x backend x direction), written as JSON lines
+// by `flashlane bench` and read by `flashlane gate`. Schema, field by field: docs/RECEIPTS.md.
+//
+// counts_for_status is derived, never set by hand: compute_counts_for_status() makes it true only
+// for execute rows whose requested backend is the actual backend of the per-call receipt, that ran
+// on a real GPU (sm > 0, gpu_lane.ran) and whose validation passed with no NaN/Inf.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "flashlane/receipt.h"
+
+namespace flashlane::bench {
+
+inline constexpr const char* kProofSchema = "flashlane.proof_row/1";
+
+/// Where the row was produced.
+struct Environment {
+  std::string device = "cpu";  // CUDA device name, or "cpu"
+  int sm = 0;                  // major * 10 + minor; 0 without a GPU
+  std::string driver;          // CUDA driver version, "13.0"; "none" without a driver
+  std::string cuda_runtime;    // CUDA runtime version linked in, "13.0"
+  std::string library_version;
+  std::string git_commit;
+  std::string compiled_archs;
+  bool operator==(const Environment&) const = default;
+};
+/// The environment of this process (device 0).
+Environment capture_environment();
+
+/// Whether the GPU lane ran, and why not.
+struct GpuLane {
+  bool ran = false;
+  std::string reason;  // "no CUDA device: <driver error>" when it did not run
+  bool operator==(const GpuLane&) const = default;
+};
+
+/// Measurements of one row. Optional fields are absent (JSON null) when not measured.
+struct Metrics {
+  std::optional<double> median_ms;
+  std::optional<double> tflops;
+  std::optional<double> median_tok_per_sec;
+  std::optional<double> peak_memory_mib;
+  std::string memory_method;  // how peak_memory_mib was measured
+  int reps = 0;
+  int warmup = 0;
+  std::optional<double> max_abs_diff;      // worst tensor (largest diff / tolerance): max|out - ref64|
+  std::optional<double> ref_max_abs_diff;  // same tensor: max|ref_lowp - ref64|
+  std::string checked_tensor;              // which tensor the two numbers above belong to
+  int64_t nan_count = 0;                   // non-finite outputs over all checked tensors
+  bool validation_ran = false;
+  bool validation_passed = false;
+  std::string validation_scope;  // what was checked and against what
+  nlohmann::json errors = nlohmann::json::array();  // per-tensor figures (figure_to_json)
+  bool operator==(const Metrics&) const = default;
+};
+
+/// A peer backend's numbers from the same run (same inputs, same device).
+struct Peer {
+  std::string backend;
+  std::optional<double> median_ms;
+  std::optional<double> tflops;
+  std::optional<double> speedup;  // peer median_ms / this row's median_ms
+  bool counted = false;           // the peer row counts for status
+  bool operator==(const Peer&) const = default;
+};
+
+struct ProofRow {
+  std::string schema = kProofSchema;
+  std::string proof_class = "observational";  // planner | observational | validation | execute
+  std::string artifact_kind = "microbench_case";
+  bool counts_for_status = false;
+  std::string not_counted_reason;  // why counts_for_status is false; empty when true
+  std::string preset;              // bench preset that produced it
+  std::string timestamp;           // UTC, ISO 8601
+  std::string requested_backend;
+  std::string runtime_mode;        // the receipt's, or "fwd"/"bwd" when nothing ran
+  std::string direction;           // "fwd" | "bwd"
+  std::string status = "ok";       // Status::to_string() of the call, "ok" when it succeeded
+  Environment environment;
+  GpuLane gpu_lane;
+  nlohmann::json problem = nlohmann::json::object();  // spec_to_json + visible_pairs, flops
+  bool has_receipt = false;
+  Receipt receipt;
+  Metrics metrics;
+  std::vector<Peer> peers;
+  bool operator==(const ProofRow&) const = default;
+};
+
+/// Sets counts_for_status and not_counted_reason from the other fields (rule in the header).
+void compute_counts_for_status(ProofRow* row);
+
+nlohmann::json proof_row_to_json(const ProofRow& row);
+/// Strict parse: required fields with the right types; false and *why on malformed input.
+bool proof_row_from_json(const nlohmann::json& j, ProofRow* out, std::string* why);
+
+/// Appends one line per row to `path` (creating parent directories). False and *why on error.
+bool append_proof_rows(const std::string& path, const std::vector<ProofRow>& rows, bool truncate,
+                       std::string* why);
+/// Reads a JSON lines file of proof rows. Blank lines are skipped; any malformed line fails the
+/// whole file (fail-closed) with *why naming the line.
+bool read_proof_rows(const std::string& path, std::vector<ProofRow>* rows, std::string* why);
+
+/// "fwd sm90 bfloat16 b4 sq4096 sk4096 hq16 hkv16 d128 causal": the row's identity for tables,
+/// gate messages and baseline matching.
+std::string row_key(const ProofRow& row);
+/// Flat view of a row's identifying fields, matched by the gate's required-row selectors:
+/// runtime_mode, direction, backend (requested), actual_backend, dtype, batch, seqlen (= seqlen_q),
+/// seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v, mask, causal, window_left,
+/// window_right, softcap, varlen, proof_class, artifact_kind, preset.
+nlohmann::json row_selector_fields(const ProofRow& row);
+
+std::string utc_timestamp();
+
+}  // namespace flashlane::bench

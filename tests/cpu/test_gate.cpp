@@ -1,0 +1,519 @@
+// tests/cpu/test_gate.cpp: the gate (src/bench/gate.h) and proof rows (src/bench/proof.h).
+// Rows that must pass, then one test per stop rule with rows that must fail, malformed and empty
+// inputs, counts_for_status derivation, and the proof-row JSON round trip (object and file).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include <unistd.h>
+
+#include "bench/gate.h"
+#include "bench/grid.h"
+#include "bench/harness.h"
+#include "bench/proof.h"
+#include "bench/timer.h"
+#include "core/numeric.h"
+
+namespace fl = flashlane;
+namespace fb = flashlane::bench;
+
+namespace {
+
+fb::ProblemSpec cell(int64_t head_dim, bool causal, int64_t seqlen) {
+  fb::ProblemSpec s;
+  s.head_dim = s.head_dim_v = head_dim;
+  s.heads_q = s.heads_kv = 2048 / head_dim;
+  s.seqlen_q = s.seqlen_k = seqlen;
+  s.batch = 16384 / seqlen;
+  s.mask = causal ? fl::MaskType::kCausal : fl::MaskType::kNoMask;
+  return s;
+}
+
+/// An execute row that counts for status: sm90 ran on an H200 and validation passed.
+fb::ProofRow good_row(int64_t head_dim = 128, bool causal = false, int64_t seqlen = 4096,
+                      const std::string& backend = "sm90", const std::string& mode = "fwd") {
+  fb::ProofRow r;
+  r.proof_class = "execute";
+  r.artifact_kind = "microbench_case";
+  r.preset = "canonical";
+  r.timestamp = "2026-11-22T00:00:00Z";
+  r.requested_backend = backend;
+  r.runtime_mode = mode;
+  r.direction = mode.find("bwd") != std::string::npos ? "bwd" : "fwd";
+  r.environment.device = "NVIDIA H200";
+  r.environment.sm = 90;
+  r.environment.driver = "13.0";
+  r.environment.cuda_runtime = "13.0";
+  r.environment.library_version = "0.1.0";
+  r.environment.git_commit = "abc";
+  r.gpu_lane.ran = true;
+  r.problem = fb::spec_to_json(cell(head_dim, causal, seqlen));
+  r.has_receipt = true;
+  r.receipt.requested_backend = backend;
+  r.receipt.actual_backend = backend;
+  r.receipt.runtime_mode = mode;
+  r.receipt.strict = true;
+  r.receipt.device_name = "NVIDIA H200";
+  r.receipt.sm = 90;
+  r.receipt.status = "ok";
+  r.receipt.variant = "tile128x128";
+  r.metrics.median_ms = 1.0;
+  r.metrics.tflops = 500.0;
+  r.metrics.median_tok_per_sec = 1e7;
+  r.metrics.peak_memory_mib = 1000.0;
+  r.metrics.reps = 20;
+  r.metrics.warmup = 3;
+  r.metrics.max_abs_diff = 0.0015;
+  r.metrics.ref_max_abs_diff = 0.001;
+  r.metrics.checked_tensor = "o";
+  r.metrics.validation_ran = true;
+  r.metrics.validation_passed = true;
+  r.metrics.validation_scope = "every element of o and lse";
+  fb::ErrorFigure f;
+  f.tensor = "o";
+  f.max_abs_diff = 0.0015;
+  f.ref_max_abs_diff = 0.001;
+  f.tolerance = 0.00201;
+  f.count = 10;
+  f.pass = true;
+  r.metrics.errors = nlohmann::json::array({fb::figure_to_json(f)});
+  fb::compute_counts_for_status(&r);
+  return r;
+}
+
+fb::GateConfig config_requiring(const std::vector<fb::ProofRow>& rows) {
+  fb::GateConfig c;
+  for (const auto& r : rows) {
+    c.required.push_back({{"runtime_mode", r.runtime_mode},
+                          {"backend", r.requested_backend},
+                          {"dtype", "bfloat16"},
+                          {"head_dim", r.problem["head_dim"]},
+                          {"causal", r.problem["causal"]},
+                          {"seqlen", r.problem["seqlen_q"]}});
+  }
+  c.claims = {"fwd"};
+  return c;
+}
+
+bool has_rule(const fb::GateResult& g, const std::string& rule) {
+  for (const auto& v : g.violations)
+    if (v.rule == rule) return true;
+  return false;
+}
+
+std::string dump(const fb::GateResult& g) {
+  std::string s;
+  for (const auto& v : g.violations) s += v.to_string() + "\n";
+  return s;
+}
+
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("flashlane_test_gate_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
+
+}  // namespace
+
+TEST(GateTest, CountingRowsPass) {
+  std::vector<fb::ProofRow> rows = {good_row(128, false, 4096), good_row(128, true, 4096)};
+  ASSERT_TRUE(rows[0].counts_for_status) << rows[0].not_counted_reason;
+  const fb::GateResult g = fb::run_gate(rows, config_requiring(rows), {});
+  EXPECT_TRUE(g.pass) << dump(g);
+  EXPECT_EQ(g.counting_rows, 2);
+}
+
+TEST(GateTest, WithinBaselineTolerancesPasses) {
+  std::vector<fb::ProofRow> rows = {good_row()};
+  fb::ProofRow base = good_row();
+  base.metrics.tflops = 550.0;           // 500 >= 0.9 * 550 = 495
+  base.metrics.peak_memory_mib = 960.0;  // 1000 <= 1.05 * 960 = 1008
+  const fb::GateResult g = fb::run_gate(rows, config_requiring(rows), {base});
+  EXPECT_TRUE(g.pass) << dump(g);
+}
+
+TEST(GateTest, EmptyRowsFail) {
+  const fb::GateResult g = fb::run_gate({}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "no_rows"));
+}
+
+TEST(GateTest, NoCountingRowFails) {
+  fb::ProofRow r = good_row();
+  r.gpu_lane = {false, "no CUDA device: test"};
+  fb::compute_counts_for_status(&r);
+  ASSERT_FALSE(r.counts_for_status);
+  const fb::GateResult g = fb::run_gate({r}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "no_counting_row")) << dump(g);
+}
+
+TEST(GateTest, RequiredRowMissingFails) {
+  std::vector<fb::ProofRow> rows = {good_row(128, false, 4096)};
+  fb::GateConfig c = config_requiring({good_row(128, false, 4096), good_row(256, true, 8192)});
+  const fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "required_missing")) << dump(g);
+}
+
+TEST(GateTest, RequiredRowNotCountingFails) {
+  // The receipt says reference_cuda ran although sm90 was requested: a fallback is not proof.
+  fb::ProofRow fallback = good_row(128, true, 4096);
+  fallback.receipt.actual_backend = "reference_cuda";
+  fb::compute_counts_for_status(&fallback);
+  ASSERT_FALSE(fallback.counts_for_status);
+  std::vector<fb::ProofRow> rows = {good_row(128, false, 4096), fallback};
+  const fb::GateResult g = fb::run_gate(rows, config_requiring(rows), {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "required_not_counted")) << dump(g);
+}
+
+TEST(GateTest, NanCountFails) {
+  fb::ProofRow r = good_row();
+  r.metrics.nan_count = 3;
+  const fb::GateResult g = fb::run_gate({good_row(64), r}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "non_finite")) << dump(g);
+}
+
+TEST(GateTest, NonFiniteMetricFails) {
+  fb::ProofRow r = good_row();
+  r.metrics.tflops = std::numeric_limits<double>::infinity();
+  fb::GateResult g = fb::run_gate({good_row(64), r}, fb::GateConfig{}, {});
+  EXPECT_TRUE(has_rule(g, "non_finite")) << dump(g);
+  r = good_row();
+  r.metrics.max_abs_diff = std::nan("");
+  g = fb::run_gate({good_row(64), r}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "non_finite")) << dump(g);
+}
+
+TEST(GateTest, ErrorBoundFails) {
+  fb::ProofRow r = good_row();
+  r.metrics.max_abs_diff = 2 * 0.001 + 2e-5;  // > 2 * ref + 1e-5
+  fb::GateResult g = fb::run_gate({good_row(64), r}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "error_bound")) << dump(g);
+  // A per-tensor figure over its bound fails too, even when the row summary looks fine.
+  r = good_row();
+  r.metrics.errors.push_back({{"tensor", "lse"}, {"max_abs_diff", 1e-3}, {"ref_max_abs_diff", 0.0},
+                              {"nan_count", 0}, {"pass", false}});
+  g = fb::run_gate({good_row(64), r}, fb::GateConfig{}, {});
+  EXPECT_TRUE(has_rule(g, "error_bound")) << dump(g);
+  // Exactly on the bound passes.
+  r = good_row();
+  r.metrics.max_abs_diff = 2 * 0.001 + 1e-5;
+  g = fb::run_gate({r}, fb::GateConfig{}, {});
+  EXPECT_TRUE(g.pass) << dump(g);
+}
+
+TEST(GateTest, CountingRowWithoutErrorFiguresFails) {
+  fb::ProofRow r = good_row();
+  r.metrics.max_abs_diff.reset();
+  const fb::GateResult g = fb::run_gate({r}, fb::GateConfig{}, {});
+  EXPECT_TRUE(has_rule(g, "error_bound")) << dump(g);
+}
+
+TEST(GateTest, ThroughputRegressionFails) {
+  std::vector<fb::ProofRow> rows = {good_row()};
+  fb::ProofRow base = good_row();
+  base.metrics.tflops = 600.0;  // 500 < 0.9 * 600 = 540
+  fb::GateResult g = fb::run_gate(rows, config_requiring(rows), {base});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "throughput")) << dump(g);
+  // The same bar from numbers in the config.
+  fb::GateConfig c = config_requiring(rows);
+  c.baseline.push_back({nlohmann::json{{"backend", "sm90"}, {"head_dim", 128}}, 600.0, std::nullopt});
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "throughput")) << dump(g);
+}
+
+TEST(GateTest, MemoryRegressionFails) {
+  std::vector<fb::ProofRow> rows = {good_row()};
+  fb::ProofRow base = good_row();
+  base.metrics.peak_memory_mib = 900.0;  // 1000 > 1.05 * 900 = 945
+  fb::GateResult g = fb::run_gate(rows, config_requiring(rows), {base});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "memory")) << dump(g);
+  fb::GateConfig c = config_requiring(rows);
+  c.baseline.push_back({nlohmann::json{{"backend", "sm90"}}, std::nullopt, 900.0});
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "memory")) << dump(g);
+}
+
+TEST(GateTest, ClaimWithoutExecutedRowsFails) {
+  std::vector<fb::ProofRow> rows = {good_row()};
+  fb::GateConfig c = config_requiring(rows);
+  c.claims = {"fwd", "bwd", "decode"};
+  // A bwd row that was refused (planner) does not make the claim.
+  fb::ProofRow refused = good_row(128, false, 4096, "sm90", "bwd");
+  refused.proof_class = "planner";
+  refused.receipt.actual_backend = "";
+  refused.receipt.status = "backend_inapplicable";
+  fb::compute_counts_for_status(&refused);
+  rows.push_back(refused);
+  const fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(g.pass);
+  int claims = 0;
+  for (const auto& v : g.violations)
+    if (v.rule == "claim_not_executed") ++claims;
+  EXPECT_EQ(claims, 2) << dump(g);  // bwd and decode
+}
+
+TEST(GateTest, CountsForStatusDerivation) {
+  fb::ProofRow r = good_row();
+  EXPECT_TRUE(r.counts_for_status);
+  EXPECT_TRUE(r.not_counted_reason.empty());
+  auto check_not = [](fb::ProofRow row, const char* what) {
+    fb::compute_counts_for_status(&row);
+    EXPECT_FALSE(row.counts_for_status) << what;
+    EXPECT_FALSE(row.not_counted_reason.empty()) << what;
+  };
+  { auto x = r; x.proof_class = "observational"; check_not(x, "observational"); }
+  { auto x = r; x.gpu_lane.ran = false; check_not(x, "no gpu lane"); }
+  { auto x = r; x.environment.sm = 0; check_not(x, "no sm"); }
+  { auto x = r; x.has_receipt = false; check_not(x, "no receipt"); }
+  { auto x = r; x.receipt.actual_backend = "reference_cuda"; check_not(x, "fallback"); }
+  { auto x = r; x.receipt.status = "cuda_error"; check_not(x, "failed call"); }
+  { auto x = r; x.receipt.sm = 0; check_not(x, "cpu receipt"); }
+  { auto x = r; x.metrics.validation_ran = false; check_not(x, "not validated"); }
+  { auto x = r; x.metrics.validation_passed = false; check_not(x, "validation failed"); }
+  { auto x = r; x.metrics.nan_count = 1; check_not(x, "nan"); }
+}
+
+TEST(GateTest, ProofRowJsonRoundTrip) {
+  fb::ProofRow r = good_row(256, true, 16384);
+  r.peers.push_back({"reference_cuda", 10.0, 50.0, 10.0, true});
+  r.receipt.skipped.push_back({"sm100", "sm100.not_implemented"});
+  const nlohmann::json j = fb::proof_row_to_json(r);
+  fb::ProofRow back;
+  std::string why;
+  ASSERT_TRUE(fb::proof_row_from_json(nlohmann::json::parse(j.dump()), &back, &why)) << why;
+  EXPECT_TRUE(back == r);
+  EXPECT_EQ(fb::proof_row_to_json(back), j);
+  // Required fields of the schema are present at the top level.
+  for (const char* k : {"proof_class", "artifact_kind", "counts_for_status", "environment",
+                        "problem", "receipt", "metrics", "peer", "gpu_lane"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  for (const char* k : {"median_ms", "tflops", "peak_memory_mib", "max_abs_diff",
+                        "ref_max_abs_diff", "nan_count"})
+    EXPECT_TRUE(j["metrics"].contains(k)) << k;
+}
+
+TEST(GateTest, ProofRowFileRoundTripAndNonFiniteSurvives) {
+  const std::string path = temp_path("rows.jsonl");
+  fb::ProofRow a = good_row(64), b = good_row(128);
+  b.metrics.tflops = std::nan("");  // written as "nan", read back as NaN: the gate still sees it
+  std::string why;
+  ASSERT_TRUE(fb::append_proof_rows(path, {a}, /*truncate=*/true, &why)) << why;
+  ASSERT_TRUE(fb::append_proof_rows(path, {b}, /*truncate=*/false, &why)) << why;
+  std::vector<fb::ProofRow> rows;
+  ASSERT_TRUE(fb::read_proof_rows(path, &rows, &why)) << why;
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_TRUE(rows[0] == a);
+  ASSERT_TRUE(rows[1].metrics.tflops.has_value());
+  EXPECT_TRUE(std::isnan(*rows[1].metrics.tflops));
+  EXPECT_TRUE(has_rule(fb::run_gate(rows, fb::GateConfig{}, {}), "non_finite"));
+  std::filesystem::remove(path);
+}
+
+TEST(GateTest, MalformedInputFails) {
+  std::string why;
+  std::vector<fb::ProofRow> rows;
+  EXPECT_FALSE(fb::read_proof_rows(temp_path("does_not_exist.jsonl"), &rows, &why));
+  const std::string path = temp_path("bad.jsonl");
+  {
+    std::ofstream f(path);
+    f << fb::proof_row_to_json(good_row()).dump() << "\n{not json\n";
+  }
+  rows.clear();
+  EXPECT_FALSE(fb::read_proof_rows(path, &rows, &why));
+  EXPECT_NE(why.find(":2:"), std::string::npos) << why;
+  // Valid JSON, wrong shape: missing fields, wrong types, unknown class or schema.
+  fb::ProofRow out;
+  nlohmann::json j = fb::proof_row_to_json(good_row());
+  for (const char* k : {"proof_class", "counts_for_status", "environment", "metrics", "receipt"}) {
+    nlohmann::json bad = j;
+    bad.erase(k);
+    EXPECT_FALSE(fb::proof_row_from_json(bad, &out, &why)) << k;
+  }
+  nlohmann::json bad = j;
+  bad["proof_class"] = "vibes";
+  EXPECT_FALSE(fb::proof_row_from_json(bad, &out, &why));
+  bad = j;
+  bad["schema"] = "something/2";
+  EXPECT_FALSE(fb::proof_row_from_json(bad, &out, &why));
+  bad = j;
+  bad["metrics"]["tflops"] = "fast";
+  EXPECT_FALSE(fb::proof_row_from_json(bad, &out, &why));
+  EXPECT_FALSE(fb::proof_row_from_json(nlohmann::json::array(), &out, &why));
+  // An empty file yields no rows, and no rows fail the gate.
+  {
+    std::ofstream f(path, std::ios::trunc);
+  }
+  rows.clear();
+  ASSERT_TRUE(fb::read_proof_rows(path, &rows, &why));
+  EXPECT_FALSE(fb::run_gate(rows, fb::GateConfig{}, {}).pass);
+  std::filesystem::remove(path);
+}
+
+TEST(GateTest, ConfigParsing) {
+  fb::GateConfig c;
+  std::string why;
+  EXPECT_FALSE(fb::gate_config_from_json({{"requird", nlohmann::json::array()}}, &c, &why));
+  EXPECT_NE(why.find("requird"), std::string::npos);
+  EXPECT_FALSE(fb::gate_config_from_json(nlohmann::json::array(), &c, &why));
+  EXPECT_FALSE(fb::gate_config_from_json({{"required", {nlohmann::json::object()}}}, &c, &why));
+  EXPECT_FALSE(fb::gate_config_from_json({{"throughput_tolerance", 2.0}}, &c, &why));
+  ASSERT_TRUE(fb::gate_config_from_json(
+      {{"claims", {"fwd"}}, {"required", {{{"backend", "sm90"}}}}, {"memory_tolerance", 0.1}}, &c, &why))
+      << why;
+  EXPECT_EQ(c.claims.size(), 1u);
+  EXPECT_DOUBLE_EQ(c.memory_tolerance, 0.1);
+  EXPECT_DOUBLE_EQ(c.throughput_tolerance, 0.10);
+}
+
+TEST(GateTest, DefaultConfigRequiresTheCanonicalForwardGridOnSm90) {
+  fb::GateConfig c;
+  std::string why;
+  ASSERT_TRUE(fb::load_gate_config(std::string(FLASHLANE_SOURCE_DIR) + "/bench/gate_default.json", &c, &why))
+      << why;
+  EXPECT_EQ(c.required.size(), 36u);
+  // Rows built from the canonical grid, all counting, satisfy it exactly.
+  std::vector<fb::ProofRow> rows;
+  for (const auto& spec : fb::canonical_grid()) {
+    fb::ProofRow r = good_row(spec.head_dim, spec.mask != fl::MaskType::kNoMask, spec.seqlen_q);
+    rows.push_back(r);
+  }
+  fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(g.pass) << dump(g);
+  rows.pop_back();
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "required_missing")) << dump(g);
+}
+
+TEST(GateTest, SelectorMatching) {
+  const fb::ProofRow r = good_row(128, true, 2048);
+  EXPECT_TRUE(fb::selector_matches({{"seqlen", 2048}, {"causal", true}}, r));
+  EXPECT_TRUE(fb::selector_matches({{"head_dim", 128.0}}, r));  // numbers as numbers
+  EXPECT_FALSE(fb::selector_matches({{"seqlen", 4096}}, r));
+  EXPECT_FALSE(fb::selector_matches({{"no_such_field", 1}}, r));
+  EXPECT_EQ(fb::row_key(r), "fwd sm90 bfloat16 b8 sq2048 sk2048 hq16 hkv16 d128 causal");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness the gate's numbers come from: error figures, inputs, FLOP counting.
+
+TEST(HarnessTest, ErrorFiguresFollowTheRule) {
+  const double inf = std::numeric_limits<double>::infinity();
+  fb::ErrorFigure f = fb::compare_tensor("o", {1.0, 2.0}, {1.0, 2.1}, {1.0, 2.05});
+  EXPECT_NEAR(f.max_abs_diff, 0.1, 1e-12);
+  EXPECT_NEAR(f.ref_max_abs_diff, 0.05, 1e-12);
+  EXPECT_TRUE(f.pass);  // 0.1 <= 2 * 0.05 + 1e-5
+  f = fb::compare_tensor("o", {1.0, 2.3}, {1.0, 2.1}, {1.0, 2.05});  // 0.2 > 0.1 + 1e-5
+  EXPECT_FALSE(f.pass);
+  f = fb::compare_tensor("o", {std::nan(""), 2.1}, {1.0, 2.1}, {1.0, 2.1});
+  EXPECT_EQ(f.nan_count, 1);
+  EXPECT_FALSE(f.pass);
+  // LSE: -inf where both say the row is fully masked is equal; +inf or a finite mismatch is not.
+  f = fb::compare_tensor("lse", {-inf, 0.5}, {-inf, 0.5}, {-inf, 0.5});
+  EXPECT_TRUE(f.pass);
+  EXPECT_EQ(f.nan_count, 0);
+  f = fb::compare_tensor("lse", {0.0, 0.5}, {-inf, 0.5}, {-inf, 0.5});
+  EXPECT_FALSE(f.pass);
+  f = fb::compare_tensor("lse", {inf, 0.5}, {inf, 0.5}, {inf, 0.5});
+  EXPECT_EQ(f.nan_count, 1);
+  f = fb::compare_tensor("o", {1.0}, {1.0, 2.0}, {1.0, 2.0});  // size mismatch
+  EXPECT_FALSE(f.pass);
+}
+
+TEST(HarnessTest, InputsAreSeededNormalAndRounded) {
+  fb::ProblemSpec s;
+  s.batch = 2;
+  s.seqlen_q = s.seqlen_k = 64;
+  const fb::HostInputs a = fb::make_inputs(s, true), b = fb::make_inputs(s, true);
+  EXPECT_EQ(a.q, b.q);
+  EXPECT_EQ(a.dout, b.dout);
+  s.seed = 1;
+  EXPECT_NE(fb::make_inputs(s, false).q, a.q);
+  double sum = 0, sq = 0;
+  int zeros = 0;
+  for (double x : a.q) {
+    sum += x;
+    sq += x * x;
+    zeros += x == 0.0;
+    EXPECT_EQ(x, static_cast<double>(fl::numeric::bf16_to_float(fl::numeric::float_to_bf16(static_cast<float>(x)))));
+  }
+  const double n = static_cast<double>(a.q.size());
+  EXPECT_NEAR(sum / n, 0.0, 0.05);
+  EXPECT_NEAR(sq / n, 1.0, 0.05);
+  EXPECT_LT(zeros, 3);
+  EXPECT_NE(a.q, a.k);
+}
+
+TEST(HarnessTest, VisiblePairsAgreeWithTheLibrary) {
+  struct Case { fl::MaskType mask; int64_t sq, sk, wl, wr; std::vector<int32_t> vq, vk; };
+  const Case cases[] = {
+      {fl::MaskType::kNoMask, 64, 64, -1, -1, {}, {}},
+      {fl::MaskType::kCausal, 64, 96, -1, -1, {}, {}},
+      {fl::MaskType::kCausalBottomRight, 64, 96, -1, -1, {}, {}},
+      {fl::MaskType::kCausalBottomRight, 96, 64, -1, -1, {}, {}},
+      {fl::MaskType::kNoMask, 64, 64, 8, 4, {}, {}},
+      {fl::MaskType::kCausal, 64, 64, 16, -1, {}, {}},
+      {fl::MaskType::kCausal, 0, 0, -1, -1, {17, 40, 3}, {30, 40, 9}},
+  };
+  for (const Case& c : cases) {
+    fb::ProblemSpec s;
+    s.mask = c.mask;
+    s.seqlen_q = c.sq;
+    s.seqlen_k = c.sk;
+    s.window_left = c.wl;
+    s.window_right = c.wr;
+    s.seqlens_q = c.vq;
+    s.seqlens_k = c.vk;
+    fb::ProblemTensors t;
+    ASSERT_TRUE(fb::build_tensors(s, fb::make_inputs(s, false), s.dtype, fl::Device::cpu(), false, &t).ok());
+    fl::ProblemInfo info;
+    const fl::Status st = fl::validate(t.problem, fl::Direction::kForward, &info);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    std::vector<int32_t> cq{0}, ck{0};
+    for (size_t b = 0; b < c.vq.size(); ++b) {
+      cq.push_back(cq.back() + c.vq[b]);
+      ck.push_back(ck.back() + c.vk[b]);
+    }
+    const double lib = info.visible_pairs(s.varlen() ? cq.data() : nullptr,
+                                          s.varlen() ? ck.data() : nullptr, nullptr);
+    EXPECT_DOUBLE_EQ(lib, s.visible_pairs()) << s.describe();
+    EXPECT_GT(fl::forward_flops(info, lib), 0.0) << s.describe();
+  }
+}
+
+TEST(HarnessTest, Grids) {
+  EXPECT_EQ(fb::canonical_grid().size(), 36u);
+  for (const auto& s : fb::canonical_grid()) {
+    EXPECT_EQ(s.heads_q * s.head_dim, 2048);
+    EXPECT_EQ(s.batch * s.seqlen_q, 16384);
+    EXPECT_EQ(s.dtype, fl::DType::kBFloat16);
+  }
+  EXPECT_EQ(fb::smoke_grid().size(), 8u);
+  ASSERT_EQ(fb::cpu_grid().size(), 2u);
+  EXPECT_EQ(fb::cpu_grid()[0].seqlen_q, 256);
+  EXPECT_DOUBLE_EQ(fb::median({3, 1, 2}), 2.0);
+  EXPECT_DOUBLE_EQ(fb::median({4, 1, 2, 3}), 2.5);
+  EXPECT_TRUE(std::isnan(fb::median({})));
+}
+
+TEST(GateTest, ForgedCountsForStatusFails) {
+  // A row claiming to count although its receipt shows a fallback: the gate re-derives the flag.
+  fb::ProofRow forged = good_row();
+  forged.receipt.actual_backend = "reference_cuda";
+  forged.counts_for_status = true;
+  const fb::GateResult g = fb::run_gate({forged}, fb::GateConfig{}, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "counts_mismatch")) << dump(g);
+  EXPECT_TRUE(has_rule(g, "no_counting_row")) << dump(g);
+}
