@@ -14,6 +14,8 @@ apt_pkgs=(
   "googletest=1.12.1-0.2"
   "nlohmann-json3-dev=3.11.2-2"
   "libcli11-dev=2.1.2+ds-1"
+  python3-venv  # scripts/python_package.sh: the venv the Python package is built and tested in
+  python3-dev   # Python.h for the extension flashlane._C
 )
 need_apt=0
 for p in "${apt_pkgs[@]}"; do

@@ -1,0 +1,63 @@
+"""flashlane: FlashAttention-class attention for Hopper behind a dispatcher that never lies.
+
+    import flashlane
+    out = flashlane.flash_attn_func(q, k, v, causal=True)      # FlashAttention's call and layouts
+    flashlane.last_receipt()    # {'requested_backend': 'auto', 'actual_backend': 'sm90', ...}
+
+PyTorch tensors (CUDA, or CPU on reference_cpu) go through the custom ops flashlane::fwd /
+flashlane::bwd (autograd, torch.compile, CUDA graphs); NumPy arrays run on reference_cpu.
+Errors raise FlashlaneError (a RuntimeError) with .code (stable name) and .reason_tag.
+Hugging Face transformers: flashlane.integrations.transformers.register().
+See docs/PYTHON.md.
+"""
+
+from . import _C
+from ._core import (ERROR_CODES, FlashlaneError, last_receipt, receipt_log,
+                    record_python_receipt)
+from .interface import attention, flash_attn_func, flash_attn_varlen_func
+
+__version__ = _C.version()
+
+__all__ = [
+    "FlashlaneError", "ERROR_CODES", "attention", "flash_attn_func", "flash_attn_varlen_func",
+    "last_receipt", "receipt_log", "version", "git_commit", "compiled_architectures",
+    "backend_priority", "device_info",
+]
+
+
+def version() -> str:
+    """Library version, "0.1.0"."""
+    return _C.version()
+
+
+def git_commit() -> str:
+    """Git commit the extension was built from ("unknown" outside a checkout)."""
+    return _C.git_commit()
+
+
+def compiled_architectures() -> str:
+    """CUDA architectures compiled into this build, e.g. "sm_80,sm_90a"."""
+    return _C.compiled_architectures()
+
+
+def backend_priority() -> list:
+    """Concrete backends in the order auto tries them."""
+    return list(_C.backend_priority())
+
+
+def device_info(ordinal: int = 0) -> dict:
+    """What the dispatcher's rules see of CUDA device `ordinal` (cuda_available, sm, name, ...)."""
+    return dict(_C.device_info(ordinal))
+
+
+def _register_torch_ops() -> None:
+    # Registers flashlane::fwd / flashlane::bwd when torch is importable, so that
+    # torch.ops.flashlane.* exist as soon as flashlane is imported. Without torch: NumPy only.
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    from . import _ops  # noqa: F401
+
+
+_register_torch_ops()

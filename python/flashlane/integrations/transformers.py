@@ -1,0 +1,379 @@
+"""Hugging Face transformers backend: ``attn_implementation="lane_attention"``.
+
+    import flashlane.integrations.transformers as fl_hf
+    name = fl_hf.register()               # "lane_attention"; or register(backend="sm90", strict=True)
+    model = AutoModelForCausalLM.from_pretrained(..., attn_implementation=name)
+
+Why not "flashlane": transformers (5.x) treats every attn_implementation whose name contains
+"flash" as a FlashAttention build to load from the kernels hub (is_flash_attention_requested), and
+refuses the name at model construction. The name must not contain "flash".
+
+register() installs two functions under the same name:
+  * a mask function (AttentionMaskInterface). transformers sets the mask to None for a custom
+    attention that has no mask function, and a kernel that reads None as "no mask" silently drops
+    the causal mask. flashlane's mask function instead returns a FlashlaneMask: a description of
+    the mask (causal / bidirectional, sliding window, the 2D padding mask, packed sequences, the
+    query and key offsets of the cache), recognized from transformers' own mask functions. A mask
+    it does not recognize (custom or/and masks, chunked or block overlays) is marked unsupported.
+  * the attention function (AttentionInterface). It maps the description onto flashlane: GQA
+    natively (q [b, h, s, d] is transposed to FlashAttention's [b, s, h, d] without a copy), the
+    cache offsets onto causal_bottom_right (prefill and decode), padding and packed sequences onto
+    the varlen layout (unpad, attend, pad: never a dense mask).
+
+A call it cannot serve (an unsupported mask, a 4D mask given by the caller, dropout in training,
+attention sinks, position bias, output_attentions, or a flashlane refusal) raises FlashlaneError
+with a "transformers." reason tag when strict=True. With strict=False it runs transformers' SDPA
+attention on the exact dense mask instead, warns once per reason, and records a receipt with
+actual_backend "torch_sdpa" and the reason (flashlane.last_receipt(), receipt_log(),
+$FLASHLANE_RECEIPTS). Never silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch
+
+from .._core import FlashlaneError, record_python_receipt
+from ..interface import flash_attn_func, flash_attn_varlen_func
+
+__all__ = ["register", "FlashlaneMask", "flashlane_attention_forward", "flashlane_mask"]
+
+NAME = "lane_attention"
+
+
+@dataclass
+class _Settings:
+    backend: str = "auto"
+    strict: bool = False
+
+
+_settings = _Settings()
+_warned: set = set()
+
+
+@dataclass
+class FlashlaneMask:
+    """What flashlane's mask function hands to its attention function (in place of a dense mask).
+
+    kind: "causal", "no_mask" (bidirectional) or "unsupported" (reason says why).
+    window: transformers' sliding window W (> 0) or -1; a causal window sees keys
+        q - W < k <= q; a bidirectional one |q - k| <= W.
+    q_offset, kv_offset: absolute positions of the first query and the first key slot.
+    padding: bool [batch, >= kv_offset + kv_length], absolute columns (True = real token), or
+        None when there is no padding. packed: sequence ids [batch, q_length] of packed rows.
+    """
+
+    kind: str
+    q_length: int
+    kv_length: int
+    q_offset: int = 0
+    kv_offset: int = 0
+    window: int = -1
+    padding: Optional[torch.Tensor] = None
+    packed: Optional[torch.Tensor] = None
+    reason: str = ""
+    _dense_args: Optional[Dict[str, Any]] = field(default=None, repr=False)
+    _dense: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    # transformers inspects masks it passes around (generate() builds them ahead for compileable
+    # caches and hands them back to the model): look like the 4D mask this stands for.
+    ndim = 4
+
+    @property
+    def shape(self):
+        return (int(self._dense_args["batch_size"]) if self._dense_args else 1, 1, self.q_length,
+                self.kv_length)
+
+    def dense(self) -> torch.Tensor:
+        """The boolean [batch, 1, q, kv] mask transformers' SDPA path would use (fallback only)."""
+        if self._dense is None:
+            from transformers.masking_utils import sdpa_mask
+
+            args = dict(self._dense_args)
+            args["allow_is_causal_skip"] = False
+            args.pop("allow_is_bidirectional_skip", None)
+            self._dense = sdpa_mask(**args)
+        return self._dense
+
+
+# ------------------------------------------------------------------------------------------------
+# The mask function.
+
+def _closure(fn) -> Dict[str, Any]:
+    cells = getattr(fn, "__closure__", None) or ()
+    return {name: c.cell_contents for name, c in zip(fn.__code__.co_freevars, cells)}
+
+
+def _components(fn):
+    """Flattens transformers' and_masks(...) into its mask functions."""
+    if getattr(fn, "__qualname__", "") == "and_masks.<locals>.and_mask":
+        for f in _closure(fn).get("mask_functions", ()):
+            yield from _components(f)
+    else:
+        yield fn
+
+
+def _classify(mask_function):
+    """(kind, window, packed, reason) of a transformers mask function."""
+    from transformers import masking_utils as mu
+
+    causal = bidirectional = 0
+    window = bidir_window = -1
+    packed = None
+    for f in _components(mask_function):
+        qual = getattr(f, "__qualname__", repr(f))
+        if f is mu.causal_mask_function:
+            causal += 1
+        elif f is mu.bidirectional_mask_function:
+            bidirectional += 1
+        elif qual == "sliding_window_overlay.<locals>.inner_mask":
+            window = int(_closure(f)["sliding_window"])
+        elif qual == "sliding_window_bidirectional_overlay.<locals>.inner_mask":
+            bidir_window = int(_closure(f)["sliding_window"])
+        elif qual == "packed_sequence_mask_function.<locals>.inner_mask":
+            packed = _closure(f)["packed_sequence_mask"]
+        else:
+            return "unsupported", -1, None, f"transformers.mask_function_unsupported:{qual}"
+    if causal == 1 and bidirectional == 0 and bidir_window < 0:
+        return "causal", window, packed, ""
+    if bidirectional == 1 and causal == 0 and window < 0:
+        return "no_mask", bidir_window, packed, ""
+    return "unsupported", -1, None, "transformers.mask_combination_unsupported"
+
+
+def flashlane_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
+                   mask_function=None, attention_mask: Optional[torch.Tensor] = None,
+                   **kwargs) -> FlashlaneMask:
+    """transformers mask interface: returns a FlashlaneMask (see the module docstring)."""
+    from transformers import masking_utils as mu
+
+    if isinstance(attention_mask, FlashlaneMask):  # built ahead (generate with a static cache)
+        return attention_mask
+    if mask_function is None:
+        mask_function = mu.causal_mask_function
+    if isinstance(q_offset, torch.Tensor):
+        q_offset = int(q_offset.item())
+    if isinstance(kv_offset, torch.Tensor):
+        kv_offset = int(kv_offset.item())
+    kind, window, packed, reason = _classify(mask_function)
+    padding = None
+    if attention_mask is not None:
+        padding = mu.prepare_padding_mask(attention_mask.to(torch.bool), kv_length, kv_offset)
+        end = kv_offset + kv_length
+        if kind == "causal":  # keys after the last query are invisible anyway (static caches)
+            end = min(end, q_offset + q_length)
+        if bool(padding[:, kv_offset:end].all()):
+            padding = None
+    dense_args = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length,
+                      q_offset=q_offset, kv_offset=kv_offset, mask_function=mask_function,
+                      attention_mask=attention_mask, **kwargs)
+    return FlashlaneMask(kind=kind, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                         kv_offset=kv_offset, window=window, padding=padding, packed=packed,
+                         reason=reason, _dense_args=dense_args)
+
+
+# ------------------------------------------------------------------------------------------------
+# The attention function.
+
+class _Unservable(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _cu(lengths: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+
+
+def _contiguous_runs(valid: torch.Tensor) -> bool:
+    """Whether every row's True entries form one run (compact and absolute distances agree)."""
+    n = valid.shape[1]
+    idx = torch.arange(n, device=valid.device).expand_as(valid)
+    first = torch.where(valid, idx, n).min(dim=1).values
+    last = torch.where(valid, idx, -1).max(dim=1).values
+    count = valid.sum(dim=1)
+    return bool(((last - first + 1 == count) | (count == 0)).all())
+
+
+def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
+    """q [b, sq, h, d], k/v [b, sk, hk, d] (views). Returns out [b, sq, h, dv]."""
+    b, sq = q.shape[0], q.shape[1]
+    sk = k.shape[1]
+    d = desc.q_offset - desc.kv_offset  # key slot j is visible to query i when j <= i + d (causal)
+    if desc.kind == "causal":
+        used = d + sq
+        if d < 0 or used > sk:
+            raise _Unservable("transformers.cache_offsets_unsupported")
+        k, v = k[:, :used], v[:, :used]
+        mask = "causal_bottom_right"
+        window = (desc.window - 1, 0) if desc.window > 0 else (-1, -1)
+    else:
+        used = sk
+        mask = "no_mask"
+        window = (-1, -1)
+        if desc.window >= 0:
+            if d != sk - sq:
+                raise _Unservable("transformers.window_alignment_unsupported")
+            window = (desc.window, desc.window)
+    common = dict(softmax_scale=scale, mask=mask, window_size=window, softcap=softcap,
+                  backend=_settings.backend, strict=_settings.strict)
+
+    if desc.packed is not None:
+        if desc.padding is not None or sq != used or d != 0:
+            raise _Unservable("transformers.packed_with_cache_unsupported")
+        ids = desc.packed.to(q.device)
+        rows = torch.arange(b, device=q.device)[:, None].expand(b, sq)
+        key = (rows.to(torch.int64) << 32) + ids.to(torch.int64)
+        _, counts = torch.unique_consecutive(key.reshape(-1), return_counts=True)
+        cu = _cu(counts)
+        max_len = int(counts.max())
+        out = flash_attn_varlen_func(q.reshape(b * sq, *q.shape[2:]), k.reshape(b * sq, *k.shape[2:]),
+                                     v.reshape(b * sq, *v.shape[2:]), cu, cu, max_len, max_len,
+                                     **common)
+        return out.reshape(b, sq, *out.shape[1:])
+
+    if desc.padding is None:
+        return flash_attn_func(q, k, v, **common)
+
+    pad = desc.padding.to(q.device)
+    valid_k = pad[:, desc.kv_offset:desc.kv_offset + used]
+    if desc.kind == "causal":
+        # Self-attention: the queries are the last tokens of the keys' sequence, and the padding
+        # mask says which of them are real. Dropping the padded ones keeps the diagonal
+        # bottom-right aligned in every packed sequence.
+        if not (desc.q_offset >= desc.kv_offset and desc.q_offset + sq <= desc.kv_offset + used):
+            raise _Unservable("transformers.cache_offsets_unsupported")
+        valid_q = pad[:, desc.q_offset:desc.q_offset + sq]
+    else:
+        # Bidirectional (possibly cross-attention: the padding mask is about the keys only):
+        # every query attends to the real keys, as SDPA computes it.
+        if window != (-1, -1):
+            raise _Unservable("transformers.bidirectional_window_with_padding_unsupported")
+        valid_q = torch.ones(b, sq, dtype=torch.bool, device=q.device)
+    if window != (-1, -1) and not _contiguous_runs(valid_k):
+        # Windows count absolute positions; with holes inside a sequence the packed (varlen)
+        # distances would differ.
+        raise _Unservable("transformers.window_with_padding_holes_unsupported")
+    len_q = valid_q.sum(dim=1, dtype=torch.int32)
+    len_k = valid_k.sum(dim=1, dtype=torch.int32)
+    out_p = flash_attn_varlen_func(q[valid_q], k[valid_k], v[valid_k], _cu(len_q), _cu(len_k),
+                                   max(1, int(len_q.max())), max(1, int(len_k.max())), **common)
+    out = out_p.new_zeros((b, sq) + tuple(out_p.shape[1:]))
+    out[valid_q] = out_p
+    return out
+
+
+def _receipt(query: torch.Tensor, reason: str) -> Dict[str, Any]:
+    sm = 0
+    name = "cpu"
+    if query.is_cuda:
+        major, minor = torch.cuda.get_device_capability(query.device)
+        sm = major * 10 + minor
+        name = torch.cuda.get_device_name(query.device)
+    return {"requested_backend": _settings.backend, "actual_backend": "torch_sdpa",
+            "runtime_mode": "fwd", "strict": _settings.strict, "fallback_reason": reason,
+            "skipped": [{"backend": NAME, "reason": reason}],
+            "variant": "transformers.sdpa_attention_forward", "device": {"name": name, "sm": sm},
+            "deterministic": False, "status": "ok", "error_reason": ""}
+
+
+def _fallback(module, query, key, value, attention_mask, reason, dropout, scaling, kwargs):
+    if _settings.strict:
+        refused = _receipt(query, "")
+        refused.update(actual_backend="", variant="", status="backend_inapplicable",
+                       error_reason=reason, skipped=[{"backend": NAME, "reason": reason}])
+        record_python_receipt(refused)
+        raise FlashlaneError("backend_inapplicable",
+                             f"the transformers integration (strict) cannot serve this call: {reason}",
+                             reason)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if isinstance(attention_mask, FlashlaneMask):
+        attention_mask = attention_mask.dense()
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"flashlane: attention falls back to PyTorch SDPA ({reason}); the receipt "
+                      "records it (flashlane.last_receipt())", RuntimeWarning, stacklevel=3)
+    record_python_receipt(_receipt(query, reason))
+    kwargs = {k: v for k, v in kwargs.items() if k != "is_causal"}
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, is_causal=False if attention_mask is not None
+                                  else None, **kwargs)
+
+
+_FALLBACK_CODES = {"backend_inapplicable", "no_applicable_backend", "unsupported_dtype",
+                   "head_dim_invalid", "misaligned", "not_contiguous"}
+
+
+def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                                value: torch.Tensor, attention_mask, dropout: float = 0.0,
+                                scaling: Optional[float] = None, is_causal: Optional[bool] = None,
+                                softcap: Optional[float] = None, **kwargs):
+    """transformers attention interface: query [b, h, s_q, d], key/value [b, h_kv, s_k, d].
+    Returns (out [b, s_q, h, d_v], None)."""
+    reason = ""
+    if dropout and getattr(module, "training", False):
+        reason = "transformers.dropout_unsupported"
+    elif kwargs.get("output_attentions"):
+        reason = "transformers.output_attentions_unsupported"
+    elif kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        reason = "transformers.attention_sinks_unsupported"
+    elif kwargs.get("position_bias") is not None:
+        reason = "transformers.position_bias_unsupported"
+
+    if isinstance(attention_mask, FlashlaneMask):
+        desc = attention_mask
+        if desc.kind == "unsupported" and not reason:
+            reason = desc.reason
+    elif attention_mask is None:
+        # No mask was built for this call (the model passed none): the module says whether it is
+        # causal; a cache makes the queries the last ones (bottom-right), as in FlashAttention.
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        sq, sk = query.shape[2], key.shape[2]
+        desc = FlashlaneMask(kind="causal" if causal else "no_mask", q_length=sq, kv_length=sk,
+                             q_offset=max(sk - sq, 0))
+    else:
+        desc = None
+        reason = reason or "transformers.dense_mask_unsupported"
+
+    if not reason:
+        try:
+            out = _attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), desc,
+                          scaling, float(softcap or 0.0))
+            return out, None
+        except _Unservable as e:
+            reason = e.reason
+        except FlashlaneError as e:
+            if _settings.strict or e.code not in _FALLBACK_CODES:
+                raise
+            reason = f"flashlane.{e.code}" + (f":{e.reason_tag}" if e.reason_tag else "")
+    if isinstance(attention_mask, FlashlaneMask) or attention_mask is not None:
+        mask_for_sdpa = attention_mask
+    else:
+        mask_for_sdpa = None
+    return _fallback(module, query, key, value, mask_for_sdpa, reason, dropout, scaling,
+                     dict(kwargs, is_causal=is_causal))
+
+
+def register(backend: str = "auto", strict: bool = False, name: str = NAME) -> str:
+    """Registers attn_implementation=`name` ("lane_attention") and its mask function with
+    transformers.
+
+    backend / strict: the flashlane Request of every call (strict=True also turns the fallbacks
+    to SDPA into FlashlaneError). Returns the name to pass as attn_implementation."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from .._core import check_backend
+
+    if "flash" in name:
+        raise ValueError(f"name={name!r}: transformers treats names containing 'flash' as "
+                         "FlashAttention kernels to load from the hub; choose another name")
+    _settings.backend = check_backend(backend)
+    _settings.strict = bool(strict)
+    AttentionInterface.register(name, flashlane_attention_forward)
+    AttentionMaskInterface.register(name, flashlane_mask)
+    return name

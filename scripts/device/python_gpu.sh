@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (no internet; python3 with torch, transformers, nanobind,
+# scikit-build-core, numpy, pytest already installed): builds the Python package from this
+# checkout with the sm90 kernels, installs it, and runs the gpu-marked pytest suite
+# (FLASHLANE_PY_CPU_TESTS=1: then the other tests too).
+# Headers come from .gpu_carry/pyheaders (scripts/device/python_pack.sh here, then
+# carry=[".gpu_carry/pyheaders"]). Logs go to $OUT (or out/); a short summary is printed last.
+#   FLASHLANE_SM90_HEAD_DIMS="64;128"   head dims compiled (the tests use 64 and 128)
+#   FLASHLANE_BUILD_SM90=ON             OFF builds the reference backends only (fast)
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-$root/out}"; mkdir -p "$out"
+hdr="${FLASHLANE_PYHEADERS:-$root/.gpu_carry/pyheaders}"
+build="$root/build/python-gpu"
+stage="$root/build/python-gpu-stage"
+jobs="${FLASHLANE_JOBS:-$(nproc)}"
+head_dims="${FLASHLANE_SM90_HEAD_DIMS:-64;128}"
+sm90="${FLASHLANE_BUILD_SM90:-ON}"
+py="${PYTHON:-python3}"
+summary=()
+cd "$root"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
+"$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/device.txt"
+
+defines=(
+  "FLASHLANE_NLOHMANN_INCLUDE=$hdr/nlohmann-include"
+  "FLASHLANE_CUTLASS_INCLUDE=$hdr/cutlass-include"
+  "FLASHLANE_SM90_HEAD_DIMS=$head_dims"
+  "FLASHLANE_BUILD_SM90=$sm90"
+  "FLASHLANE_BUILD_TESTS=OFF"
+  "FLASHLANE_BUILD_TOOLS=OFF"
+)
+start=$(date +%s)
+installed=""
+# 1. pip: into $py's own venv if it is one, else into a venv that sees the machine's packages
+#    (torch, transformers, nanobind, scikit-build-core); never into the system Python.
+pip_py=""
+if "$py" -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
+  pip_py="$py"
+elif "$py" -m venv --system-site-packages "$root/build/venv-gpu" > "$out/python-venv.log" 2>&1 &&
+     "$root/build/venv-gpu/bin/python" -c "import torch, nanobind, scikit_build_core" >> "$out/python-venv.log" 2>&1; then
+  pip_py="$root/build/venv-gpu/bin/python"
+fi
+if [[ -n "$pip_py" ]]; then
+  args=(); for d in "${defines[@]}"; do args+=(-C "cmake.define.$d"); done
+  if CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$pip_py" -m pip install --no-build-isolation --no-deps \
+       --no-index -C build-dir="$build" "${args[@]}" . > "$out/python-build.log" 2>&1; then
+    py="$pip_py"; installed="pip install into $("$py" -c 'import sys; print(sys.prefix)')"
+  fi
+fi
+# 2. Fallback without venv/pip: the same CMake project, the extension staged next to the sources.
+if [[ -z "$installed" ]]; then
+  echo "pip install failed or venv unavailable (see python-venv.log / python-build.log): plain CMake build" | tee -a "$out/python-build.log"
+  cargs=(); for d in "${defines[@]}"; do cargs+=("-D$d"); done
+  pyexe="$("$py" -c 'import sys; print(sys.executable)')"
+  if cmake -S "$root" -B "$build-cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHLANE_BUILD_PYTHON=ON \
+       -DPython_EXECUTABLE="$pyexe" "${cargs[@]}" >> "$out/python-build.log" 2>&1 &&
+     cmake --build "$build-cmake" -j "$jobs" >> "$out/python-build.log" 2>&1; then
+    rm -rf "$stage"; mkdir -p "$stage"
+    cp -r "$root/python/flashlane" "$stage/"
+    cp "$build-cmake"/python/_C*.so "$stage/flashlane/"
+    export PYTHONPATH="$stage${PYTHONPATH:+:$PYTHONPATH}"
+    installed="cmake (staged at build/python-gpu-stage)"
+  fi
+fi
+if [[ -z "$installed" ]]; then
+  tail -40 "$out/python-build.log"
+  echo "=== summary"; echo "build: FAILED after $(( $(date +%s) - start )) s (see $out/python-build.log)"
+  exit 1
+fi
+summary+=("build: ok via $installed in $(( $(date +%s) - start )) s (sm90=$sm90, head dims $head_dims)")
+if ! "$py" -c "import flashlane, json, torch; print(flashlane.__file__, flashlane.compiled_architectures(), 'torch', torch.__version__); print(json.dumps(flashlane.device_info()))" > "$out/python-import.log" 2>&1; then
+  cat "$out/python-import.log"; echo "=== summary"; printf '%s\n' "${summary[@]}" "import: FAILED"; exit 1
+fi
+cat "$out/python-import.log"
+
+cd "$root"
+"$py" -m pytest -m gpu tests/python -rs -q -p no:cacheprovider --junitxml="$out/pytest-gpu.xml" > "$out/pytest-gpu.log" 2>&1
+rc_gpu=$?
+summary+=("pytest -m gpu: rc=$rc_gpu $(tail -1 "$out/pytest-gpu.log")")
+rc_cpu=0
+if [[ "${FLASHLANE_PY_CPU_TESTS:-0}" == 1 ]]; then
+  "$py" -m pytest -m "not gpu" tests/python -rs -q -p no:cacheprovider > "$out/pytest-cpu.log" 2>&1
+  rc_cpu=$?
+  summary+=("pytest -m 'not gpu': rc=$rc_cpu $(tail -1 "$out/pytest-cpu.log")")
+fi
+grep -E "^(FAILED|ERROR)|^E  " "$out/pytest-gpu.log" | head -40
+FLASHLANE_RECEIPTS="$out/python-receipts.jsonl" "$py" - <<'PY' 2>&1 | tail -5
+import torch, flashlane
+q = torch.randn(2, 512, 8, 128, device="cuda", dtype=torch.bfloat16)
+flashlane.flash_attn_func(q, q, q, causal=True)
+print("receipt:", flashlane.last_receipt())
+PY
+echo "=== summary"; printf '%s\n' "${summary[@]}"
+[[ $rc_gpu == 0 && $rc_cpu == 0 ]]
