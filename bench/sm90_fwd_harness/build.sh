@@ -9,7 +9,7 @@ mkdir -p "$OUT_DIR/obj"
 NVCC=${NVCC:-nvcc}
 FLAGS=(-std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a --expt-relaxed-constexpr
        --use_fast_math -DNDEBUG -Iinclude -Isrc -isystem .deps/cutlass/include
-       -Xptxas=--warn-on-spills -Xptxas -v)
+       -Xcompiler -fPIC -Xptxas=--warn-on-spills -Xptxas -v)
 defs=()
 for hd in $HEAD_DIMS; do defs+=(-DFLASHLANE_SM90_HDIM_$hd=1); done
 objs=()
@@ -24,6 +24,14 @@ for hd in $HEAD_DIMS; do
     objs+=("$o")
   done
 done
+# Tuning experiments (other tile shapes), used by the harness's "variants" mode.
+o="$OUT_DIR/obj/variants.o"
+if [[ ! -f "$o" || bench/sm90_fwd_harness/variants.cu -nt "$o" || -n "$(find src/sm90/fwd -name '*.h' -newer "$o")" ]]; then
+  echo "nvcc variants.cu"
+  "$NVCC" "${FLAGS[@]}" -c bench/sm90_fwd_harness/variants.cu -o "$o" 2>"$o.log" || { cat "$o.log"; exit 1; }
+  grep -E "spill" "$o.log" | sed 's/^/  /'
+fi
+objs+=("$o")
 "$NVCC" "${FLAGS[@]}" "${defs[@]}" -c src/sm90/sm90_forward.cu -o "$OUT_DIR/obj/sm90_forward.o"
 "$NVCC" -std=c++17 -O2 -Iinclude -Isrc -c bench/sm90_fwd_harness/harness.cu -o "$OUT_DIR/obj/harness.o"
 "$NVCC" -std=c++17 -O2 -Iinclude -Isrc -x c++ -c src/core/status.cpp -o "$OUT_DIR/obj/status.o"

@@ -23,6 +23,7 @@
 
 #include "core/attention_rules.h"
 #include "dispatch/backends.h"
+#include "sm90/fwd/launch_decl.h"
 #include "sm90/sm90_forward.h"
 
 using namespace flashlane;
@@ -52,6 +53,7 @@ struct Case {
   bool padded_strides = false;  // head rows padded: non-contiguous token/head strides
   int schedule = 0;             // sm90::ScheduleOverride
   bool pingpong = true;
+  int64_t big_batch_stride = 0;  // > 0: q/k/v/o batch stride in elements (64-bit offsets test)
 };
 
 uint16_t to_bits(float x, DType dt) {
@@ -96,14 +98,32 @@ struct Problem {
 };
 
 void make_tensor(HostT& t, const Case& c, int rows_per_batch, int heads, int dim, int pad,
-                 int batches) {
+                 int batches, bool allocate = true) {
   t.head_stride = dim + pad;
   t.row_stride = int64_t(heads) * t.head_stride;
   t.batch_stride = int64_t(rows_per_batch) * t.row_stride;
-  t.bits.assign(size_t(t.batch_stride) * batches, to_bits(NAN, c.dtype));
+  if (allocate) t.bits.assign(size_t(t.batch_stride) * batches, to_bits(NAN, c.dtype));
 }
 
-Problem build(const Case& c, std::mt19937_64& rng) {
+// Benchmark inputs are generated on the device (host generation of 10^8 values is slow):
+// uniform in [-2, 2) from a per-element hash, never zeros.
+__global__ void fill_random_kernel(uint16_t* out, size_t n, uint64_t seed, bool bf16) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+    x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29;
+    const float u = float(x >> 40) * (1.0f / 16777216.0f) * 4.0f - 2.0f;
+    if (bf16) {
+      __nv_bfloat16 h = __float2bfloat16_rn(u);
+      out[i] = *reinterpret_cast<uint16_t*>(&h);
+    } else {
+      __half h = __float2half_rn(u);
+      out[i] = *reinterpret_cast<uint16_t*>(&h);
+    }
+  }
+}
+
+Problem build(const Case& c, std::mt19937_64& rng, bool host_data = true) {
   Problem p;
   p.c = c;
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -125,9 +145,9 @@ Problem build(const Case& c, std::mt19937_64& rng) {
   const int pad = c.padded_strides ? 8 : 0;
   const int bq = c.varlen ? 1 : c.batch;
   const int rq = c.varlen ? p.total_q : c.sq, rk = c.varlen ? p.total_k : c.sk;
-  make_tensor(p.q, c, rq, c.hq, c.d, pad, bq);
-  make_tensor(p.k, c, rk, c.hkv, c.d, pad, bq);
-  make_tensor(p.v, c, rk, c.hkv, c.dv, pad, bq);
+  make_tensor(p.q, c, rq, c.hq, c.d, pad, bq, host_data);
+  make_tensor(p.k, c, rk, c.hkv, c.d, pad, bq, host_data);
+  make_tensor(p.v, c, rk, c.hkv, c.dv, pad, bq, host_data);
   auto fill = [&](HostT& t, int heads, int dim, bool is_kv) {
     for (int b = 0; b < c.batch; ++b) {
       const int rows = is_kv ? p.len_k[b] : p.len_q[b];
@@ -143,9 +163,11 @@ Problem build(const Case& c, std::mt19937_64& rng) {
           }
     }
   };
-  fill(p.q, c.hq, c.d, false);
-  fill(p.k, c.hkv, c.d, true);
-  fill(p.v, c.hkv, c.dv, true);
+  if (host_data) {
+    fill(p.q, c.hq, c.d, false);
+    fill(p.k, c.hkv, c.d, true);
+    fill(p.v, c.hkv, c.dv, true);
+  }
   p.o_head_stride = c.dv;
   p.o_row_stride = int64_t(c.hq) * c.dv;
   p.o_batch_stride = int64_t(rq) * p.o_row_stride;
@@ -206,6 +228,19 @@ void reference_rows(const Problem& p, int b, int h, int i0, int i1, std::vector<
   }
 }
 
+// Tuning experiments launch a non-default instantiation through the same parameters.
+using Launcher = Status (*)(sm90::FwdParams, cudaStream_t);
+Launcher g_launcher = nullptr;
+std::string g_launcher_name;
+
+Status launch(const AttentionProblem& ap, const ProblemInfo& info, std::string* variant) {
+  if (g_launcher == nullptr) return detail::sm90_forward(ap, info, nullptr, variant);
+  sm90::FwdParams p;
+  if (Status st = sm90::build_fwd_params(ap, info, &p); !st.ok()) return st;
+  if (variant != nullptr) *variant = g_launcher_name;
+  return g_launcher(p, nullptr);
+}
+
 struct CheckResult {
   bool pass = false;
   double err_o = 0, tol_o = 0, err_lse = 0, tol_lse = 0;
@@ -229,7 +264,8 @@ AttentionProblem to_problem(const Problem& p, DeviceProblem& dp, ProblemInfo* in
   const Device dev = Device::cuda(0);
   AttentionProblem ap;
   const int rq = c.varlen ? p.total_q : c.sq, rk = c.varlen ? p.total_k : c.sk;
-  auto view = [&](void* ptr, const HostT& t, int rows, int heads, int dim) {
+  auto view = [&](void* ptr, HostT t, int rows, int heads, int dim) {
+    if (c.big_batch_stride > 0) t.batch_stride = c.big_batch_stride;
     if (c.varlen)
       return TensorView::strided(ptr, dt, {rows, heads, dim}, {t.row_stride, t.head_stride, 1}, dev);
     return TensorView::strided(ptr, dt, {c.batch, rows, heads, dim},
@@ -281,16 +317,37 @@ AttentionProblem to_problem(const Problem& p, DeviceProblem& dp, ProblemInfo* in
   return ap;
 }
 
-DeviceProblem upload(const Problem& p) {
+DeviceProblem upload(const Problem& p, bool device_fill = false) {
   DeviceProblem dp;
-  auto up = [](const std::vector<uint16_t>& h, void** d) {
-    CUDA_OK(cudaMalloc(d, h.size() * 2));
-    CUDA_OK(cudaMemcpy(*d, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  const int batches = p.c.varlen ? 1 : p.c.batch;
+  auto up = [&](const HostT& t, void** d) {
+    if (device_fill) {
+      const size_t n = size_t(t.batch_stride) * batches;
+      CUDA_OK(cudaMalloc(d, n * 2));
+      fill_random_kernel<<<1024, 256>>>(static_cast<uint16_t*>(*d), n, uint64_t(size_t(*d)),
+                                        p.c.dtype == DType::kBFloat16);
+      CUDA_OK(cudaGetLastError());
+      return;
+    }
+    if (p.c.big_batch_stride > 0) {  // batch b at element b * big_batch_stride
+      const size_t big = size_t(p.c.big_batch_stride);
+      CUDA_OK(cudaMalloc(d, (size_t(batches - 1) * big + t.batch_stride) * 2));
+      for (int b = 0; b < batches; ++b) {
+        CUDA_OK(cudaMemcpy(static_cast<uint16_t*>(*d) + b * big, t.bits.data() + b * t.batch_stride,
+                           t.batch_stride * 2, cudaMemcpyHostToDevice));
+      }
+      return;
+    }
+    CUDA_OK(cudaMalloc(d, t.bits.size() * 2));
+    CUDA_OK(cudaMemcpy(*d, t.bits.data(), t.bits.size() * 2, cudaMemcpyHostToDevice));
   };
-  up(p.q.bits, &dp.q);
-  up(p.k.bits, &dp.k);
-  up(p.v.bits, &dp.v);
+  up(p.q, &dp.q);
+  up(p.k, &dp.k);
+  up(p.v, &dp.v);
   dp.o_bytes = (p.o_elems + kGuardElems) * 2;
+  if (p.c.big_batch_stride > 0) {
+    dp.o_bytes = (size_t(batches - 1) * p.c.big_batch_stride + p.o_batch_stride + kGuardElems) * 2;
+  }
   dp.lse_bytes = (p.lse_elems + kGuardElems) * 4;
   CUDA_OK(cudaMalloc(&dp.o, dp.o_bytes));
   CUDA_OK(cudaMalloc(&dp.lse, dp.lse_bytes));
@@ -326,7 +383,7 @@ CheckResult run_and_check(const Case& c, uint64_t seed, int sample_rows = 0) {
   CUDA_OK(cudaMemset(dp.lse, 0xFF, dp.lse_bytes));
   sm90::set_schedule_override(sm90::ScheduleOverride(c.schedule));
   sm90::set_pingpong(c.pingpong);
-  Status st = detail::sm90_forward(ap, info, nullptr, &res.variant);
+  Status st = launch(ap, info, &res.variant);
   if (!st.ok()) {
     res.note = "launch: " + st.to_string();
     release(dp);
@@ -338,9 +395,21 @@ CheckResult run_and_check(const Case& c, uint64_t seed, int sample_rows = 0) {
     std::printf("FATAL %s\n", res.note.c_str());
     std::exit(3);
   }
-  std::vector<uint16_t> o((dp.o_bytes) / 2);
+  std::vector<uint16_t> o;
   std::vector<float> lse(dp.lse_bytes / 4);
-  CUDA_OK(cudaMemcpy(o.data(), dp.o, dp.o_bytes, cudaMemcpyDeviceToHost));
+  if (c.big_batch_stride > 0) {
+    // Gather the batches into the compact layout; the guard is what follows the last batch.
+    o.assign(p.o_elems + kGuardElems, 0);
+    for (int b = 0; b < c.batch; ++b) {
+      const size_t n = size_t(p.o_batch_stride) + (b == c.batch - 1 ? kGuardElems : 0);
+      CUDA_OK(cudaMemcpy(o.data() + b * p.o_batch_stride,
+                         static_cast<uint16_t*>(dp.o) + b * size_t(c.big_batch_stride), n * 2,
+                         cudaMemcpyDeviceToHost));
+    }
+  } else {
+    o.resize(dp.o_bytes / 2);
+    CUDA_OK(cudaMemcpy(o.data(), dp.o, dp.o_bytes, cudaMemcpyDeviceToHost));
+  }
   CUDA_OK(cudaMemcpy(lse.data(), dp.lse, dp.lse_bytes, cudaMemcpyDeviceToHost));
   for (size_t i = p.o_elems; i < o.size(); ++i) res.guard_touched += o[i] != 0xFFFF;
   uint32_t poison32;
@@ -460,6 +529,7 @@ int check(uint64_t seed, int count) {
     }
   // Special shapes.
   { Case c; c.sq = 1; c.sk = 1; cases.push_back(c); }
+  { Case c; c.sq = 100; c.sk = 0; c.batch = 2; cases.push_back(c); }  // no keys at all
   { Case c; c.sq = 17; c.sk = 113; c.mask = MaskType::kCausal; cases.push_back(c); }
   { Case c; c.sq = 113; c.sk = 17; c.mask = MaskType::kCausal; cases.push_back(c); }  // empty rows
   { Case c; c.sq = 113; c.sk = 17; c.mask = MaskType::kCausalBottomRight; cases.push_back(c); }
@@ -507,10 +577,12 @@ double median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+struct Cell { int d, sq; bool causal; int schedule; bool pingpong = true; };
+void bench_cells(const std::vector<Cell>& cells);
+
 void bench() {
-  struct Cell { int d, sq; bool causal; int schedule; bool pingpong = true; };
   std::vector<Cell> cells;
-  for (int d : {128, 64, 256})
+  for (int d : {128, 64, 256, 96, 192, -192})
     for (int s : {8192, 16384})
       for (bool causal : {false, true}) cells.push_back({d, s, causal, 0});
   cells.push_back({128, 8192, false, 1});
@@ -520,20 +592,39 @@ void bench() {
     cells.push_back({d, 16384, false, 0, false});
     cells.push_back({d, 16384, true, 0, false});
   }
+  // The headline cells once more at the end: the spread between the two is the run's noise.
+  for (int s : {8192, 16384})
+    for (bool causal : {false, true}) cells.push_back({128, s, causal, 0});
+  bench_cells(cells);
+  // Sampled correctness of one big cell (the benchmark's own output path).
+  sm90::set_pingpong(true);
+  Case c;
+  c.hq = c.hkv = 4;
+  c.sq = c.sk = 8192;
+  c.batch = 1;
+  CheckResult r = run_and_check(c, 99, 32);
+  print_case(c, r);
+  c.mask = MaskType::kCausal;
+  r = run_and_check(c, 98, 32);
+  print_case(c, r);
+}
+
+void bench_cells(const std::vector<Cell>& cells) {
   std::printf("%-6s %-6s %-6s %-6s %-3s %-10s %-10s %s\n", "hdim", "seqlen", "causal", "sched", "pp", "ms",
               "TFLOP/s", "variant");
   for (const Cell& cell : cells) {
     Case c;
-    c.d = c.dv = cell.d;
-    c.hq = c.hkv = 2048 / cell.d;
+    c.d = cell.d < 0 ? -cell.d : cell.d;  // negative: head_dim -d with head_dim_v 128
+    c.dv = cell.d < 0 ? 128 : cell.d;
+    c.hq = c.hkv = 2048 / c.d;
     c.batch = 16384 / cell.sq;
     c.sq = c.sk = cell.sq;
     c.mask = cell.causal ? MaskType::kCausal : MaskType::kNoMask;
     c.schedule = cell.schedule;
     std::mt19937_64 rng(7);
     sm90::set_pingpong(cell.pingpong);
-    Problem p = build(c, rng);
-    DeviceProblem dp = upload(p);
+    Problem p = build(c, rng, /*host_data=*/false);
+    DeviceProblem dp = upload(p, /*device_fill=*/true);
     ProblemInfo info;
     AttentionProblem ap = to_problem(p, dp, &info);
     sm90::set_schedule_override(sm90::ScheduleOverride(c.schedule));
@@ -542,14 +633,14 @@ void bench() {
     CUDA_OK(cudaEventCreate(&e0));
     CUDA_OK(cudaEventCreate(&e1));
     for (int i = 0; i < 3; ++i) {
-      Status st = detail::sm90_forward(ap, info, nullptr, &variant);
+      Status st = launch(ap, info, &variant);
       if (!st.ok()) { std::printf("launch failed: %s\n", st.to_string().c_str()); std::exit(4); }
     }
     CUDA_OK(cudaDeviceSynchronize());
     std::vector<float> ms;
     for (int i = 0; i < 20; ++i) {
       CUDA_OK(cudaEventRecord(e0));
-      (void)detail::sm90_forward(ap, info, nullptr, nullptr);
+      (void)launch(ap, info, nullptr);
       CUDA_OK(cudaEventRecord(e1));
       CUDA_OK(cudaEventSynchronize(e1));
       CUDA_OK(cudaGetLastError());
@@ -558,7 +649,7 @@ void bench() {
       ms.push_back(t);
     }
     const double t = median(ms);
-    double flops = 4.0 * c.batch * c.hq * double(c.sq) * c.sk * c.d;
+    double flops = 2.0 * c.batch * c.hq * double(c.sq) * c.sk * (c.d + c.dv);
     if (cell.causal) flops /= 2;
     std::printf("%-6d %-6d %-6d %-6d %-3d %-10.3f %-10.1f %s\n", cell.d, cell.sq, int(cell.causal),
                 cell.schedule, int(cell.pingpong), t, flops / (t * 1e-3) / 1e12, variant.c_str());
@@ -567,17 +658,40 @@ void bench() {
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
   }
-  // Sampled correctness of one big cell (the benchmark's own output path).
   sm90::set_pingpong(true);
-  Case c;
-  c.hq = c.hkv = 16;
-  c.sq = c.sk = 8192;
-  c.batch = 1;
-  CheckResult r = run_and_check(c, 99, 32);
-  print_case(c, r);
-  c.mask = MaskType::kCausal;
-  r = run_and_check(c, 98, 32);
-  print_case(c, r);
+}
+
+void variants() {
+  struct V { const char* name; Launcher fn; int d; };
+  const V vs[] = {
+      {"default_d192_dv128", nullptr, -192},
+      {"fwd_m128_n96_d192_dv128_bf16_stages2", &sm90::launch_fwd<192, 128, true, 96, 2>, -192},
+      {"default_d128", nullptr, 128},
+      {"fwd_m128_n96_d128_bf16_stages2", &sm90::launch_fwd<128, 128, true, 96, 2>, 128},
+  };
+
+
+  for (const V& v : vs) {
+    g_launcher = v.fn;
+    g_launcher_name = v.name;
+    std::printf("== variant %s\n", v.name);
+    int fails = 0;
+    for (int i = 0; i < 3; ++i) {
+      Case c;
+      c.d = v.d < 0 ? -v.d : v.d;
+      c.dv = v.d < 0 ? 128 : v.d;
+      c.batch = 2; c.hq = 4; c.hkv = 2; c.sq = 300; c.sk = 517;
+      c.mask = i == 0 ? MaskType::kCausalBottomRight : MaskType::kNoMask;
+      c.varlen = i == 2; c.seqused = i == 2;
+      CheckResult r = run_and_check(c, 21 + i);
+      print_case(c, r);
+      fails += !r.pass;
+    }
+    if (fails) continue;
+    bench_cells({{v.d, 8192, false, 0}, {v.d, 16384, false, 0}, {v.d, 8192, true, 0},
+                 {v.d, 16384, true, 0}});
+  }
+  g_launcher = nullptr;
 }
 
 }  // namespace
@@ -598,8 +712,32 @@ int main(int argc, char** argv) {
     const int count = argc > 3 ? std::atoi(argv[3]) : 60;
     return check(seed, count) == 0 ? 0 : 1;
   }
+  if (mode == "big") {
+    // 64-bit offsets: batch stride 2^31 + 4096 elements, so batch 1 lives beyond 2^31 elements
+    // (4.3 GB per tensor) in q, k, v and o.
+    int fails = 0;
+    for (int mask = 0; mask < 2; ++mask) {
+      Case c;
+      c.batch = 2; c.hq = 4; c.hkv = 2; c.sq = 300; c.sk = 1000;
+      c.mask = mask ? MaskType::kCausalBottomRight : MaskType::kNoMask;
+      c.big_batch_stride = (int64_t(1) << 31) + 4096;
+      CheckResult r = run_and_check(c, 11 + mask);
+      print_case(c, r);
+      fails += !r.pass;
+    }
+    std::printf("SUMMARY big: %d failed\n", fails);
+    return fails;
+  }
   if (mode == "bench") {
     bench();
+    return 0;
+  }
+  if (mode == "prof" && argc >= 5) {  // one benchmark cell, for a profiler
+    bench_cells({{std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]) != 0, 0}});
+    return 0;
+  }
+  if (mode == "variants") {
+    variants();
     return 0;
   }
   if (mode == "one" && argc >= 16) {

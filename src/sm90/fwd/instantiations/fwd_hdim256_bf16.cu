@@ -1,0 +1,3 @@
+// Instantiation: sm90 forward, head_dim 256, bf16.
+#include "sm90/fwd/launch.h"
+FLASHLANE_SM90_FWD_INSTANTIATE(256, 256, true)

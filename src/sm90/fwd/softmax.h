@@ -1,0 +1,115 @@
+// softmax.h: online softmax of one warpgroup's rows in fp32, in the log2 domain.
+//
+// Each thread holds kRows rows (2 per 64-row WGMMA) and a quarter of each row's columns; the
+// row maximum is reduced over the quad of threads sharing a row, the row sum is kept per thread
+// and reduced only once, in finalize(). p = exp2(s * score_to_log2 - max * score_to_log2) is
+// one FFMA + one MUFU.EX2 per score.
+//
+// Extension points for the performance work (FlashAttention-4's softmax):
+//  - exp2_scores(): the place for a partly emulated exp2 (a polynomial on the FMA units for a
+//    fraction of the columns) to offload MUFU;
+//  - rescale decision in step(): conditional rescaling (keep the stale maximum unless the new
+//    one exceeds it by more than a threshold) changes only the `correction` computed there.
+#pragma once
+
+#include <cmath>
+
+#include <cute/tensor.hpp>
+
+namespace flashlane::sm90 {
+
+namespace softmax_detail {
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+// ln(2), to turn the log2-domain row statistics into the natural-log LSE.
+constexpr float kLn2 = 0.6931471805599453f;
+}  // namespace softmax_detail
+
+/// Gemma-2 softcap: s <- tanh(s * prescale); the factor c of c * tanh is folded into
+/// score_to_log2. tanh(x) = 1 - 2 / (exp2(2 log2(e) x) + 1): absolute error ~1e-7 (what the
+/// score needs), saturates to +-1 without NaN for large |x|.
+template <class Tensor>
+__device__ void apply_softcap(Tensor& tS, float prescale) {
+  constexpr float kTwoLog2e = 2.0f * 1.4426950408889634f;
+  CUTE_UNROLL
+  for (int i = 0; i < cute::size(tS); ++i) {
+    const float e = exp2f(tS(i) * (prescale * kTwoLog2e));
+    tS(i) = 1.0f - 2.0f * __frcp_rn(e + 1.0f);
+  }
+}
+
+template <int kRows>
+struct OnlineSoftmax {
+  float row_max[kRows];
+  float row_sum[kRows];  // per-thread partial sums (quad-reduced in finalize)
+  float score_to_log2;
+
+  __device__ explicit OnlineSoftmax(float score_to_log2_) : score_to_log2(score_to_log2_) {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      row_max[r] = -INFINITY;
+      row_sum[r] = 0.f;
+    }
+  }
+
+  /// Folds one tile of scores (row, col view) into the running statistics and overwrites the
+  /// scores with unnormalized probabilities. correction[r] is the factor the output rows
+  /// accumulated so far must be multiplied by (1 on the first tile).
+  template <bool kFirst, class TensorRC>
+  __device__ void step(TensorRC& tS, float (&correction)[kRows]) {
+    using namespace cute;
+    static_assert(decltype(size<0>(tS))::value == kRows);
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      float m = kFirst ? -INFINITY : row_max[r];
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(tS); ++c) m = fmaxf(m, tS(r, c));
+      m = softmax_detail::quad_max(m);
+      // A row with no visible key so far keeps max = -inf; use 0 as its base so that
+      // exp2(-inf - base) = 0 instead of exp2(-inf + inf) = NaN.
+      const float base = (m == -INFINITY) ? 0.f : m * score_to_log2;
+      correction[r] = kFirst ? 1.f : exp2f(row_max[r] * score_to_log2 - base);
+      row_max[r] = m;
+      float sum = kFirst ? 0.f : row_sum[r] * correction[r];
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(tS); ++c) {
+        const float p = exp2f(fmaf(tS(r, c), score_to_log2, -base));
+        tS(r, c) = p;
+        sum += p;
+      }
+      row_sum[r] = sum;
+    }
+  }
+
+  /// Multiplies the output rows by per-row factors (row, col view).
+  template <class TensorRC>
+  __device__ static void scale_rows(TensorRC& tO, const float (&factor)[kRows]) {
+    using namespace cute;
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(tO); ++c) tO(r, c) *= factor[r];
+    }
+  }
+
+  /// Row normalizers and natural-log LSE. A row that saw no visible key has sum 0: its output
+  /// factor is 0 (O = 0) and its LSE is -inf.
+  __device__ void finalize(float (&inv_sum)[kRows], float (&lse)[kRows]) const {
+    CUTE_UNROLL
+    for (int r = 0; r < kRows; ++r) {
+      const float sum = softmax_detail::quad_sum(row_sum[r]);
+      const bool empty = !(sum > 0.f);
+      inv_sum[r] = empty ? 0.f : 1.f / sum;
+      lse[r] = empty ? -INFINITY
+                     : (row_max[r] * score_to_log2 + __log2f(sum)) * softmax_detail::kLn2;
+    }
+  }
+};
+
+}  // namespace flashlane::sm90

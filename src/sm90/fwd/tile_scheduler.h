@@ -1,0 +1,73 @@
+// tile_scheduler.h: which (m_block, head, batch) tile each CTA works on, and the per-sequence
+// lengths and offsets of that tile (bshd or varlen, seqused_k).
+//
+// One linear index space over all tiles (a 1D grid, so batch * heads is never bounded by a
+// grid dimension). Within one (batch, head) the M-blocks run from the last to the first: under
+// causal masks the last M-blocks see the most keys, so the longest tiles start first; and
+// consecutive tiles share K/V of one head, which keeps them in L2.
+//
+// Non-persistent: one tile per CTA (grid = num_tiles). Persistent: grid = #SMs and each CTA
+// strides through the tiles; the producer and the consumers walk the same sequence, and their
+// pipeline states carry across tiles, so a dynamic (atomic-counter) scheduler or an LPT order
+// can replace next() without touching the mainloop.
+#pragma once
+
+#include <cstdint>
+
+#include "sm90/fwd/params.h"
+
+namespace flashlane::sm90 {
+
+struct TileCoord {
+  int m_block;
+  int head;
+  int batch;
+};
+
+struct FwdTileScheduler {
+  int num_m_blocks;
+  int heads;
+  int num_tiles;
+  bool persistent;
+
+  __device__ explicit FwdTileScheduler(const FwdParams& p)
+      : num_m_blocks(p.num_m_blocks), heads(p.heads_q), num_tiles(p.num_tiles),
+        persistent(p.persistent) {}
+
+  __device__ int first() const { return int(blockIdx.x); }
+  __device__ int next(int tile) const { return persistent ? tile + int(gridDim.x) : num_tiles; }
+  __device__ bool valid(int tile) const { return tile < num_tiles; }
+
+  __device__ TileCoord decode(int tile) const {
+    const int m_rev = tile % num_m_blocks;
+    const int bh = tile / num_m_blocks;
+    return TileCoord{num_m_blocks - 1 - m_rev, bh % heads, bh / heads};
+  }
+};
+
+/// Lengths and packed offsets of one sequence of the batch.
+struct SeqInfo {
+  int offset_q;  // first row of the sequence in the q/o TMA view (varlen) or 0 (bshd)
+  int offset_k;
+  int len_q;
+  int len_k;  // keys actually used (seqused_k when given)
+
+  __device__ static SeqInfo load(const FwdParams& p, int batch) {
+    SeqInfo s;
+    if (p.varlen) {
+      s.offset_q = p.cu_seqlens_q[batch];
+      s.len_q = p.cu_seqlens_q[batch + 1] - s.offset_q;
+      s.offset_k = p.cu_seqlens_k[batch];
+      s.len_k = p.cu_seqlens_k[batch + 1] - s.offset_k;
+    } else {
+      s.offset_q = 0;
+      s.offset_k = 0;
+      s.len_q = p.seqlen_q;
+      s.len_k = p.seqlen_k;
+    }
+    if (p.seqused_k != nullptr) s.len_k = p.seqused_k[batch];
+    return s;
+  }
+};
+
+}  // namespace flashlane::sm90

@@ -1,0 +1,464 @@
+// The sm90 forward kernel against the float64 CPU reference, with FlashAttention's rule:
+//   max |out - ref64| <= 2 * max |ref_lowp - ref64| + 1e-5   (for O and for LSE)
+// ref64 = reference_cpu_forward on float64 copies of the same (low-precision) inputs;
+// ref_lowp = reference_cpu_forward on the low-precision inputs (low-precision output).
+// Every case: outputs poisoned before the run and checked fully written; padding around every
+// buffer holds NaN and must stay untouched; NaN planted in K/V rows beyond seqused_k.
+// Every test skips with a message when there is no CUDA device or it is not sm_90.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dispatch/backends.h"
+#include "flashlane/dispatch.h"
+#include "flashlane/flashlane.h"
+#include "flashlane/receipt.h"
+#include "sm90/sm90_forward.h"
+#include "support/host_problem.h"
+
+namespace fl = flashlane;
+using fl::DType;
+using fl::MaskType;
+using fl::test_support::HostProblem;
+using fl::test_support::HostProblemConfig;
+using fl::test_support::HostTensor;
+
+namespace {
+
+/// Empty when the current device is an sm_90 GPU, else the reason to skip.
+std::string sm90_skip_reason() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    return "no CUDA device";
+  }
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cannot query device 0";
+  if (prop.major != 9 || prop.minor != 0) {
+    return std::string("device 0 is ") + prop.name + " (sm_" + std::to_string(prop.major) +
+           std::to_string(prop.minor) + "), not sm_90";
+  }
+  return {};
+}
+
+#define SKIP_UNLESS_SM90()                              \
+  do {                                                  \
+    const std::string why_ = sm90_skip_reason();        \
+    if (!why_.empty()) GTEST_SKIP() << why_;            \
+  } while (0)
+
+/// Device copies of a HostProblem's buffers (padding included) and the problem over them.
+class DeviceCopy {
+ public:
+  explicit DeviceCopy(const HostProblem& hp) : hp_(hp) {
+    for (const HostTensor* t : {&hp.q, &hp.k, &hp.v, &hp.o, &hp.lse}) ptrs_.push_back(upload(*t));
+    const fl::AttentionProblem host = hp.problem();
+    problem_ = host;
+    const fl::Device dev = fl::Device::cuda(0);
+    problem_.q = hp.q.view_at(ptrs_[0], dev);
+    problem_.k = hp.k.view_at(ptrs_[1], dev);
+    problem_.v = hp.v.view_at(ptrs_[2], dev);
+    problem_.o = hp.o.view_at(ptrs_[3], dev);
+    problem_.lse = hp.lse.defined() ? hp.lse.view_at(ptrs_[4], dev) : fl::TensorView{};
+    problem_.dout = problem_.dq = problem_.dk = problem_.dv = fl::TensorView{};
+    problem_.cu_seqlens_q = int_view(host.cu_seqlens_q);
+    problem_.cu_seqlens_k = int_view(host.cu_seqlens_k);
+    problem_.seqused_k = int_view(host.seqused_k);
+  }
+  ~DeviceCopy() {
+    for (void* p : ptrs_) cudaFree(p);
+  }
+  const fl::AttentionProblem& problem() const { return problem_; }
+  /// Copies o and lse (whole buffers) back into `dst`.
+  void download(HostProblem& dst) const {
+    EXPECT_EQ(cudaMemcpy(dst.o.bytes.data(), ptrs_[3], dst.o.bytes.size(), cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    if (dst.lse.defined()) {
+      EXPECT_EQ(cudaMemcpy(dst.lse.bytes.data(), ptrs_[4], dst.lse.bytes.size(),
+                           cudaMemcpyDeviceToHost),
+                cudaSuccess);
+    }
+  }
+
+ private:
+  void* upload(const HostTensor& t) {
+    if (!t.defined() || t.bytes.empty()) return nullptr;
+    void* d = nullptr;
+    EXPECT_EQ(cudaMalloc(&d, t.bytes.size()), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(d, t.bytes.data(), t.bytes.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    return d;
+  }
+  fl::TensorView int_view(const fl::TensorView& host) {
+    if (!host.defined()) return {};
+    const size_t bytes = size_t(host.numel()) * sizeof(int32_t);
+    void* d = nullptr;
+    EXPECT_EQ(cudaMalloc(&d, std::max<size_t>(bytes, 4)), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(d, host.data, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    ptrs_.push_back(d);
+    fl::TensorView v = host;
+    v.data = d;
+    v.device = fl::Device::cuda(0);
+    return v;
+  }
+  const HostProblem& hp_;
+  std::vector<void*> ptrs_;
+  fl::AttentionProblem problem_;
+};
+
+/// Copies the input values of `src` (low precision) into `dst` (float64, same config).
+void copy_inputs(const HostProblem& src, HostProblem& dst) {
+  for (auto [s, d] : {std::pair{&src.q, &dst.q}, {&src.k, &dst.k}, {&src.v, &dst.v}}) {
+    s->for_each_offset([&](int64_t off) { d->set(off, s->get(off)); });
+  }
+}
+
+struct Errors {
+  double o = 0, o_ref = 0, lse = 0, lse_ref = 0;
+  int64_t lse_inf_mismatch = 0, nonfinite = 0;
+};
+
+/// Max errors of `got` and `low` against `ref` over every valid (b, token, head) row.
+void compare(const HostProblem& got, const HostProblem& low, const HostProblem& ref, Errors* e) {
+  const HostProblemConfig& c = ref.config();
+  const int64_t dv = ref.head_dim_v();
+  for (int64_t b = 0; b < ref.batch(); ++b) {
+    for (int64_t i = 0; i < ref.seqlen_q(b); ++i) {
+      for (int64_t h = 0; h < c.heads_q; ++h) {
+        const int64_t off = ref.row_offset(ref.o, b, i, h, false);
+        for (int64_t x = 0; x < dv; ++x) {
+          const double r = ref.o.get(off + x), g = got.o.get(off + x), l = low.o.get(off + x);
+          if (!std::isfinite(g)) {
+            ++e->nonfinite;
+            continue;
+          }
+          e->o = std::max(e->o, std::fabs(g - r));
+          e->o_ref = std::max(e->o_ref, std::fabs(l - r));
+        }
+        if (!ref.lse.defined()) continue;
+        const int64_t lo = ref.lse_offset(b, i, h);
+        const double r = ref.lse.get(lo), g = got.lse.get(lo), l = low.lse.get(lo);
+        if (std::isinf(r) || std::isinf(g)) {
+          if (!(std::isinf(r) && std::isinf(g) && r < 0 && g < 0)) ++e->lse_inf_mismatch;
+          continue;
+        }
+        if (!std::isfinite(g)) {
+          ++e->nonfinite;
+          continue;
+        }
+        e->lse = std::max(e->lse, std::fabs(g - r));
+        e->lse_ref = std::max(e->lse_ref, std::fabs(l - r));
+      }
+    }
+  }
+}
+
+std::string describe(const HostProblemConfig& c) {
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "%s d=%lld/%lld batch=%lld hq=%lld hkv=%lld sq=%lld sk=%lld varlen=%zu "
+                "mask=%s window=(%lld,%lld) softcap=%g seqused=%zu pad_dim=%lld heads_major=%d "
+                "seed=%llu",
+                fl::dtype_name(c.dtype), (long long)c.head_dim,
+                (long long)(c.head_dim_v ? c.head_dim_v : c.head_dim), (long long)c.batch,
+                (long long)c.heads_q, (long long)c.heads_kv, (long long)c.seqlen_q,
+                (long long)c.seqlen_k, c.seqlens_q.size(), fl::mask_type_name(c.mask),
+                (long long)c.window_left, (long long)c.window_right, c.softcap,
+                c.seqused_k.size(), (long long)c.pad_dim, int(c.heads_major),
+                (unsigned long long)c.seed);
+  return buf;
+}
+
+enum class Path { kDirect, kDispatcherStrict };
+
+/// Runs one problem on the sm90 kernel and checks it against the references.
+void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
+                fl::sm90::ScheduleOverride schedule = fl::sm90::ScheduleOverride::kAuto) {
+  SCOPED_TRACE(describe(cfg));
+  cfg.with_grads = false;
+  cfg.nan_unused_kv = true;
+  HostProblem low(cfg);  // low-precision inputs; ref_lowp output
+  HostProblem got(cfg);  // same inputs; receives the kernel's output
+  HostProblemConfig cfg64 = cfg;
+  cfg64.dtype = DType::kFloat64;
+  HostProblem ref(cfg64);
+  copy_inputs(low, ref);
+
+  fl::ProblemInfo info64, info_low;
+  ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kForward, &info64).ok());
+  ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kForward, &info_low).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref.problem(), info64).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(low.problem(), info_low).ok());
+
+  DeviceCopy dev(got);
+  fl::ProblemInfo info;
+  const fl::Status vs = fl::validate(dev.problem(), fl::Direction::kForward, &info);
+  ASSERT_TRUE(vs.ok()) << vs.to_string();
+  std::string variant;
+  fl::sm90::set_schedule_override(schedule);
+  if (path == Path::kDirect) {
+    const fl::Status st = fl::detail::sm90_forward(dev.problem(), info, nullptr, &variant);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+  } else {
+    fl::Request req;
+    req.backend = fl::Backend::kSm90;
+    req.strict = true;
+    const fl::Status st = fl::forward(dev.problem(), req);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    const fl::Receipt& r = fl::last_receipt();
+    EXPECT_EQ(r.actual_backend, "sm90");
+    variant = r.variant;
+  }
+  fl::sm90::set_schedule_override(fl::sm90::ScheduleOverride::kAuto);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(variant.rfind("fwd_m128_", 0), 0u) << variant;
+  dev.download(got);
+
+  EXPECT_EQ(got.o.count_poisoned(), 0) << "O not fully written";
+  EXPECT_EQ(got.o.count_padding_changed(), 0) << "O written out of bounds";
+  if (got.lse.defined()) {
+    EXPECT_EQ(got.lse.count_poisoned(), 0) << "LSE not fully written";
+    EXPECT_EQ(got.lse.count_padding_changed(), 0) << "LSE written out of bounds";
+  }
+  Errors e;
+  compare(got, low, ref, &e);
+  EXPECT_EQ(e.nonfinite, 0);
+  EXPECT_EQ(e.lse_inf_mismatch, 0);
+  EXPECT_LE(e.o, 2 * e.o_ref + 1e-5) << "O error " << e.o << " vs low-precision reference " << e.o_ref
+                                     << " (" << variant << ")";
+  EXPECT_LE(e.lse, 2 * e.lse_ref + 1e-5) << "LSE error " << e.lse << " vs " << e.lse_ref << " ("
+                                         << variant << ")";
+}
+
+HostProblemConfig base(DType dt, int64_t d, int64_t dv, uint64_t seed) {
+  HostProblemConfig c;
+  c.dtype = dt;
+  c.head_dim = d;
+  c.head_dim_v = dv;
+  c.seed = seed;
+  return c;
+}
+
+uint64_t fresh_seed() {
+  static std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ rd();
+}
+
+constexpr int64_t kDims[][2] = {{64, 64}, {96, 96}, {128, 128}, {192, 192}, {192, 128}, {256, 256}};
+
+}  // namespace
+
+TEST(Sm90Forward, EveryHeadDimAndDtype) {
+  SKIP_UNLESS_SM90();
+  for (auto& dd : kDims) {
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      if (!fl::detail::sm90_forward_supports(dd[0], dd[1])) continue;  // build-limited
+      HostProblemConfig c = base(dt, dd[0], dd[1], fresh_seed());
+      c.batch = 2;
+      c.heads_q = 4;
+      c.heads_kv = 2;
+      c.seqlen_q = 300;
+      c.seqlen_k = 517;
+      c.mask = MaskType::kCausalBottomRight;
+      check_case(c);
+      c.mask = MaskType::kNoMask;
+      c.seqlen_q = c.seqlen_k = 256;
+      c.batch = 1;
+      check_case(c);
+    }
+  }
+}
+
+TEST(Sm90Forward, SequenceLengthEdges) {
+  SKIP_UNLESS_SM90();
+  const int64_t lens[] = {1, 17, 113, 1000, 4097};
+  for (int64_t sq : lens) {
+    for (int64_t sk : lens) {
+      if (sq * sk > 1000 * 4097) continue;  // keeps the CPU reference bounded
+      HostProblemConfig c = base(DType::kBFloat16, 128, 128, fresh_seed());
+      c.heads_q = 2;
+      c.heads_kv = 1;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.mask = (sq + sk) % 2 ? MaskType::kCausal : MaskType::kNoMask;
+      check_case(c);
+    }
+  }
+  HostProblemConfig c = base(DType::kFloat16, 64, 64, fresh_seed());
+  c.seqlen_q = c.seqlen_k = 4097;
+  c.mask = MaskType::kCausal;
+  check_case(c);
+}
+
+TEST(Sm90Forward, MasksAndWindows) {
+  SKIP_UNLESS_SM90();
+  struct M { MaskType mask; int64_t wl, wr; };
+  const M masks[] = {{MaskType::kNoMask, -1, -1},    {MaskType::kCausal, -1, -1},
+                     {MaskType::kCausalBottomRight, -1, -1}, {MaskType::kNoMask, 64, 0},
+                     {MaskType::kNoMask, 0, 0},      {MaskType::kNoMask, 100, 37},
+                     {MaskType::kNoMask, -1, 5},     {MaskType::kNoMask, 200, -1},
+                     {MaskType::kCausal, 50, -1},    {MaskType::kCausalBottomRight, 129, -1}};
+  for (const M& m : masks) {
+    for (auto [sq, sk] : {std::pair<int64_t, int64_t>{300, 300}, {113, 1000}, {1000, 113}}) {
+      HostProblemConfig c = base(DType::kBFloat16, 64, 64, fresh_seed());
+      c.batch = 2;
+      c.heads_q = 2;
+      c.heads_kv = 1;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.mask = m.mask;
+      c.window_left = m.wl;
+      c.window_right = m.mask == MaskType::kNoMask ? m.wr : -1;
+      check_case(c);
+    }
+  }
+}
+
+TEST(Sm90Forward, SoftcapGqaMqaAndStrides) {
+  SKIP_UNLESS_SM90();
+  for (int64_t hkv : {8, 2, 1}) {  // MHA, GQA, MQA
+    HostProblemConfig c = base(DType::kFloat16, 128, 128, fresh_seed());
+    c.batch = 3;
+    c.heads_q = 8;
+    c.heads_kv = hkv;
+    c.seqlen_q = 200;
+    c.seqlen_k = 333;
+    c.softcap = hkv == 2 ? 0.0 : 30.0;
+    c.mask = hkv == 1 ? MaskType::kCausal : MaskType::kNoMask;
+    c.pad_dim = 8;  // 16 bytes: head rows not packed
+    c.pad_heads = 8;
+    c.pad_tokens = 3;
+    c.heads_major = hkv == 8;
+    check_case(c);
+  }
+}
+
+TEST(Sm90Forward, VarlenSequsedAndNaNPadding) {
+  SKIP_UNLESS_SM90();
+  std::mt19937 rng{unsigned(fresh_seed())};
+  for (int round = 0; round < 4; ++round) {
+    HostProblemConfig c = base(round % 2 ? DType::kFloat16 : DType::kBFloat16,
+                               round < 2 ? 128 : 64, round < 2 ? 128 : 64, fresh_seed());
+    const int n = round == 3 ? 40 : 5;
+    std::uniform_int_distribution<int> len(0, round == 3 ? 150 : 700);
+    for (int b = 0; b < n; ++b) {
+      c.seqlens_q.push_back(len(rng));
+      c.seqlens_k.push_back(len(rng));
+    }
+    c.seqlens_q[0] = 1;
+    if (round != 1) {
+      for (int b = 0; b < n; ++b) {
+        c.seqused_k.push_back(std::uniform_int_distribution<int>(0, c.seqlens_k[b])(rng));
+      }
+    }
+    c.heads_q = 4;
+    c.heads_kv = round == 2 ? 1 : 2;
+    c.mask = round == 0 ? MaskType::kCausalBottomRight : round == 2 ? MaskType::kCausal
+                                                                     : MaskType::kNoMask;
+    if (round == 3) c.window_left = 20, c.window_right = 10;
+    c.pad_tokens = 5;  // NaN rows after the packed tokens
+    check_case(c);
+  }
+  // bshd with seqused_k: NaN keys beyond it in every sequence.
+  HostProblemConfig c = base(DType::kBFloat16, 256, 256, fresh_seed());
+  c.batch = 3;
+  c.heads_q = 2;
+  c.heads_kv = 2;
+  c.seqlen_q = 190;
+  c.seqlen_k = 400;
+  c.seqused_k = {400, 129, 1};
+  check_case(c);
+}
+
+TEST(Sm90Forward, SchedulesAgree) {
+  SKIP_UNLESS_SM90();
+  for (auto sched : {fl::sm90::ScheduleOverride::kOneTilePerCta,
+                     fl::sm90::ScheduleOverride::kPersistent}) {
+    HostProblemConfig c = base(DType::kBFloat16, 128, 128, fresh_seed());
+    c.batch = 4;
+    c.heads_q = 16;
+    c.heads_kv = 4;
+    c.seqlen_q = 777;
+    c.seqlen_k = 901;
+    c.mask = MaskType::kCausalBottomRight;
+    check_case(c, Path::kDirect, sched);
+    c.mask = MaskType::kNoMask;
+    check_case(c, Path::kDirect, sched);
+  }
+}
+
+TEST(Sm90Forward, BatchTimesHeadsBeyondOneGridDimension) {
+  SKIP_UNLESS_SM90();
+  HostProblemConfig c = base(DType::kBFloat16, 64, 64, fresh_seed());
+  c.batch = 1100;
+  c.heads_q = 64;  // 70400 (batch, head) tiles > 65535
+  c.heads_kv = 8;
+  c.seqlen_q = 3;
+  c.seqlen_k = 5;
+  check_case(c);
+}
+
+TEST(Sm90Forward, ThroughTheDispatcherInStrictMode) {
+  SKIP_UNLESS_SM90();
+  HostProblemConfig c = base(DType::kBFloat16, 128, 128, fresh_seed());
+  c.batch = 2;
+  c.heads_q = 4;
+  c.heads_kv = 4;
+  c.seqlen_q = c.seqlen_k = 257;
+  c.mask = MaskType::kCausal;
+  check_case(c, Path::kDispatcherStrict);
+}
+
+TEST(Sm90Forward, RandomizedSweep) {
+  SKIP_UNLESS_SM90();
+  const uint64_t seed = fresh_seed();
+  SCOPED_TRACE("sweep seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
+  auto pick = [&](std::initializer_list<int64_t> v) {
+    return *(v.begin() + std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng));
+  };
+  for (int i = 0; i < 40; ++i) {
+    const auto& dd = kDims[pick({0, 1, 2, 3, 4, 5})];
+    if (!fl::detail::sm90_forward_supports(dd[0], dd[1])) continue;
+    HostProblemConfig c = base(pick({0, 1}) ? DType::kBFloat16 : DType::kFloat16, dd[0], dd[1], rng());
+    c.heads_kv = pick({1, 2});
+    c.heads_q = c.heads_kv * pick({1, 2, 3});
+    const bool varlen = pick({0, 1});
+    const int64_t sq = pick({1, 17, 113, 128, 300}), sk = pick({1, 17, 113, 256, 600});
+    if (varlen) {
+      const int64_t n = pick({1, 3, 6});
+      for (int64_t b = 0; b < n; ++b) {
+        c.seqlens_q.push_back(int32_t(std::uniform_int_distribution<int64_t>(0, sq)(rng)));
+        c.seqlens_k.push_back(int32_t(std::uniform_int_distribution<int64_t>(0, sk)(rng)));
+      }
+    } else {
+      c.batch = pick({1, 2, 5});
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+    }
+    if (pick({0, 1})) {
+      const int64_t n = varlen ? int64_t(c.seqlens_k.size()) : c.batch;
+      for (int64_t b = 0; b < n; ++b) {
+        const int64_t len = varlen ? c.seqlens_k[b] : sk;
+        c.seqused_k.push_back(int32_t(std::uniform_int_distribution<int64_t>(0, len)(rng)));
+      }
+    }
+    const int64_t m = pick({0, 1, 2, 3});
+    c.mask = m == 1 ? MaskType::kCausal : m == 2 ? MaskType::kCausalBottomRight : MaskType::kNoMask;
+    if (m == 3) {
+      c.window_left = pick({-1, 0, 16, 150});
+      c.window_right = pick({-1, 0, 9, 130});
+    }
+    c.softcap = pick({0, 0, 1}) ? 15.0 : 0.0;
+    c.pad_tokens = pick({0, 2});
+    check_case(c, Path::kDirect,
+               fl::sm90::ScheduleOverride(pick({0, 1, 2})));
+    if (HasFatalFailure()) return;
+  }
+}
