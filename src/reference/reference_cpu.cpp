@@ -276,11 +276,14 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
           axpy(pj, &vbuf[j * dv], orow.data(), dv);
           continue;
         }
+        // fp32 probabilities; the row sum itself is an accurate reduction (as torch's
+        // softmax/logsumexp on 16-bit inputs), rounded to fp32 once below.
         const double pj = f32(std::exp(static_cast<float>(scores[j] - m)));
-        l = f32(l + pj);
+        l += pj;
         const double pj_lowp = numeric::round_to(info.dtype, pj);
         for (int64_t c = 0; c < dv; ++c) orow[c] = f32(orow[c] + pj_lowp * vbuf[j * dv + c]);
       }
+      if (emulate) l = f32(l);
       const double inv_l = 1.0 / l;
       for (int64_t c = 0; c < dv; ++c) orow[c] *= inv_l;
       store_row(p.o, o_off, dv, orow.data());

@@ -76,14 +76,20 @@ struct OnlineSoftmax {
       const float base = (m == -INFINITY) ? 0.f : m * score_to_log2;
       correction[r] = kFirst ? 1.f : exp2f(row_max[r] * score_to_log2 - base);
       row_max[r] = m;
-      float sum = kFirst ? 0.f : row_sum[r] * correction[r];
+      // The tile's sum goes into kSumLanes independent partials that are added pairwise, and
+      // only then into the running sum: a single running sum over every column of a long row
+      // (thousands of sequential fp32 adds) cost ~1e-5 of LSE accuracy at seqlen 16k; this
+      // keeps the error near sqrt(blocks) ulps and gives the adds more independent work.
+      constexpr int kSumLanes = 4;
+      float part[kSumLanes] = {};
       CUTE_UNROLL
       for (int c = 0; c < size<1>(tS); ++c) {
         const float p = exp2f(fmaf(tS(r, c), score_to_log2, -base));
         tS(r, c) = p;
-        sum += p;
+        part[c % kSumLanes] += p;
       }
-      row_sum[r] = sum;
+      const float tile_sum = (part[0] + part[1]) + (part[2] + part[3]);
+      row_sum[r] = kFirst ? tile_sum : fmaf(row_sum[r], correction[r], tile_sum);
     }
   }
 
