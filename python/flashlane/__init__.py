@@ -11,6 +11,12 @@ Hugging Face transformers: flashlane.integrations.transformers.register().
 See docs/PYTHON.md.
 """
 
+try:
+    # torch first: importing the extension before torch made `import torch` crash inside its
+    # own CUDA set-up on the GPU machine (torch 2.11). With torch imported first both load.
+    import torch as _torch  # noqa: F401
+except ImportError:
+    _torch = None
 from . import _C
 from ._core import (ERROR_CODES, FlashlaneError, last_receipt, receipt_log,
                     record_python_receipt)
@@ -53,9 +59,7 @@ def device_info(ordinal: int = 0) -> dict:
 def _register_torch_ops() -> None:
     # Registers flashlane::fwd / flashlane::bwd when torch is importable, so that
     # torch.ops.flashlane.* exist as soon as flashlane is imported. Without torch: NumPy only.
-    try:
-        import torch  # noqa: F401
-    except ImportError:
+    if _torch is None:
         return
     from . import _ops  # noqa: F401
 

@@ -69,8 +69,17 @@ if [[ -z "$installed" ]]; then
   exit 1
 fi
 summary+=("build: ok via $installed in $(( $(date +%s) - start )) s (sm90=$sm90, head dims $head_dims)")
-if ! "$py" -c "import flashlane, json, torch; print(flashlane.__file__, flashlane.compiled_architectures(), 'torch', torch.__version__); print(json.dumps(flashlane.device_info()))" > "$out/python-import.log" 2>&1; then
-  cat "$out/python-import.log"; echo "=== summary"; printf '%s\n' "${summary[@]}" "import: FAILED"; exit 1
+if ! "$py" -X faulthandler -c "import flashlane, json, torch; print(flashlane.__file__, flashlane.compiled_architectures(), 'torch', torch.__version__); print(json.dumps(flashlane.device_info()))" > "$out/python-import.log" 2>&1; then
+  cat "$out/python-import.log"
+  # Narrow the failure down, one step per process.
+  for step in "import flashlane._C as C; print('C ok', C.version())" \
+              "import flashlane._C as C; print(dict(C.device_info(0)))" \
+              "import torch; import flashlane._C as C; print('torch then C ok')" \
+              "import flashlane._C as C; import torch; print('C then torch ok'); torch.zeros(1, device='cuda')" \
+              "import torch; torch.zeros(1, device='cuda'); import flashlane; print('flashlane after torch cuda ok')"; do
+    echo "--- $step"; "$py" -X faulthandler -c "$step" 2>&1 | tail -25; echo "rc=${PIPESTATUS[0]}"
+  done
+  echo "=== summary"; printf '%s\n' "${summary[@]}" "import: FAILED"; exit 1
 fi
 cat "$out/python-import.log"
 
