@@ -1,0 +1,102 @@
+"""Times PyTorch SDPA backends (cuDNN, FlashAttention-2) on the canonical forward grid, in the
+same run as `flashlane bench`, so docs/PERF.md can put a measured peer beside each sm90 row.
+
+    python3 bench/peers/torch_sdpa.py --out out/peer-sdpa.jsonl [--flashlane out/bench-receipts.jsonl]
+
+Each backend is forced with torch.nn.attention.sdpa_kernel([backend]) (PyTorch raises instead of
+falling back when it cannot run), timed with CUDA events (median after warm-up, fresh normal(0,1)
+inputs), and written as one JSON line per cell (schema: docs/RECEIPTS.md, proof_class execute,
+counts_for_status false: peers never count for flashlane's status). With --flashlane, prints the
+side-by-side table with the sm90 rows of that receipts file.
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTENTION}
+SEQLENS = [512, 1024, 2048, 4096, 8192, 16384]
+
+
+def time_ms(fn, reps):
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="out/peer-sdpa.jsonl")
+    ap.add_argument("--flashlane", default=None, help="flashlane bench receipts to compare with")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+    dev = torch.cuda.get_device_properties(0)
+    rows = []
+    for hd in (64, 128, 256):
+        heads = 2048 // hd
+        for causal in (False, True):
+            for s in SEQLENS:
+                batch = 16384 // s
+                q, k, v = (torch.randn(batch, heads, s, hd, device="cuda", dtype=torch.bfloat16)
+                           for _ in range(3))
+                pairs = batch * heads * (s * (s + 1) / 2 if causal else s * s)
+                flops = 4 * pairs * hd
+                for name, backend in BACKENDS.items():
+                    row = {"schema": "flashlane.proof_row/1", "proof_class": "execute",
+                           "artifact_kind": "microbench_case", "counts_for_status": False,
+                           "requested_backend": f"torch_sdpa_{name}", "direction": "fwd",
+                           "environment": {"device": dev.name, "torch": torch.__version__,
+                                           "cudnn": torch.backends.cudnn.version()},
+                           "problem": {"batch": batch, "heads_q": heads, "heads_kv": heads,
+                                       "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
+                                       "dtype": "bfloat16", "causal": causal}}
+                    try:
+                        with sdpa_kernel([backend]):
+                            ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                         args.reps)
+                        row["metrics"] = {"median_ms": ms, "tflops": flops / ms / 1e9}
+                        row["status"] = "ok"
+                    except RuntimeError as e:  # the backend refused this shape: say so
+                        row["status"] = "refused"
+                        row["error"] = str(e).splitlines()[0][:200]
+                    rows.append(row)
+                del q, k, v
+    with open(args.out, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    peer = {(r["requested_backend"], r["problem"]["head_dim"], r["problem"]["causal"],
+             r["problem"]["seqlen_q"]): r.get("metrics", {}).get("tflops") for r in rows}
+    ours = {}
+    if args.flashlane:
+        for line in open(args.flashlane):
+            r = json.loads(line)
+            if r.get("receipt", {}).get("actual_backend") == "sm90" and r.get("direction") == "fwd":
+                p = r["problem"]
+                ours[(p["head_dim"], bool(p["causal"]), p["seqlen_q"])] = r["metrics"]["tflops"]
+    print("hdim causal seqlen   sm90  cudnn flash2  sm90/cudnn")
+    for hd in (64, 128, 256):
+        for causal in (False, True):
+            for s in SEQLENS:
+                o = ours.get((hd, causal, s))
+                c = peer[("torch_sdpa_cudnn", hd, causal, s)]
+                f2 = peer[("torch_sdpa_flash2", hd, causal, s)]
+                fmt = lambda x: f"{x:6.0f}" if x else "     -"
+                ratio = f"{o / c:6.2f}" if (o and c) else "     -"
+                print(f"{hd:4d} {int(causal):6d} {s:6d} {fmt(o)} {fmt(c)} {fmt(f2)} {ratio}")
+
+
+if __name__ == "__main__":
+    main()
