@@ -32,8 +32,19 @@ const std::vector<Rule> kRules = {
      [](const RuleContext& c) {
        return sm90_forward_supports(c.info.head_dim, c.info.head_dim_v);
      }},
-    {Backend::kSm90, "sm90.bwd_not_implemented", "direction is forward (backward: issue 4)",
-     [](const RuleContext& c) { return c.info.direction == Direction::kForward; }},
+    {Backend::kSm90, "sm90.bwd_head_dim_unsupported",
+     "backward: (head_dim, head_dim_v) is 64, 96, 128, 192, 256 with head_dim_v == head_dim, "
+     "or (192, 128) (every mask, window, softcap, GQA/MQA, varlen, seqused_k, deterministic)",
+     [](const RuleContext& c) {
+       return c.info.direction == Direction::kForward ||
+              sm90_backward_supports(c.info.head_dim, c.info.head_dim_v);
+     }},
+    {Backend::kSm90, "sm90.bwd_grid_too_large",
+     "backward: batch and heads_q are at most 65535 (they ride grid dimensions y and z)",
+     [](const RuleContext& c) {
+       return c.info.direction == Direction::kForward ||
+              (c.info.batch <= 65535 && c.info.heads_q <= 65535);
+     }},
 
     // --- sm100 and cudnn: rows reserved so that requests name them; they fail closed.
     {Backend::kSm100, "sm100.not_implemented", "Blackwell kernels exist (not yet)",

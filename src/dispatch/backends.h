@@ -38,5 +38,7 @@ Status sm90_backward(const AttentionProblem& p, const ProblemInfo& info, cudaStr
                      std::string* variant);
 /// Head dims (and head_dim_v) the sm90 forward was compiled for in this build.
 bool sm90_forward_supports(int64_t head_dim, int64_t head_dim_v);
+/// (head_dim, head_dim_v) pairs the sm90 backward has kernels for.
+bool sm90_backward_supports(int64_t head_dim, int64_t head_dim_v);
 
 }  // namespace flashlane::detail

@@ -12,5 +12,6 @@ Status sm90_backward(const AttentionProblem&, const ProblemInfo&, cudaStream_t, 
   return Status(ErrorCode::kInternal, "sm90 kernels not compiled into this build", "sm90.not_compiled");
 }
 bool sm90_forward_supports(int64_t, int64_t) { return false; }
+bool sm90_backward_supports(int64_t, int64_t) { return false; }
 }  // namespace flashlane::detail
 #endif

@@ -250,9 +250,5 @@ Status sm90_forward(const AttentionProblem& pb, const ProblemInfo& info, cudaStr
   return Status::Ok();
 }
 
-Status sm90_backward(const AttentionProblem&, const ProblemInfo&, cudaStream_t, std::string*) {
-  return Status(ErrorCode::kInternal, "the sm90 backward is not implemented yet",
-                "sm90.bwd_not_implemented");
-}
 
 }  // namespace flashlane::detail

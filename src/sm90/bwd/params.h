@@ -1,0 +1,94 @@
+// params.h: the plain-data description of one sm90 backward launch (three kernels: preprocess,
+// the key-tile kernel for dK/dV (and dQ by atomics), the optional deterministic query-tile dQ
+// kernel, postprocess). Filled on the host by sm90_backward.cu from the validated problem.
+#pragma once
+
+#include <cstdint>
+
+#include "core/attention_rules.h"
+
+namespace flashlane::sm90 {
+
+struct BwdParams {
+  // Tensors; strides in elements; the last dimension is contiguous. bshd: row = token in its
+  // sequence, batch stride used; varlen: row = packed token, batch stride 0, per-sequence
+  // offsets from cu_seqlens. One formula serves both:
+  //   base + b * batch_stride + (seq_start + t) * row_stride + h * head_stride.
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  const void* o = nullptr;
+  const void* dout = nullptr;
+  const float* lse = nullptr;  // natural log, [b, h, s] or [h, total_q]
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  int64_t q_row_stride = 0, q_head_stride = 0, q_batch_stride = 0;
+  int64_t k_row_stride = 0, k_head_stride = 0, k_batch_stride = 0;
+  int64_t v_row_stride = 0, v_head_stride = 0, v_batch_stride = 0;
+  int64_t o_row_stride = 0, o_head_stride = 0, o_batch_stride = 0;
+  int64_t do_row_stride = 0, do_head_stride = 0, do_batch_stride = 0;
+  int64_t dq_row_stride = 0, dq_head_stride = 0, dq_batch_stride = 0;
+  int64_t dk_row_stride = 0, dk_head_stride = 0, dk_batch_stride = 0;
+  int64_t dv_row_stride = 0, dv_head_stride = 0, dv_batch_stride = 0;
+  int64_t lse_row_stride = 0, lse_head_stride = 0, lse_batch_stride = 0;
+
+  int batch = 0;
+  int heads_q = 0, heads_kv = 0;
+  int seqlen_q = 0, seqlen_k = 0;  // bshd: shapes; varlen: max_seqlen bounds for the grid
+  bool varlen = false;
+  const int32_t* cu_seqlens_q = nullptr;
+  const int32_t* cu_seqlens_k = nullptr;
+  const int32_t* seqused_k = nullptr;
+
+  // Scores in the log2 domain as in the forward (FwdParams): p = exp2(x * score_to_log2 -
+  // lse_log2), x = q.k (no softcap) or tanh(q.k * softcap_prescale) (softcap).
+  float score_to_log2 = 0.f;
+  float softcap_prescale = 0.f;
+  bool has_softcap = false;
+  // d(score)/d(q.k) without the tanh factor: softmax_scale. dK and dQ are scaled by it once at
+  // the end instead of per element.
+  float softmax_scale = 0.f;
+
+  MaskRule mask{};
+
+  // Workspace (fp32), rows indexed by the global query row gr = q_row_base(b) + i where
+  // q_row_base = cu_seqlens_q[b] (varlen) or b * seqlen_q (bshd); ws_rows = total query rows.
+  //   lse_log2 [heads_q, ws_rows]  LSE * log2(e); +inf for rows without visible keys, so every
+  //                                P of such a row is exp2(-inf) = 0, never NaN
+  //   delta    [heads_q, ws_rows]  rowsum(dO * O)
+  //   dq_accum [heads_q, ws_rows, head_dim]  (atomic mode only)
+  float* lse_log2 = nullptr;
+  float* delta = nullptr;
+  float* dq_accum = nullptr;
+  int64_t ws_rows = 0;
+
+  bool deterministic = false;
+};
+
+struct SeqInfo {
+  int64_t q_start = 0, k_start = 0;  // first row of the sequence in the row numbering
+  int len_q = 0;     // queries of the sequence
+  int len_k = 0;     // keys of the sequence (rows of dK/dV to write)
+  int used_k = 0;    // keys the mask sees (seqused_k)
+  int64_t ws_row0 = 0;  // workspace row of query 0
+};
+
+__device__ inline SeqInfo seq_info(const BwdParams& p, int b) {
+  SeqInfo s;
+  if (p.varlen) {
+    s.q_start = p.cu_seqlens_q[b];
+    s.k_start = p.cu_seqlens_k[b];
+    s.len_q = int(p.cu_seqlens_q[b + 1] - s.q_start);
+    s.len_k = int(p.cu_seqlens_k[b + 1] - s.k_start);
+    s.ws_row0 = s.q_start;
+  } else {
+    s.len_q = p.seqlen_q;
+    s.len_k = p.seqlen_k;
+    s.ws_row0 = int64_t(b) * p.seqlen_q;
+  }
+  s.used_k = p.seqused_k != nullptr ? min(int(p.seqused_k[b]), s.len_k) : s.len_k;
+  return s;
+}
+
+}  // namespace flashlane::sm90
