@@ -30,6 +30,10 @@ bool mode_matches_claim(const std::string& claim, const std::string& mode) {
   return false;
 }
 
+bool is_real_work_kind(const std::string& kind) {
+  return kind == "short_train" || kind == "prefill" || kind == "decode";
+}
+
 bool values_equal(const nlohmann::json& want, const nlohmann::json& have) {
   if (want.is_number() && have.is_number()) return want.get<double>() == have.get<double>();
   return want == have;
@@ -177,8 +181,24 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
         add("error_bound", key,
             m.checked_tensor + " max_abs_diff " + std::to_string(*m.max_abs_diff) + " > " +
                 std::to_string(tol));
-    } else if (r.counts_for_status && (!m.max_abs_diff || !m.ref_max_abs_diff)) {
+    } else if (r.counts_for_status && (!m.max_abs_diff || !m.ref_max_abs_diff) &&
+               !is_real_work_kind(r.artifact_kind)) {
       add("error_bound", key, "counting row without error figures");
+    }
+    // Real-work rows (short_train, prefill, decode) prove themselves by pass criteria listed in
+    // metrics.errors ({"criterion", "pass", ...}); a counting one needs at least one, all passed.
+    if (is_real_work_kind(r.artifact_kind) && r.counts_for_status) {
+      int criteria = 0;
+      std::string failed;
+      if (m.errors.is_array())
+        for (const auto& f : m.errors) {
+          if (!f.is_object() || !f.contains("criterion")) continue;
+          ++criteria;
+          const bool ok = f.contains("pass") && f["pass"].is_boolean() && f["pass"].get<bool>();
+          if (!ok) failed += (failed.empty() ? "" : ", ") + f["criterion"].dump();
+        }
+      if (criteria == 0) add("criteria", key, "counting " + r.artifact_kind + " row without pass criteria");
+      else if (!failed.empty()) add("criteria", key, "criteria not passed: " + failed);
     }
     if (m.errors.is_array()) {
       for (const auto& f : m.errors) {

@@ -11,7 +11,11 @@
 //   non_finite         nan_count > 0, or a metric (median_ms, tflops, peak_memory_mib,
 //                      max_abs_diff, ref_max_abs_diff, any per-tensor figure) is NaN/Inf
 //   error_bound        max_abs_diff > 2 * ref_max_abs_diff + 1e-5 (the row and each tensor of it);
-//                      a counting row without error figures also fails this rule
+//                      a counting row without error figures also fails this rule, except
+//                      real-work rows (artifact_kind short_train, prefill, decode), which
+//                      prove themselves by their pass criteria instead:
+//   criteria           a counting real-work row whose metrics.errors holds no {"criterion": ...}
+//                      entry, or one whose "pass" is not true (docs/VALIDATION.md)
 //   throughput         tflops below (1 - throughput_tolerance) x baseline (default 10%)
 //   memory             peak_memory_mib above (1 + memory_tolerance) x baseline (default 5%)
 //   claim_not_executed a claimed mode (config "claims": fwd, bwd, varlen, decode, paged) has no

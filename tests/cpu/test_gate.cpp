@@ -517,3 +517,136 @@ TEST(GateTest, ForgedCountsForStatusFails) {
   EXPECT_TRUE(has_rule(g, "counts_mismatch")) << dump(g);
   EXPECT_TRUE(has_rule(g, "no_counting_row")) << dump(g);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Real-work rows (artifact_kind short_train / prefill / decode, bench/real_work, issue 6): they
+// carry pass criteria in metrics.errors instead of FlashAttention's error figures.
+
+namespace {
+
+fb::ProofRow real_work_row(const std::string& kind, const std::string& preset, int64_t head_dim,
+                           const std::string& mode = "fwd") {
+  fb::ProofRow r = good_row(head_dim, true, 2048, "sm90", mode);
+  r.artifact_kind = kind;
+  r.preset = preset;
+  r.metrics.tflops.reset();
+  r.metrics.max_abs_diff.reset();
+  r.metrics.ref_max_abs_diff.reset();
+  r.metrics.checked_tensor.clear();
+  r.metrics.errors = nlohmann::json::array(
+      {{{"criterion", "receipts_all_sm90"}, {"value", 1600}, {"limit", nullptr}, {"pass", true}},
+       {{"criterion", "final_loss_ratio"}, {"value", 1.01}, {"limit", 1.05}, {"pass", true}}});
+  fb::compute_counts_for_status(&r);
+  return r;
+}
+
+std::vector<fb::ProofRow> real_work_rows() {
+  std::vector<fb::ProofRow> rows;
+  for (int64_t d : {64, 128}) {
+    rows.push_back(real_work_row("short_train", "real_work.steps2", d, "bwd"));
+    rows.push_back(real_work_row("short_train", "real_work.steps100", d, "bwd"));
+    rows.push_back(real_work_row("prefill", "real_work", d));
+    rows.push_back(real_work_row("decode", "real_work", d));
+  }
+  return rows;
+}
+
+fb::GateConfig real_work_config() {
+  fb::GateConfig c;
+  std::string why;
+  EXPECT_TRUE(fb::load_gate_config(std::string(FLASHLANE_SOURCE_DIR) + "/bench/gate_real_work.json", &c, &why))
+      << why;
+  return c;
+}
+
+}  // namespace
+
+TEST(GateRealWorkTest, ConfigRequiresEveryRealWorkRowAndTheyPass) {
+  const fb::GateConfig c = real_work_config();
+  EXPECT_EQ(c.required.size(), 8u);
+  const std::vector<fb::ProofRow> rows = real_work_rows();
+  ASSERT_TRUE(rows[0].counts_for_status) << rows[0].not_counted_reason;
+  const fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(g.pass) << dump(g);  // no error figures needed: the criteria prove these rows
+  EXPECT_EQ(g.counting_rows, 8);
+}
+
+TEST(GateRealWorkTest, MissingRequiredRowFails) {
+  const fb::GateConfig c = real_work_config();
+  for (size_t drop = 0; drop < 8; ++drop) {
+    std::vector<fb::ProofRow> rows = real_work_rows();
+    rows.erase(rows.begin() + static_cast<long>(drop));
+    const fb::GateResult g = fb::run_gate(rows, c, {});
+    EXPECT_FALSE(g.pass);
+    EXPECT_TRUE(has_rule(g, "required_missing")) << drop << "\n" << dump(g);
+  }
+}
+
+TEST(GateRealWorkTest, RowThatDidNotExecuteFails) {
+  const fb::GateConfig c = real_work_config();
+  // Produced without a GPU: observational, the GPU lane did not run.
+  std::vector<fb::ProofRow> rows = real_work_rows();
+  rows[1].proof_class = "observational";
+  rows[1].gpu_lane = {false, "no CUDA device"};
+  rows[1].environment.sm = 0;
+  fb::compute_counts_for_status(&rows[1]);
+  ASSERT_FALSE(rows[1].counts_for_status);
+  fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(g.pass);
+  // proof_class is part of the selector: the non-executed row does not satisfy it.
+  EXPECT_TRUE(has_rule(g, "required_missing")) << dump(g);
+  // The attention fell back to PyTorch SDPA (the integration's receipt): not proof.
+  rows = real_work_rows();
+  rows[3].receipt.actual_backend = "torch_sdpa";
+  rows[3].receipt.fallback_reason = "transformers.dense_mask_unsupported";
+  fb::compute_counts_for_status(&rows[3]);
+  g = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "required_not_counted")) << dump(g);
+  // No flashlane call at all (no receipt).
+  rows = real_work_rows();
+  rows[5].has_receipt = false;
+  fb::compute_counts_for_status(&rows[5]);
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "required_not_counted")) << dump(g);
+  // Validation failed (e.g. the loss ratio above 1.05).
+  rows = real_work_rows();
+  rows[2].metrics.errors[1]["pass"] = false;
+  rows[2].metrics.validation_passed = false;
+  fb::compute_counts_for_status(&rows[2]);
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "required_not_counted")) << dump(g);
+}
+
+TEST(GateRealWorkTest, CriteriaMustBePresentAndPassed) {
+  const fb::GateConfig c = real_work_config();
+  std::vector<fb::ProofRow> rows = real_work_rows();
+  rows[0].metrics.errors = nlohmann::json::array();  // validation_passed without any criterion
+  fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(g.pass);
+  EXPECT_TRUE(has_rule(g, "criteria")) << dump(g);
+  rows = real_work_rows();
+  rows[0].metrics.errors[0]["pass"] = false;  // says passed, one criterion did not
+  g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(has_rule(g, "criteria")) << dump(g);
+  // A microbench row without error figures still fails error_bound.
+  fb::ProofRow bench = good_row();
+  bench.metrics.max_abs_diff.reset();
+  g = fb::run_gate({bench}, fb::GateConfig{}, {});
+  EXPECT_TRUE(has_rule(g, "error_bound")) << dump(g);
+}
+
+TEST(GateRealWorkTest, RowsWrittenByPythonAreRead) {
+  // The JSON shape bench/real_work/realwork_rows.py writes (extra keys: receipts_summary, details;
+  // criteria entries in metrics.errors) parses and keeps its counts_for_status.
+  fb::ProofRow r = real_work_row("decode", "real_work", 64);
+  nlohmann::json j = fb::proof_row_to_json(r);
+  j["receipts_summary"] = {{"count", 248}};
+  j["details"] = {{"decode_backend", "sm90"}};
+  fb::ProofRow back;
+  std::string why;
+  ASSERT_TRUE(fb::proof_row_from_json(j, &back, &why)) << why;
+  fb::compute_counts_for_status(&back);
+  EXPECT_TRUE(back.counts_for_status) << back.not_counted_reason;
+  EXPECT_EQ(back.artifact_kind, "decode");
+}

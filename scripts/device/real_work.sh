@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The real-work validation (issue 6, docs/VALIDATION.md), one command on the GPU machine:
+#   1. builds and installs the Python package with the sm90 kernels (as scripts/device/python_gpu.sh:
+#      pip into a venv that sees the machine's torch/transformers, else a plain CMake build staged
+#      on PYTHONPATH), headers from .gpu_carry/pyheaders (scripts/device/python_pack.sh);
+#   2. pytest tests/python/test_real_work.py (loader, rows, the gate's pass/fail cases, a tiny CPU
+#      run of the whole pipeline);
+#   3. bench/real_work/realwork_run.py: byte-level Llama (8 layers, GQA 8/2, head_dim 64 and 128),
+#      2 and 100 steps at seq 2048 with lane_attention (flashlane, sm90) and sdpa, prefill, greedy
+#      decode; rows, curves (CSV + PNG) and results under $OUT;
+#   4. `flashlane gate $OUT/real_work_rows.jsonl --config bench/gate_real_work.json`;
+# and prints a short summary last. Exit 0 only when the run's rows all count and the gate passes.
+#
+# The gate needs the flashlane tool, which needs CLI11 (absent on the GPU machine): build it here
+# and carry it (it links the CUDA runtime statically):
+#   ninja -C build flashlane_cli && mkdir -p .gpu_carry/tool && cp build/tools/flashlane .gpu_carry/tool/
+#   device: carry [".gpu_carry/pyheaders", ".gpu_carry/tool"], command scripts/device/real_work.sh
+# Environment: FLASHLANE_TOOL (the tool), FLASHLANE_SM90_HEAD_DIMS (default "64;128"),
+# REAL_WORK_ARGS (extra arguments for realwork_run.py), REAL_WORK_BUDGET_S (default 570: the
+# training run is given what is left of it after the build).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-$root/out/real_work}"; mkdir -p "$out"
+hdr="${FLASHLANE_PYHEADERS:-$root/.gpu_carry/pyheaders}"
+build="$root/build/python-gpu"
+stage="$root/build/python-gpu-stage"
+jobs="${FLASHLANE_JOBS:-$(nproc)}"
+head_dims="${FLASHLANE_SM90_HEAD_DIMS:-64;128}"
+budget="${REAL_WORK_BUDGET_S:-570}"
+py="${PYTHON:-python3}"
+t0=$(date +%s)
+summary=()
+cd "$root"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
+"$py" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" 2>&1 | tee -a "$out/device.txt"
+git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$out/device.txt"
+
+# ---- 1. build + install (same recipe as scripts/device/python_gpu.sh)
+defines=(
+  "FLASHLANE_NLOHMANN_INCLUDE=$hdr/nlohmann-include"
+  "FLASHLANE_CUTLASS_INCLUDE=$hdr/cutlass-include"
+  "FLASHLANE_SM90_HEAD_DIMS=$head_dims"
+  "FLASHLANE_BUILD_SM90=ON"
+  "FLASHLANE_BUILD_TESTS=OFF"
+  "FLASHLANE_BUILD_TOOLS=OFF"
+)
+installed=""
+pip_py=""
+if "$py" -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
+  pip_py="$py"
+elif "$py" -m venv --system-site-packages "$root/build/venv-gpu" > "$out/python-venv.log" 2>&1 &&
+     "$root/build/venv-gpu/bin/python" -c "import torch, nanobind, scikit_build_core" >> "$out/python-venv.log" 2>&1; then
+  pip_py="$root/build/venv-gpu/bin/python"
+fi
+if [[ -n "$pip_py" ]]; then
+  args=(); for d in "${defines[@]}"; do args+=(-C "cmake.define.$d"); done
+  if CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$pip_py" -m pip install --no-build-isolation --no-deps \
+       --no-index -C build-dir="$build" "${args[@]}" . > "$out/python-build.log" 2>&1; then
+    py="$pip_py"; installed="pip install into $("$py" -c 'import sys; print(sys.prefix)')"
+  fi
+fi
+if [[ -z "$installed" ]]; then
+  echo "pip install failed or venv unavailable (see python-venv.log / python-build.log): plain CMake build" | tee -a "$out/python-build.log"
+  cargs=(); for d in "${defines[@]}"; do cargs+=("-D$d"); done
+  pyexe="$("$py" -c 'import sys; print(sys.executable)')"
+  if cmake -S "$root" -B "$build-cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHLANE_BUILD_PYTHON=ON \
+       -DPython_EXECUTABLE="$pyexe" "${cargs[@]}" >> "$out/python-build.log" 2>&1 &&
+     cmake --build "$build-cmake" -j "$jobs" >> "$out/python-build.log" 2>&1; then
+    rm -rf "$stage"; mkdir -p "$stage"
+    cp -r "$root/python/flashlane" "$stage/"
+    cp "$build-cmake"/python/_C*.so "$stage/flashlane/"
+    export PYTHONPATH="$stage${PYTHONPATH:+:$PYTHONPATH}"
+    installed="cmake (staged at build/python-gpu-stage)"
+  fi
+fi
+if [[ -z "$installed" ]]; then
+  tail -40 "$out/python-build.log"
+  echo "=== summary"; echo "build: FAILED after $(( $(date +%s) - t0 )) s (see $out/python-build.log)"
+  exit 1
+fi
+t_build=$(( $(date +%s) - t0 ))
+summary+=("build: ok via $installed in $t_build s (sm90 head dims $head_dims)")
+if ! "$py" -c "import flashlane, torch; print(flashlane.__file__, flashlane.compiled_architectures(), flashlane.device_info())" > "$out/python-import.log" 2>&1; then
+  cat "$out/python-import.log"
+  echo "=== summary"; printf '%s\n' "${summary[@]}" "import flashlane: FAILED"; exit 1
+fi
+
+# ---- the gate tool (carried; see the header)
+tool=""
+for t in "${FLASHLANE_TOOL:-}" "$root/.gpu_carry/tool/flashlane" "$root/build/tools/flashlane"; do
+  if [[ -n "$t" && -x "$t" ]] && "$t" gate --help > /dev/null 2>&1; then tool="$t"; break; fi
+done
+if [[ -n "$tool" ]]; then summary+=("gate tool: $tool"); else summary+=("gate tool: NOT FOUND (carry .gpu_carry/tool, see the header): the gate did not run"); fi
+
+# ---- 2. CPU tests of the validation code (and the gate's fail cases with the carried tool)
+FLASHLANE_TOOL="$tool" timeout 180 "$py" -m pytest tests/python/test_real_work.py -rs -q -p no:cacheprovider \
+  --junitxml="$out/pytest-real-work.xml" > "$out/pytest-real-work.log" 2>&1
+rc_test=$?
+summary+=("pytest tests/python/test_real_work.py: rc=$rc_test $(tail -1 "$out/pytest-real-work.log")")
+
+# ---- 3. the run
+left=$(( budget - ($(date +%s) - t0) ))
+(( left < 60 )) && left=60
+# shellcheck disable=SC2086
+timeout "$left" "$py" -u bench/real_work/realwork_run.py --out "$out" ${REAL_WORK_ARGS:-} 2>&1 | tee "$out/real_work.log" | grep -v "^\s*$" | tail -60 > "$out/real_work.tail"
+rc_run=${PIPESTATUS[0]}
+summary+=("realwork_run.py: rc=$rc_run in $(( $(date +%s) - t0 - t_build )) s (timeout ${left} s; 124 = cut short)")
+
+# ---- 4. the gate
+rc_gate=1
+if [[ -n "$tool" && -s "$out/real_work_rows.jsonl" ]]; then
+  "$tool" gate "$out/real_work_rows.jsonl" --config bench/gate_real_work.json > "$out/gate.txt" 2>&1
+  rc_gate=$?
+  summary+=("gate (bench/gate_real_work.json): $(tail -1 "$out/gate.txt") rc=$rc_gate")
+else
+  summary+=("gate: not run (tool or rows missing)")
+fi
+
+grep -E "Error|Traceback|FAILED" "$out/real_work.log" | head -10
+sed -n '/=== real work summary/,$p' "$out/real_work.log"
+[[ -f "$out/gate.txt" ]] && grep -v "^PASS$\|^FAIL$" "$out/gate.txt" | head -20
+echo "=== summary (total $(( $(date +%s) - t0 )) s; files under $out)"
+printf '%s\n' "${summary[@]}"
+[[ $rc_run == 0 && $rc_gate == 0 ]]
