@@ -603,6 +603,10 @@ def main(argv=None):
         else:
             firsts = [x["first_divergence"] for x in d["divergence"]]
             line += f" decode_backend={d['decode_backend']} first divergence {firsts} agreement {d['token_agreement_vs_sdpa']:.3f}"
+            gaps = [(x["first_divergence"], round(x["logit_gap_sdpa"], 4))
+                    for x in d["divergence"] if x["first_divergence"] is not None]
+            if gaps:  # (position, how far SDPA's choice led flashlane's in SDPA's own logits)
+                line += f" logit gaps (pos, sdpa top - flashlane pick) {gaps}"
         if not r["counts_for_status"]:
             line += f" ({r['not_counted_reason']})"
         print(line)
