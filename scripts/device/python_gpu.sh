@@ -11,8 +11,6 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/out}"; mkdir -p "$out"
 hdr="${FLASHLANE_PYHEADERS:-$root/.gpu_carry/pyheaders}"
-build="$root/build/python-gpu"
-stage="$root/build/python-gpu-stage"
 jobs="${FLASHLANE_JOBS:-$(nproc)}"
 head_dims="${FLASHLANE_SM90_HEAD_DIMS:-64;128}"
 sm90="${FLASHLANE_BUILD_SM90:-ON}"
@@ -22,46 +20,11 @@ cd "$root"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 "$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/device.txt"
 
-defines=(
-  "FLASHLANE_NLOHMANN_INCLUDE=$hdr/nlohmann-include"
-  "FLASHLANE_CUTLASS_INCLUDE=$hdr/cutlass-include"
-  "FLASHLANE_SM90_HEAD_DIMS=$head_dims"
-  "FLASHLANE_BUILD_SM90=$sm90"
-  "FLASHLANE_BUILD_TESTS=OFF"
-  "FLASHLANE_BUILD_TOOLS=OFF"
-)
 start=$(date +%s)
+source "$root/scripts/device/python_install.sh"
 installed=""
-# 1. pip: into $py's own venv if it is one, else into a venv that sees the machine's packages
-#    (torch, transformers, nanobind, scikit-build-core); never into the system Python.
-pip_py=""
-if "$py" -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
-  pip_py="$py"
-elif "$py" -m venv --system-site-packages "$root/build/venv-gpu" > "$out/python-venv.log" 2>&1 &&
-     "$root/build/venv-gpu/bin/python" -c "import torch, nanobind, scikit_build_core" >> "$out/python-venv.log" 2>&1; then
-  pip_py="$root/build/venv-gpu/bin/python"
-fi
-if [[ -n "$pip_py" ]]; then
-  args=(); for d in "${defines[@]}"; do args+=(-C "cmake.define.$d"); done
-  if CMAKE_BUILD_PARALLEL_LEVEL="$jobs" "$pip_py" -m pip install --no-build-isolation --no-deps \
-       --no-index -C build-dir="$build" "${args[@]}" . > "$out/python-build.log" 2>&1; then
-    py="$pip_py"; installed="pip install into $("$py" -c 'import sys; print(sys.prefix)')"
-  fi
-fi
-# 2. Fallback without venv/pip: the same CMake project, the extension staged next to the sources.
-if [[ -z "$installed" ]]; then
-  echo "pip install failed or venv unavailable (see python-venv.log / python-build.log): plain CMake build" | tee -a "$out/python-build.log"
-  cargs=(); for d in "${defines[@]}"; do cargs+=("-D$d"); done
-  pyexe="$("$py" -c 'import sys; print(sys.executable)')"
-  if cmake -S "$root" -B "$build-cmake" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHLANE_BUILD_PYTHON=ON \
-       -DPython_EXECUTABLE="$pyexe" "${cargs[@]}" >> "$out/python-build.log" 2>&1 &&
-     cmake --build "$build-cmake" -j "$jobs" >> "$out/python-build.log" 2>&1; then
-    rm -rf "$stage"; mkdir -p "$stage"
-    cp -r "$root/python/flashlane" "$stage/"
-    cp "$build-cmake"/python/_C*.so "$stage/flashlane/"
-    export PYTHONPATH="$stage${PYTHONPATH:+:$PYTHONPATH}"
-    installed="cmake (staged at build/python-gpu-stage)"
-  fi
+if flashlane_python_install "$root" "$out" "$hdr" "$head_dims" "$sm90" "$jobs" "$py"; then
+  py="$FL_PY"; installed="$FL_INSTALLED"
 fi
 if [[ -z "$installed" ]]; then
   tail -40 "$out/python-build.log"
