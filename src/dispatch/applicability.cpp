@@ -27,10 +27,11 @@ const std::vector<Rule> kRules = {
     {Backend::kSm90, "sm90.requires_cuda_tensors", "all tensors are CUDA device tensors", on_cuda},
     {Backend::kSm90, "sm90.dtype_unsupported", "dtype is bfloat16 or float16", half_dtype},
     {Backend::kSm90, "sm90.head_dim_unsupported",
-     "(head_dim, head_dim_v) is a compiled pair: 64, 96, 128, 192, 256 with head_dim_v == "
-     "head_dim, or (192, 128)",
+     "forward: (head_dim, head_dim_v) is a pair this build compiled (of 64, 96, 128, 192, 256 "
+     "with head_dim_v == head_dim, and (192, 128); FLASHLANE_SM90_HEAD_DIMS)",
      [](const RuleContext& c) {
-       return sm90_forward_supports(c.info.head_dim, c.info.head_dim_v);
+       return c.info.direction == Direction::kBackward ||
+              sm90_forward_supports(c.info.head_dim, c.info.head_dim_v);
      }},
     {Backend::kSm90, "sm90.bwd_head_dim_unsupported",
      "backward: (head_dim, head_dim_v) is 64, 96, 128, 192, 256 with head_dim_v == head_dim, "

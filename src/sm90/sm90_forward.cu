@@ -13,8 +13,7 @@
 #include "sm90/sm90_forward.h"
 
 // Which head dims this build instantiated (fwd_hdim<D>*.cu). nvcc splits -D values at commas,
-// so the build passes one FLASHLANE_SM90_HDIM_<D>=1 per head dim; a comma list
-// FLASHLANE_SM90_HEAD_DIMS (from a non-nvcc path) is accepted too; neither means all of them.
+// so the build passes one FLASHLANE_SM90_HDIM_<D>=1 per head dim; none means all of them.
 #if defined(FLASHLANE_SM90_HDIM_64) || defined(FLASHLANE_SM90_HDIM_96) || \
     defined(FLASHLANE_SM90_HDIM_128) || defined(FLASHLANE_SM90_HDIM_192) || \
     defined(FLASHLANE_SM90_HDIM_256)
@@ -44,8 +43,6 @@
 #define FL_SM90_D256 0
 #endif
 #define FL_SM90_COMPILED_DIMS FL_SM90_D64, FL_SM90_D96, FL_SM90_D128, FL_SM90_D192, FL_SM90_D256
-#elif defined(FLASHLANE_SM90_HEAD_DIMS)
-#define FL_SM90_COMPILED_DIMS FLASHLANE_SM90_HEAD_DIMS
 #else
 #define FL_SM90_COMPILED_DIMS 64, 96, 128, 192, 256
 #endif
@@ -84,7 +81,7 @@ std::string tile_name(DType dtype) {
 }
 
 // Dispatch over the compiled instantiations; only reached when sm90_forward_supports() holds.
-// The FLASHLANE_SM90_HEAD_DIMS guard keeps builds with fewer head dims linking.
+// head_dim_compiled() keeps builds with fewer head dims (FLASHLANE_SM90_HEAD_DIMS) linking.
 template <int D, int DV, class Fn>
 bool try_instantiation(int64_t d, int64_t dv, Fn& fn, Status* out) {
   if constexpr (head_dim_compiled(D)) {
