@@ -4,8 +4,10 @@
 // FlashAttention's check for O, LSE (and dQ, dK, dV with --bwd):
 //   max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5
 // ref64: reference_cpu on float64 upcasts of the same inputs; ref_lowp: reference_cpu on the
-// low-precision inputs writing low-precision outputs. Above 2e8 score pairs both references run
-// on reference_cuda when a GPU is present (it accumulates float64 on float64 inputs; printed).
+// low-precision inputs writing low-precision outputs, emulating a fused kernel's roundings
+// (ReferenceNumerics::kLowPrecision: P, and in the backward dS, rounded to the input dtype
+// before the products that read them). Above 2e8 score pairs both references run on
+// reference_cuda when a GPU is present (it accumulates float64 on float64 inputs; printed).
 // Prints the per-call receipt(s) and the error figures. Exit: 0 pass, 1 failed check or
 // execution error, 2 validation error or strict refusal (Status with code and tag printed).
 #include <cuda_runtime_api.h>
@@ -178,7 +180,8 @@ int run_problem(const RunOptions& o) {
   const bool ref_gpu = cuda && spec.score_pairs() > kGpuReferencePairs;
   if (ref_gpu)
     notes.push_back("more than 2e8 score pairs: references run on reference_cuda (ref64: float64 "
-                    "inputs, float64 accumulation; ref_lowp: fp32 accumulation)");
+                    "inputs, float64 accumulation; ref_lowp: fp32 accumulation, backward P and dS "
+                    "rounded to the input dtype)");
   else if (spec.score_pairs() > kGpuReferencePairs)
     notes.push_back("more than 2e8 score pairs and no GPU: the CPU references will be slow");
   bench::Outputs ref64, ref_lowp;
@@ -199,11 +202,18 @@ int run_problem(const RunOptions& o) {
   checks.emplace_back("fwd", bench::check_outputs(Direction::kForward, got, ref64, ref_lowp));
   if (o.bwd) checks.emplace_back("bwd", bench::check_outputs(Direction::kBackward, got, ref64, ref_lowp));
   bool pass = true;
+  // ref_lowp's numerics (bench::reference_outputs: ReferenceNumerics::kLowPrecision on 16-bit).
+  const bool lowp16 = spec.dtype == DType::kBFloat16 || spec.dtype == DType::kFloat16;
   for (auto& [name, c] : checks) {
+    const bool bwd = std::string(name) == "bwd";
+    const char* how;
+    if (ref_gpu) how = lowp16 && bwd ? " (fp32 accumulation, P and dS rounded to the input dtype)"
+                                     : " (fp32 accumulation)";
+    else if (!lowp16) how = " (float64 accumulation)";
+    else if (bwd) how = " (fp32 scores, P, dP and dS; P and dS rounded to the input dtype)";
+    else how = " (fp32 scores/softmax, P rounded to the input dtype)";
     c.ref64_method = ref_name + " on float64 upcasts of the inputs";
-    c.ref_lowp_method = ref_name + " on the " + std::string(dtype_name(spec.dtype)) + " inputs" +
-                        (ref_gpu ? " (fp32 accumulation)"
-                                 : " (fp32 scores/softmax, P rounded to the input dtype)");
+    c.ref_lowp_method = ref_name + " on the " + std::string(dtype_name(spec.dtype)) + " inputs" + how;
     pass = pass && c.pass;
     out["check"][name] = bench::check_to_json(c);
   }

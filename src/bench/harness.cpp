@@ -510,28 +510,28 @@ Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DTyp
   if (!s.ok()) return s;
   ProblemInfo info;
   if (!(s = validate(t.problem, Direction::kForward, &info)).ok()) return s;
+  // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp): the CPU
+  // forward and backward, and the GPU backward (P and dS rounded to the input dtype).
+  const bool lowp = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+  const detail::ReferenceNumerics numerics =
+      lowp ? detail::ReferenceNumerics::kLowPrecision : detail::ReferenceNumerics::kFloat64;
   if (on_gpu) {
     if (!(s = detail::reference_cuda_forward(t.problem, info, nullptr)).ok()) return s;
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) return cuda_status(e, "reference_cuda forward");
   } else {
-    // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp).
-    const bool lowp = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
-    if (!(s = detail::reference_cpu_forward(t.problem, info,
-                                            lowp ? detail::ReferenceNumerics::kLowPrecision
-                                                 : detail::ReferenceNumerics::kFloat64)).ok())
-      return s;
+    if (!(s = detail::reference_cpu_forward(t.problem, info, numerics)).ok()) return s;
   }
   if (!(s = fetch_outputs(t, Direction::kForward, out)).ok()) return s;
   if (!backward) return Status::Ok();
   ProblemInfo binfo;
   if (!(s = validate(t.problem, Direction::kBackward, &binfo)).ok()) return s;
   if (on_gpu) {
-    if (!(s = detail::reference_cuda_backward(t.problem, binfo, nullptr)).ok()) return s;
+    if (!(s = detail::reference_cuda_backward(t.problem, binfo, nullptr, numerics)).ok()) return s;
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) return cuda_status(e, "reference_cuda backward");
   } else {
-    if (!(s = detail::reference_cpu_backward(t.problem, binfo)).ok()) return s;
+    if (!(s = detail::reference_cpu_backward(t.problem, binfo, numerics)).ok()) return s;
   }
   return fetch_outputs(t, Direction::kBackward, out);
 }

@@ -12,7 +12,8 @@
 //  - check_outputs(): FlashAttention's rule per tensor,
 //      max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5,
 //    where ref64 is the reference on float64 upcasts and ref_lowp the reference on the same
-//    low-precision inputs writing low-precision outputs.
+//    low-precision inputs writing low-precision outputs, emulating a fused kernel's roundings
+//    (detail::ReferenceNumerics::kLowPrecision).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -131,7 +132,9 @@ Status fetch_outputs(const ProblemTensors& t, Direction direction, Outputs* out)
 
 /// Runs a reference backend directly (no dispatcher, no receipt) on a problem built from
 /// `inputs` in `dtype`: forward, then (when `backward`) the backward pass on its own o and lse.
-/// on_gpu: reference_cuda on CUDA device 0; otherwise reference_cpu.
+/// on_gpu: reference_cuda on CUDA device 0; otherwise reference_cpu. 16-bit `dtype` (ref_lowp):
+/// ReferenceNumerics::kLowPrecision for the reference_cpu forward and backward and the
+/// reference_cuda backward (P, and dS, rounded to `dtype` before the products that read them).
 Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DType dtype,
                          bool backward, bool on_gpu, Outputs* out);
 

@@ -12,23 +12,38 @@
 
 namespace flashlane::detail {
 
-/// How reference_cpu computes: kFloat64 is the ground truth (float64 accumulation);
-/// kLowPrecision emulates a fused kernel's roundings (fp32 scores, softmax and sums, P rounded to
-/// the input dtype before P V), the "ref_lowp" of FlashAttention's test rule
-/// max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5 (forward only; backward is float64).
+/// How a reference computes: kFloat64 is the ground truth (float64 accumulation); kLowPrecision
+/// is the "ref_lowp" of FlashAttention's test rule
+///   max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5,
+/// emulating a fused kernel's roundings as FlashAttention's tests do (attention_ref with
+/// upcast=False, tests/test_util.py of flash-attention: P and dS in the input dtype before the
+/// products that read them):
+///   reference_cpu forward: fp32 scores, softmax and sums; P rounded to the input dtype before P V.
+///   reference_cpu backward (16-bit inputs; fp32 / fp64 inputs: as kFloat64): fp32 scores,
+///     P = exp(s - lse), D = rowsum(dO o O), dP = dO V^T and dS = P o (dP - D); P and dS rounded
+///     once to the input dtype before dV += P^T dO, dK += dS^T Q, dQ += dS K (float64 sums);
+///     dQ and dK times softmax_scale once at the end.
+///   reference_cuda backward (fp32 accumulation in both modes): P and dS rounded to the input
+///     dtype before the same three products. The reference_cuda forward has no such mode.
 enum class ReferenceNumerics { kFloat64, kLowPrecision };
 
-/// float64-accumulating CPU reference; all tensors on the host.
+/// float64-accumulating CPU reference; all tensors on the host. Without `numerics`: kFloat64.
 Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info);
 Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
                              ReferenceNumerics numerics);
 Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info);
+Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info,
+                              ReferenceNumerics numerics);
 
 /// Straightforward CUDA reference (fp32 accumulation); all tensors on one CUDA device.
+/// The backward without `numerics` (kFloat64) does not round P and dS; kLowPrecision rounds them
+/// to the input dtype (16-bit inputs only; fp32 / fp64 inputs ignore it).
 Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
                               cudaStream_t stream);
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
                                cudaStream_t stream);
+Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
+                               cudaStream_t stream, ReferenceNumerics numerics);
 
 /// Hopper kernels. `variant` receives the tile shape and features of the launch.
 /// Only called when the sm90 rules of the applicability table pass.

@@ -18,6 +18,12 @@
 //     seqused_k get dK = dV = 0.
 //   Note: the accuracy of the backward is bounded by the float32 LSE it is given (about 1e-7
 //   relative in P), not by the float64 accumulation.
+//   Low precision (ReferenceNumerics::kLowPrecision, the "ref_lowp" of FlashAttention's test
+//   rule; FlashAttention's tests/test_util.py, attention_ref with upcast=False): the forward
+//   rounds scores and P to fp32 and P to the input dtype before P V; the backward emulates a
+//   fused kernel (FlashAttention-2/3): fp32 scores, P, D, dP and dS, P and dS rounded once to the
+//   input dtype before the dV / dK / dQ products, wide (float64) sums, softmax_scale applied to
+//   dQ and dK once at the end.
 //
 // Parallelism: std::thread over (batch, query head) for the forward and over (batch, kv head)
 // for the backward, so every output element is written by exactly one thread (no races, and
@@ -305,13 +311,34 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
 }
 
 Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info) {
+  return reference_cpu_backward(p, info, ReferenceNumerics::kFloat64);
+}
+
+Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info,
+                              ReferenceNumerics numerics) {
   if (Status st = check_host(p); !st.ok()) return st;
+  // kLowPrecision emulates a fused backward (FlashAttention-2/3) on 16-bit inputs, per visible
+  // (i, j), f32(x) = x rounded to float once:
+  //   raw = f32(scale q_i.k_j); softcap: t = f32(tanh(raw / c)), score = f32(c t),
+  //   dcap = f32(1 - t t), else score = raw, dcap = 1;  P = f32(exp(f32(score - lse_i)));
+  //   D_i = f32(dout_i.o_i);  dP = f32(dout_i.v_j);  dS = f32(P (dP - D_i) dcap) (the product
+  //   computed in double and rounded once; fp32 arithmetic would differ in the last fp32 bits);
+  //   dV_j += round_to(dtype, P) dout_i;  dK_j += round_to(dtype, dS) q_i;
+  //   dQ_i += round_to(dtype, dS) k_j, summed in double (tensor cores accumulate in fp32 with
+  //   wide internal sums), dQ and dK times softmax_scale once at the end, as the kernel does.
+  // fp32 / fp64 inputs: nothing to round to, so the float64 path.
+  const bool emulate = numerics == ReferenceNumerics::kLowPrecision &&
+                       (info.dtype == DType::kBFloat16 || info.dtype == DType::kFloat16);
+  const auto f32 = [](double x) { return static_cast<double>(static_cast<float>(x)); };
   const Layout layout(p, info);
   const MaskRule rule = mask_rule(info);
   const int64_t d = info.head_dim, dv = info.head_dim_v;
   const int64_t heads_kv = std::max<int64_t>(info.heads_kv, 1);
   const int64_t group = info.heads_q / heads_kv;
   const double scale = info.softmax_scale, softcap = info.softcap;
+  // float64 path: dS carries the scale (dS_raw); emulation: dS without it, the sums scaled once.
+  const double ds_scale = emulate ? 1.0 : scale;
+  const double end_scale = emulate ? scale : 1.0;
 
   const double work = 5.0 * static_cast<double>(info.total_q) * static_cast<double>(info.heads_q) *
                       static_cast<double>(std::max<int64_t>(info.seqlen_k, 1)) *
@@ -341,28 +368,43 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
         load_row(p.q, layout.row(p.q, b, token, h), d, qrow.data());
         load_row(p.dout, layout.row(p.dout, b, token, h), dv, dorow.data());
         load_row(p.o, layout.row(p.o, b, token, h), dv, orow.data());
-        const double D = dot(dorow.data(), orow.data(), dv);
+        double D = dot(dorow.data(), orow.data(), dv);
+        if (emulate) D = f32(D);
         std::fill(dqrow.begin(), dqrow.end(), 0.0);
         for (int64_t j = first; j < last; ++j) {
           const double* kj = &kbuf[j * d];
           const double* vj = &vbuf[j * dv];
-          const double raw = scale * dot(qrow.data(), kj, d);
+          double raw = scale * dot(qrow.data(), kj, d);
+          if (emulate) raw = f32(raw);
           double score = raw, dcap = 1.0;
           if (softcap > 0.0) {
-            const double t = std::tanh(raw / softcap);
+            double t = std::tanh(raw / softcap);
+            if (emulate) t = f32(t);
             score = softcap * t;
             dcap = 1.0 - t * t;
+            if (emulate) {
+              score = f32(score);
+              dcap = f32(dcap);
+            }
           }
-          const double pij = std::exp(score - lse);
+          double pij = emulate ? f32(std::exp(f32(score - lse))) : std::exp(score - lse);
+          double dp = dot(dorow.data(), vj, dv);
+          if (emulate) dp = f32(dp);
+          double ds = pij * (dp - D) * dcap * ds_scale;
+          if (emulate) {
+            // The operands of the gradient products, rounded once to the input dtype.
+            pij = numeric::round_to(info.dtype, pij);
+            ds = numeric::round_to(info.dtype, f32(ds));
+          }
           axpy(pij, dorow.data(), &dvacc[j * dv], dv);
-          const double dp = dot(dorow.data(), vj, dv);
-          const double ds = pij * (dp - D) * dcap * scale;
           axpy(ds, kj, dqrow.data(), d);
           axpy(ds, qrow.data(), &dkacc[j * d], d);
         }
+        for (double& x : dqrow) x *= end_scale;
         store_row(p.dq, dq_off, d, dqrow.data());
       }
     }
+    for (double& x : dkacc) x *= end_scale;
     for (int64_t j = 0; j < s.seqlen_k; ++j) {
       const int64_t dk_off = layout.row(p.dk, b, s.k_start + j, hk);
       const int64_t dv_off = layout.row(p.dv, b, s.k_start + j, hk);

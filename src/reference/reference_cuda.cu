@@ -28,6 +28,10 @@
 //     loops over the query heads of the GQA group and over the query range that can see the key
 //     block). No atomics: every output element is written by exactly one thread, so the
 //     backward is deterministic by construction. Rows with lse = -inf contribute 0.
+//     ReferenceNumerics::kLowPrecision (Params::round_ps): P and dS, computed in fp32 as always,
+//     are rounded to the 16-bit input dtype before they enter the dV, dK and dQ sums, as a
+//     tensor-core kernel (FlashAttention-2/3) rounds its MMA operands and as FlashAttention's
+//     ref_lowp (attention_ref with upcast=False, tests/test_util.py) does; fp32/fp64: no rounding.
 //   * Grids are 1-D and grid-stride over (row block, head, batch), so batch * heads is unbounded.
 // Every launch is checked with cudaGetLastError; nothing synchronizes the stream.
 #include <cuda_bf16.h>
@@ -75,6 +79,13 @@ template <typename T, typename Acc>
 __device__ __forceinline__ T store_cvt(Acc x) {
   if constexpr (sizeof(Acc) == 8) return from_acc_d<T>(x);
   else return from_acc<T>(x);
+}
+
+/// x rounded to the 16-bit T and back (an MMA operand of type T); identity for float / double.
+template <typename T, typename Acc>
+__device__ __forceinline__ Acc round_through(Acc x) {
+  if constexpr (sizeof(T) == 2) return to_acc<T, Acc>(from_acc<T>(x));
+  else return x;
 }
 
 __device__ __forceinline__ float ex2(float x) { return exp2f(x); }
@@ -161,6 +172,7 @@ struct Params {
   bool varlen = false;
   bool has_lse = false;
   bool vec_ok = false;  // every base pointer and row/head/batch stride allows 16-byte loads
+  bool round_ps = false;  // backward: P and dS rounded to T before the sums (kLowPrecision)
   int64_t batch = 0, heads_q = 0, heads_kv = 0, group = 1;
   int64_t seqlen_q = 0, seqlen_k = 0;  // bshd sizes; varlen: max_seqlen bounds (grid size)
   int64_t total_q = 0;
@@ -598,7 +610,7 @@ bwd_dq_kernel(const Params p) {
           ds = pr * (dp[r] - dsum[r]);
           if (softcap > Acc(0)) ds *= Acc(1) - t * t;
         }
-        dsv[r] = ds;
+        dsv[r] = p.round_ps ? round_through<T, Acc>(ds) : ds;
       }
       sts_rows<Acc, kRows>(myS + lane * kRows, dsv);
       __syncwarp();
@@ -721,8 +733,8 @@ bwd_dkv_kernel(const Params p) {
               ds = pr * (dp[r] - dsum);
               if (softcap > Acc(0)) ds *= Acc(1) - t * t;
             }
-            pv[r] = pr;
-            dsv[r] = ds;
+            pv[r] = p.round_ps ? round_through<T, Acc>(pr) : pr;
+            dsv[r] = p.round_ps ? round_through<T, Acc>(ds) : ds;
           }
           sts_rows<Acc, kRows>(myP + lane * kRows, pv);
           sts_rows<Acc, kRows>(myS + lane * kRows, dsv);
@@ -941,7 +953,8 @@ Status dispatch_pad(bool backward, const Params& prm, cudaStream_t stream) {
   }
 }
 
-Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cudaStream_t stream) {
+Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cudaStream_t stream,
+           ReferenceNumerics numerics) {
   if (info.head_dim <= 0 || info.head_dim_v <= 0 || info.head_dim > 256 ||
       info.head_dim_v > 256 || info.head_dim % 8 != 0 || info.head_dim_v % 8 != 0) {
     return Status(ErrorCode::kInternal, "reference_cuda: head dims " +
@@ -952,7 +965,8 @@ Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cu
   if (info.heads_kv <= 0 || info.heads_q % info.heads_kv != 0) {
     return Status(ErrorCode::kInternal, "reference_cuda: heads_q % heads_kv != 0 reached the backend");
   }
-  const Params prm = make_params(p, info);
+  Params prm = make_params(p, info);
+  prm.round_ps = backward && numerics == ReferenceNumerics::kLowPrecision;
   if (backward && !prm.has_lse) {
     return Status(ErrorCode::kInternal, "reference_cuda: backward without lse reached the backend");
   }
@@ -971,12 +985,17 @@ Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cu
 
 Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
                               cudaStream_t stream) {
-  return run(false, p, info, stream);
+  return run(false, p, info, stream, ReferenceNumerics::kFloat64);
 }
 
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
                                cudaStream_t stream) {
-  return run(true, p, info, stream);
+  return run(true, p, info, stream, ReferenceNumerics::kFloat64);
+}
+
+Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
+                               cudaStream_t stream, ReferenceNumerics numerics) {
+  return run(true, p, info, stream, numerics);
 }
 
 }  // namespace flashlane::detail

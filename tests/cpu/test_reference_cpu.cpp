@@ -6,7 +6,11 @@
 //   - backward: the matrix form of the softmax backward (FlashAttention-2, Dao 2023,
 //     arXiv:2307.08691, section 3.2: dV = P^T dO, dP = dO V^T, D = rowsum(dO o O),
 //     dS = P o (dP - D), dQ = scale dS K, dK = scale dS^T Q, plus the tanh chain rule of softcap),
-//     and central finite differences of L = sum(dout * O) through the reference forward.
+//     and central finite differences of L = sum(dout * O) through the reference forward;
+//   - low-precision backward (ReferenceNumerics::kLowPrecision): the same matrix form with a
+//     fused kernel's roundings written out (fp32 S, P, D, dP, dS; P and dS rounded to the input
+//     dtype before dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K), as FlashAttention's
+//     ref_lowp (attention_ref with upcast=False, tests/test_util.py of flash-attention) does.
 // Every test poisons the outputs first (NaN) and checks that every output element was written.
 #include <gtest/gtest.h>
 
@@ -24,6 +28,7 @@
 #include <vector>
 
 #include "core/attention_rules.h"
+#include "core/numeric.h"
 #include "dispatch/backends.h"
 #include "flashlane/problem.h"
 #include "support/host_problem.h"
@@ -37,6 +42,7 @@ using flashlane::ErrorCode;
 using flashlane::MaskType;
 using flashlane::ProblemInfo;
 using flashlane::Status;
+using flashlane::detail::ReferenceNumerics;
 using flashlane::test_support::HostProblem;
 using flashlane::test_support::HostProblemConfig;
 using flashlane::test_support::HostTensor;
@@ -197,9 +203,16 @@ struct BackwardRef {
   std::vector<double> dq, dk, dv;
 };
 
-BackwardRef brute_backward(const HostProblem& hp) {
+/// lowp: the fused kernel's roundings, f32(x) = x rounded to float once:
+///   S = f32(scale Q K^T); softcap: T = f32(tanh(S / c)), S' = f32(c T), dcap = f32(1 - T^2);
+///   P = f32(exp(f32(S' - lse))); D = f32(rowsum(dO o O)); dP = f32(dO V^T);
+///   dS = f32(P o (dP - D) o dcap) (the product in double, rounded once);
+///   then P and dS rounded to the input dtype before the three products (double sums).
+BackwardRef brute_backward(const HostProblem& hp, bool lowp = false) {
   const HostProblemConfig& c = hp.config();
   const double scale = scale_of(c);
+  const auto r32 = [lowp](double x) { return lowp ? static_cast<double>(static_cast<float>(x)) : x; };
+  const auto r16 = [lowp, &c](double x) { return lowp ? flashlane::numeric::round_to(c.dtype, x) : x; };
   const int64_t group = c.heads_q / c.heads_kv;
   BackwardRef r;
   r.dq.assign(hp.dq.buffer_elements(), std::nan(""));
@@ -220,19 +233,24 @@ BackwardRef brute_backward(const HostProblem& hp) {
             O[i * dv + x] = hp.o.get(hp.row_offset(hp.o, b, i, h, false) + x);
             Drow[i] += dO[i * dv + x] * O[i * dv + x];
           }
+          Drow[i] = r32(Drow[i]);
           lse[i] = hp.lse.get(hp.lse_offset(b, i, h));
         }
         for (int64_t i = 0; i < m.sq; ++i) {
           for (int64_t j = 0; j < n; ++j) {
             if (!m.vis[i * n + j] || lse[i] == -kInf) continue;
-            P[i * n + j] = std::exp(m.score[i * n + j] - lse[i]);
-            for (int64_t x = 0; x < dv; ++x) dP[i * n + j] += dO[i * dv + x] * m.v[j * dv + x];
-            double ds = P[i * n + j] * (dP[i * n + j] - Drow[i]);
+            const double raw = r32(m.raw[i * n + j]);
+            double score = raw, dcap = 1.0;
             if (c.softcap > 0) {
-              const double t = std::tanh(m.raw[i * n + j] / c.softcap);
-              ds *= 1.0 - t * t;
+              const double t = r32(std::tanh(raw / c.softcap));
+              score = r32(c.softcap * t);
+              dcap = r32(1.0 - t * t);
             }
-            dS[i * n + j] = ds;
+            P[i * n + j] = r32(std::exp(r32(score - lse[i])));
+            for (int64_t x = 0; x < dv; ++x) dP[i * n + j] += dO[i * dv + x] * m.v[j * dv + x];
+            dP[i * n + j] = r32(dP[i * n + j]);
+            dS[i * n + j] = r16(r32(P[i * n + j] * (dP[i * n + j] - Drow[i]) * dcap));
+            P[i * n + j] = r16(P[i * n + j]);  // only dV reads P from here on
           }
         }
         // dQ = scale dS K
@@ -367,17 +385,19 @@ bool check_forward(HostProblem& hp, Summary& sum) {
   return true;
 }
 
-/// Runs forward then backward on hp and checks the gradients against brute_backward.
-bool check_backward(HostProblem& hp, Summary& sum) {
+/// Runs forward then backward on hp (both with `numerics`) and checks the gradients against
+/// brute_backward (its low-precision form for kLowPrecision).
+bool check_backward(HostProblem& hp, Summary& sum,
+                    ReferenceNumerics numerics = ReferenceNumerics::kFloat64) {
   const auto fwd = info_for(hp, Direction::kForward);
   const auto bwd = info_for(hp, Direction::kBackward);
   if (!fwd || !bwd) { ++sum.skipped; return false; }
   hp.poison_outputs();
-  Status st = flashlane::detail::reference_cpu_forward(hp.problem(), *fwd);
+  Status st = flashlane::detail::reference_cpu_forward(hp.problem(), *fwd, numerics);
   EXPECT_TRUE(st.ok()) << st.to_string();
-  st = flashlane::detail::reference_cpu_backward(hp.problem(), *bwd);
+  st = flashlane::detail::reference_cpu_backward(hp.problem(), *bwd, numerics);
   EXPECT_TRUE(st.ok()) << st.to_string();
-  const BackwardRef want = brute_backward(hp);
+  const BackwardRef want = brute_backward(hp, numerics == ReferenceNumerics::kLowPrecision);
   const HostProblemConfig& c = hp.config();
   const double rel = unit_roundoff(c.dtype), abs = abs_floor(c.dtype);
   const Errors eq = compare(hp.dq, want.dq, rel, abs);
@@ -701,6 +721,90 @@ TEST(ReferenceCpu, BackwardVarlenStridedLowPrecisionMatchesBruteForce) {
   }
   EXPECT_EQ(sum.cases, 74);
   EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// Low-precision backward (ReferenceNumerics::kLowPrecision) on bfloat16 / float16 against the
+// brute-force emulation of a fused kernel's roundings (brute_backward with lowp): softcap, causal
+// GQA, and varlen with seqused_k (empty sequences, fully masked rows, NaN in the unused K/V rows).
+// Both sum the same rounded terms in double (in different orders), so the stored gradients may
+// differ from the emulation by their final rounding only, the tolerance of check_backward.
+// Two cases use a softmax scale that is not a power of two, so that scaling dS before its
+// rounding (instead of dQ and dK at the end) would show.
+TEST(ReferenceCpu, BackwardLowPrecisionMatchesBruteForceEmulation) {
+  Summary sum{"BackwardLowPrecisionEmulation"};
+  uint64_t seed = 6500;
+  for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+    {  // softcap, no mask, MHA
+      HostProblemConfig c = small_config(dt, MaskType::kNoMask, {-1, -1}, 9, 17, 4, 1.5, seed++);
+      c.softmax_scale = 0.3;
+      HostProblem hp(c);
+      ASSERT_TRUE(check_backward(hp, sum, ReferenceNumerics::kLowPrecision));
+    }
+    {  // causal (top-left), GQA 4/2, seqlen_q > seqlen_k
+      HostProblemConfig c = small_config(dt, MaskType::kCausal, {-1, -1}, 17, 13, 2, 0.0, seed++);
+      HostProblem hp(c);
+      ASSERT_TRUE(check_backward(hp, sum, ReferenceNumerics::kLowPrecision));
+    }
+    {  // varlen + seqused_k, causal bottom-right with a window, GQA 4/2, softcap
+      HostProblemConfig c = varlen_config(dt, MaskType::kCausalBottomRight, {3, -1}, 2, 2.0, true, seed++);
+      c.softmax_scale = 0.35;
+      HostProblem hp(c);
+      ASSERT_TRUE(check_backward(hp, sum, ReferenceNumerics::kLowPrecision));
+      int64_t nonfinite = 0;
+      for (const HostTensor* t : {&hp.dq, &hp.dk, &hp.dv})
+        t->for_each_offset([&](int64_t off) { nonfinite += !std::isfinite(t->get(off)); });
+      EXPECT_EQ(nonfinite, 0) << describe(hp.config());
+    }
+  }
+  EXPECT_EQ(sum.cases, 6);
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// kLowPrecision is not the float64 path in disguise: on bfloat16 the gradients differ from
+// kFloat64's (P and dS each carry one bf16 rounding, about 2^-9 relative, before the sums) by a
+// nonzero amount of the order of the output rounding, below 1e-2 of the largest gradient; on
+// float32 inputs (nothing to round to) the two modes are bitwise equal.
+TEST(ReferenceCpu, BackwardLowPrecisionDiffersFromFloat64) {
+  for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
+    HostProblemConfig c = small_config(dt, MaskType::kCausalBottomRight, {-1, -1}, 48, 64, 2, 0.0, 6600);
+    c.head_dim = 32;
+    HostProblem lowp(c), f64(c);
+    const auto fwd = info_for(lowp, Direction::kForward);
+    const auto bwd = info_for(lowp, Direction::kBackward);
+    ASSERT_TRUE(fwd && bwd);
+    // Same o and lse for both backward runs.
+    ASSERT_TRUE(flashlane::detail::reference_cpu_forward(lowp.problem(), *fwd).ok());
+    f64.o.bytes = lowp.o.bytes;
+    f64.lse.bytes = lowp.lse.bytes;
+    ASSERT_TRUE(flashlane::detail::reference_cpu_backward(lowp.problem(), *bwd,
+                                                          ReferenceNumerics::kLowPrecision).ok());
+    ASSERT_TRUE(flashlane::detail::reference_cpu_backward(f64.problem(), *bwd,
+                                                          ReferenceNumerics::kFloat64).ok());
+    if (dt == DType::kFloat32) {
+      EXPECT_TRUE(lowp.dq.bytes == f64.dq.bytes && lowp.dk.bytes == f64.dk.bytes &&
+                  lowp.dv.bytes == f64.dv.bytes);
+      continue;
+    }
+    for (auto [a, b, name] : {std::tuple{&lowp.dq, &f64.dq, "dq"}, std::tuple{&lowp.dk, &f64.dk, "dk"},
+                              std::tuple{&lowp.dv, &f64.dv, "dv"}}) {
+      double gmax = 0, diff = 0;
+      int64_t differing = 0, count = 0;
+      b->for_each_offset([&](int64_t off) {
+        gmax = std::max(gmax, std::fabs(b->get(off)));
+        const double e = std::fabs(a->get(off) - b->get(off));
+        diff = std::max(diff, e);
+        differing += e > 0;
+        ++count;
+      });
+      std::printf("[ LowpVsFloat64 ] %s: max|lowp - f64| = %.3g, max|f64| = %.3g, differing "
+                  "elements %lld of %lld\n",
+                  name, diff, gmax, static_cast<long long>(differing), static_cast<long long>(count));
+      EXPECT_GT(gmax, 0.1) << name;
+      EXPECT_GT(diff, 0.0) << name;
+      EXPECT_LE(diff, 1e-2 * gmax) << name;
+      EXPECT_GT(differing, count / 50) << name << ": the roundings should show in many elements";
+    }
+  }
 }
 
 // Random problems (fixed seed): bshd or varlen, random sequence lengths (some 0), seqused_k,

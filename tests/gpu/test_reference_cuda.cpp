@@ -31,6 +31,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/attention_rules.h"
@@ -756,6 +757,126 @@ TEST(ReferenceCuda, GraphCaptureMatchesEager) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// ------------------------------------------------------------------------------------------
+// Low-precision backward (ReferenceNumerics::kLowPrecision): P and dS rounded to the input dtype
+// before the dV, dK and dQ sums, against reference_cpu's emulation of the same roundings.
+//
+// Tolerance: compare_tensor's (1e-3 * max(max|ref|, 1e-2) + 2 ulp(|ref_i|) for bf16). Both
+// round P and dS once, so what differs is (a) fp32 accumulation (reference_cuda) vs double
+// (reference_cpu), covered as in the float64-path comparison above, and (b) ties in the
+// roundings: the fp32 P and dS of the two backends differ in their last bits (exp2f of a
+// log2-domain fp32 score vs exp of a double difference rounded once; fp32 dP - D), so now and
+// then one of them lands on the other side of a bf16 rounding boundary and one term of a
+// gradient sum changes by one bf16 ulp of that term (2^-8 |P dO| or 2^-8 |dS q|): a few such
+// terms per tensor, far below (a)'s allowance. A host emulation of these kernels' fp32
+// arithmetic on the shapes below (5 seeds each) reached 0.4 of the tolerance, with at most 0.3%
+// of the elements not bitwise equal to reference_cpu's; the float64 path's gradients differ
+// from the low-precision ones in 13-42% of the elements. So the test also asks that at most 2%
+// of the elements differ from reference_cpu kLowPrecision and at least 5 times as many (and 5%)
+// from reference_cpu kFloat64: a reference_cuda that ignored the option would fail there.
+void run_lowp_backward_case(const HostProblemConfig& cfg) {
+  const std::string what = "case: " + describe(cfg) + " [backward kLowPrecision]";
+  SCOPED_TRACE(what);
+  HostProblem cpu(cfg);  // reference_cpu kLowPrecision
+  HostProblem f64(cfg);  // reference_cpu kFloat64 (the rounding must show against it)
+  HostProblem gpu(cfg);  // reference_cuda kLowPrecision
+  fl::ProblemInfo fwd, info_cpu, info_gpu;
+  ASSERT_TRUE(fl::validate(cpu.problem(), fl::Direction::kForward, &fwd).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(cpu.problem(), fwd).ok());
+  ASSERT_TRUE(fl::validate(cpu.problem(), fl::Direction::kBackward, &info_cpu).ok());
+  for (HostProblem* h : {&f64, &gpu}) {  // the same o and lse for every backward
+    h->o.bytes = cpu.o.bytes;
+    h->lse.bytes = cpu.lse.bytes;
+  }
+  DeviceProblem dev(gpu);
+  ASSERT_TRUE(dev.ok()) << dev.error();
+  ASSERT_TRUE(fl::validate(dev.problem(), fl::Direction::kBackward, &info_gpu).ok());
+  const auto lowp = fl::detail::ReferenceNumerics::kLowPrecision;
+  fl::Status st = fl::detail::reference_cpu_backward(cpu.problem(), info_cpu, lowp);
+  ASSERT_TRUE(st.ok()) << "reference_cpu_backward: " << st.to_string();
+  st = fl::detail::reference_cpu_backward(f64.problem(), info_cpu, fl::detail::ReferenceNumerics::kFloat64);
+  ASSERT_TRUE(st.ok()) << "reference_cpu_backward: " << st.to_string();
+  st = fl::detail::reference_cuda_backward(dev.problem(), info_gpu, nullptr, lowp);
+  ASSERT_TRUE(st.ok()) << "reference_cuda_backward: " << st.to_string();
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(dev.download(DeviceProblem::kDq));
+  CUDA_OK(dev.download(DeviceProblem::kDk));
+  CUDA_OK(dev.download(DeviceProblem::kDv));
+  compare_tensor("dQ", cpu.dq, gpu.dq, cfg.dtype, false, what);
+  compare_tensor("dK", cpu.dk, gpu.dk, cfg.dtype, false, what);
+  compare_tensor("dV", cpu.dv, gpu.dv, cfg.dtype, false, what);
+  check_exact_zeros(gpu, info_gpu, true, gpu.o, gpu.lse, gpu.dq, gpu.dk, gpu.dv, what);
+
+  int64_t total = 0, differ_lowp = 0, differ_f64 = 0;
+  for (auto [g, c, f] : {std::tuple{&gpu.dq, &cpu.dq, &f64.dq}, std::tuple{&gpu.dk, &cpu.dk, &f64.dk},
+                         std::tuple{&gpu.dv, &cpu.dv, &f64.dv}}) {
+    g->for_each_offset([&](int64_t off) {
+      ++total;
+      differ_lowp += g->get(off) != c->get(off);
+      differ_f64 += g->get(off) != f->get(off);
+    });
+  }
+  std::printf("[ lowp bwd ] %s: elements %lld, not bitwise equal to reference_cpu kLowPrecision "
+              "%lld, to kFloat64 %lld\n",
+              describe(cfg).c_str(), static_cast<long long>(total),
+              static_cast<long long>(differ_lowp), static_cast<long long>(differ_f64));
+  EXPECT_LE(differ_lowp * 50, total) << "more than 2% of the gradients differ from reference_cpu's";
+  EXPECT_GE(differ_f64, 5 * differ_lowp) << "P and dS do not look rounded";
+  EXPECT_GE(differ_f64 * 20, total) << "P and dS do not look rounded";
+}
+
+// Two small bf16 problems: causal bottom-right GQA (bshd), and varlen with seqused_k (an empty
+// sequence, NaN beyond seqused_k), a window, softcap and head_dim 128. Then float32 inputs,
+// where kLowPrecision has nothing to round and must give the bits of the default call.
+TEST(ReferenceCuda, BackwardLowPrecisionMatchesCpu) {
+  REQUIRE_CUDA();
+  HostProblemConfig a = base_config(DType::kBFloat16, kMasks[2], 7000);
+  a.batch = 2;
+  a.seqlen_q = 113;
+  a.seqlen_k = 77;
+  a.heads_q = 4;
+  a.heads_kv = 2;
+  a.head_dim = 64;
+  run_lowp_backward_case(a);
+
+  HostProblemConfig b = base_config(DType::kBFloat16, kMasks[3], 7001);  // window (8, 4)
+  b.seqlens_q = {37, 0, 90};
+  b.seqlens_k = {50, 12, 64};
+  b.seqused_k = {41, 0, 60};
+  b.nan_unused_kv = true;
+  b.heads_q = 6;
+  b.heads_kv = 2;
+  b.head_dim = 128;
+  b.softcap = 5.0;
+  run_lowp_backward_case(b);
+
+  HostProblemConfig c = a;
+  c.dtype = DType::kFloat32;
+  SCOPED_TRACE("case: " + describe(c) + " [float32: kLowPrecision == default]");
+  HostProblem h(c);
+  DeviceProblem dev(h);
+  ASSERT_TRUE(dev.ok()) << dev.error();
+  fl::ProblemInfo info;
+  ASSERT_TRUE(fl::validate(dev.problem(), fl::Direction::kBackward, &info).ok());
+  ASSERT_TRUE(fl::detail::reference_cuda_forward(dev.problem(), info, nullptr).ok());
+  std::vector<unsigned char> bytes[2][3];
+  for (int run = 0; run < 2; ++run) {
+    const fl::Status st =
+        run == 0 ? fl::detail::reference_cuda_backward(dev.problem(), info, nullptr)
+                 : fl::detail::reference_cuda_backward(dev.problem(), info, nullptr,
+                                                       fl::detail::ReferenceNumerics::kLowPrecision);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    CUDA_OK(cudaDeviceSynchronize());
+    const fl::TensorView* outs[] = {&dev.problem().dq, &dev.problem().dk, &dev.problem().dv};
+    const HostTensor* hosts[] = {&h.dq, &h.dk, &h.dv};
+    for (int t = 0; t < 3; ++t) bytes[run][t] = device_bytes(outs[t]->data, hosts[t]->bytes.size());
+  }
+  for (int t = 0; t < 3; ++t) {
+    EXPECT_FALSE(bytes[0][t].empty());
+    EXPECT_TRUE(bytes[0][t] == bytes[1][t]) << "gradient " << t;
+  }
 }
 
 // ------------------------------------------------------------------------------------------

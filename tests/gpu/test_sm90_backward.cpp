@@ -2,8 +2,10 @@
 // gradient (dQ, dK, dV):
 //   max |out - ref64| <= 2 * max |ref_lowp - ref64| + 1e-5
 // ref64 = reference_cpu_backward on float64 copies of the low-precision inputs, with O and LSE
-// of the float64 reference forward; ref_lowp = reference_cpu_backward on the low-precision
-// inputs (O of the reference forward rounded to the dtype) with low-precision outputs. The
+// of the float64 reference forward; ref_lowp = reference_cpu_backward kLowPrecision on the
+// low-precision inputs (O of the reference forward rounded to the dtype): fp32 P and dS rounded
+// to the dtype before the gradient products, as FlashAttention's ref_lowp (attention_ref with
+// upcast=False) and its fused kernels do, and low-precision outputs. The
 // kernel gets ref_lowp's inputs. Every case: dq/dk/dv poisoned (NaN bits) before the run and
 // checked fully written; padding around every buffer holds NaN and must stay untouched; NaN
 // planted in K/V rows beyond seqused_k. Deterministic mode runs twice and compares bits.
@@ -218,7 +220,8 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
   ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kBackward, &info64).ok());
   ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kBackward, &info_low).ok());
   ASSERT_TRUE(fl::detail::reference_cpu_backward(ref.problem(), info64).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_backward(low.problem(), info_low).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_backward(low.problem(), info_low,
+                                                 fl::detail::ReferenceNumerics::kLowPrecision).ok());
 
   DeviceCopy dev(got);
   const std::string variant = run_once(dev, path);
