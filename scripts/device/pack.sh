@@ -6,8 +6,8 @@ root="$(cd "$(dirname "$0")/../.." && pwd)"
 src="${FLASHLANE_BUILD_DIR:-$root/build}"
 dst="$root/.gpu_carry/build"
 rm -rf "$dst"; mkdir -p "$dst"
-( cd "$src" && find . -type f \( -name '*.o' -o -name '*.a' -o -name '*.ninja*' -o -name '.ninja*' \
-    -o -path './CMakeFiles/*' \) -prune -o -type f -print ) | while read -r f; do
+( cd "$src" && find . \( -path ./CMakeFiles -o -path ./venv -o -path './python*' \) -prune -o \
+    -type f ! -name '*.o' ! -name '*.a' ! -name '*.ninja*' ! -name '.ninja*' -print ) | while read -r f; do
   mkdir -p "$dst/$(dirname "$f")"; cp -p "$src/$f" "$dst/$f"
 done
 du -sh "$dst"

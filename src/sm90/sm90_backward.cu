@@ -1,6 +1,6 @@
 // sm90_backward.cu: entry point of the sm90 backward (dispatch/backends.h). Translates the
 // validated problem into BwdParams, picks the (head dim, dtype) instantiation and names the
-// launch in the variant string. Kernels: sm90/bwd/ (preprocess, dkdv, dq, postprocess).
+// launch in the variant string. Kernels: sm90/bwd_mma/ (preprocess, dkdv, dq, postprocess).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,6 +9,7 @@
 
 #include "dispatch/backends.h"
 #include "sm90/bwd/launch_decl.h"
+#include "sm90/bwd_mma/launch_decl.h"
 
 namespace flashlane::sm90 {
 namespace {
@@ -69,6 +70,8 @@ BwdParams build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info) 
     p.seqused_k = static_cast<const int32_t*>(pb.seqused_k.data);
   }
   p.ws_rows = vl ? info.total_q : info.batch * info.seqlen_q;
+  p.rows_q = vl ? info.total_q : info.seqlen_q;
+  p.rows_k = vl ? info.total_k : info.seqlen_k;
 
   p.has_softcap = info.softcap > 0.0;
   if (p.has_softcap) {
@@ -87,22 +90,32 @@ BwdParams build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info) 
   return p;
 }
 
-template <int D, int DV>
-std::string tile_name(DType dtype) {
-  std::string s = "bwd_m64_n" + std::to_string(bwd_block_n(D, DV)) + "_d" + std::to_string(D);
-  if (DV != D) s += "_dv" + std::to_string(DV);
-  s += dtype == DType::kBFloat16 ? "_bf16" : "_fp16";
-  // "wmma": the warp-level tensor-core path (HMMA), not yet the WGMMA/TMA kernel of issue 4.
-  return s + "_wmma";
+std::string dtype_suffix(DType dtype) { return dtype == DType::kBFloat16 ? "_bf16" : "_fp16"; }
+
+/// head_dim 64 / 128: the WGMMA + TMA kernel (sm90/bwd/).
+template <int D>
+bool try_launch_wgmma(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream,
+                      Status* st, std::string* name) {
+  if (info.head_dim != D || info.head_dim_v != D) return false;
+  *name = "bwd_m" + std::to_string(bwd_wgmma_block_m(D)) + "_n" +
+          std::to_string(bwd_wgmma_block_n()) + "_d" + std::to_string(D) +
+          dtype_suffix(info.dtype) + "_wgmma";
+  *st = info.dtype == DType::kBFloat16 ? launch_bwd_wgmma<D, true>(p, stream)
+                                       : launch_bwd_wgmma<D, false>(p, stream);
+  return true;
 }
 
+/// The other head dims: the warp-level MMA kernel (sm90/bwd_mma/); "wmma" in the variant says
+/// it is not the WGMMA/TMA design.
 template <int D, int DV>
-bool try_launch(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream, Status* st,
-                std::string* name) {
+bool try_launch_mma(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream, Status* st,
+                    std::string* name) {
   if (info.head_dim != D || info.head_dim_v != DV) return false;
-  *name = tile_name<D, DV>(info.dtype);
-  *st = info.dtype == DType::kBFloat16 ? launch_bwd<D, DV, true>(p, stream)
-                                       : launch_bwd<D, DV, false>(p, stream);
+  std::string s = "bwd_m64_n" + std::to_string(bwd_block_n(D, DV)) + "_d" + std::to_string(D);
+  if (DV != D) s += "_dv" + std::to_string(DV);
+  *name = s + dtype_suffix(info.dtype) + "_wmma";
+  *st = info.dtype == DType::kBFloat16 ? launch_bwd_mma<D, DV, true>(p, stream)
+                                       : launch_bwd_mma<D, DV, false>(p, stream);
   return true;
 }
 
@@ -139,12 +152,12 @@ Status sm90_backward(const AttentionProblem& pb, const ProblemInfo& info, cudaSt
   const BwdParams p = build_bwd_params(pb, info);
   Status st;
   std::string name;
-  const bool launched = try_launch<64, 64>(info, p, stream, &st, &name) ||
-                        try_launch<96, 96>(info, p, stream, &st, &name) ||
-                        try_launch<128, 128>(info, p, stream, &st, &name) ||
-                        try_launch<192, 192>(info, p, stream, &st, &name) ||
-                        try_launch<192, 128>(info, p, stream, &st, &name) ||
-                        try_launch<256, 256>(info, p, stream, &st, &name);
+  const bool launched = try_launch_wgmma<64>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<128>(info, p, stream, &st, &name) ||
+                        try_launch_mma<96, 96>(info, p, stream, &st, &name) ||
+                        try_launch_mma<192, 192>(info, p, stream, &st, &name) ||
+                        try_launch_mma<192, 128>(info, p, stream, &st, &name) ||
+                        try_launch_mma<256, 256>(info, p, stream, &st, &name);
   if (!launched) {
     return Status(ErrorCode::kInternal, "sm90 backward has no instantiation for this head dim",
                   "sm90.bwd_head_dim_unsupported");

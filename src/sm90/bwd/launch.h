@@ -1,17 +1,20 @@
-// launch.h: the launch sequence of one sm90 backward (included only by the per-dtype
-// instantiation files sm90_backward_{bf16,fp16}.cu). Workspace from cudaMallocAsync on the
-// stream (graph-capturable): lse_log2 and delta, plus the fp32 dQ accumulator in atomic mode.
-//   atomic mode:        preprocess -> dkdv_kernel<atomic dQ> -> postprocess
-//   deterministic mode: preprocess -> dkdv_kernel -> dq_kernel
+// launch.h: host side of one WGMMA backward instantiation (included only by the per-dtype
+// instantiation files). One workspace allocation on the stream (cudaMallocAsync, graph-
+// capturable): LSE (log2) and delta per query row, the fp32 dQ accumulator and, in deterministic
+// mode, one counter per accumulator tile. Launch sequence, all on `stream`, every launch checked:
+//   memset(dQ accumulator, counters) -> preprocess -> bwd_kernel -> postprocess [-> zero tails]
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <string>
 
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
 #include "flashlane/status.h"
-#include "sm90/bwd/dkdv_kernel.h"
-#include "sm90/bwd/dq_kernel.h"
+#include "sm90/bwd/kernel.h"
 #include "sm90/bwd/launch_decl.h"
 #include "sm90/bwd/pre_post.h"
 
@@ -25,25 +28,31 @@ inline Status launch_error(cudaError_t err, const char* what) {
                 "sm90.launch_failed");
 }
 
-template <class Kernel>
-cudaError_t set_smem(Kernel kernel, size_t bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-}
+}  // namespace bwd
 
-template <class T, int D, int DV>
-Status run(BwdParams p, cudaStream_t stream) {
-  constexpr int BN = block_n<D, DV>();
-  constexpr size_t kSmem = sizeof(BwdSmem<T, D, DV, kBlockM, BN>);
-  const int64_t stat_rows = int64_t(p.heads_q) * p.ws_rows;
-  const int64_t stat_floats = (stat_rows + 3) / 4 * 4;  // keeps the accumulator 16-byte aligned
-  const int64_t floats = 2 * stat_floats + (p.deterministic ? 0 : stat_rows * D);
-  float* ws = nullptr;
-  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&ws),
-                                    size_t(std::max<int64_t>(floats, 4)) * sizeof(float), stream);
+template <int D, bool kBf16>
+Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
+  using namespace cute;
+  using namespace bwd;
+  using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
+  using Cfg = BwdConfig<D>;
+  using Traits = BwdTraits<D, Cfg::kBlockM, Cfg::kStages, Element>;
+  constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
+
+  p.block_m = BM;
+  p.ws_tiles = p.varlen ? (p.rows_q + int64_t(p.batch) * BM) / BM + 1
+                        : int64_t(p.batch) * ((p.seqlen_q + BM - 1) / BM);
+  const int64_t stat_floats = int64_t(p.heads_q) * p.ws_tiles * BM;
+  const int64_t accum_floats = stat_floats * D;
+  const int64_t counters = p.deterministic ? int64_t(p.heads_q) * p.ws_tiles : 0;
+  const size_t bytes = size_t(2 * stat_floats + accum_floats + counters) * sizeof(float) + 16;
+  char* ws = nullptr;
+  cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream);
   if (err != cudaSuccess) return launch_error(err, "workspace allocation");
-  p.lse_log2 = ws;
-  p.delta = ws + stat_floats;
-  p.dq_accum = p.deterministic ? nullptr : ws + 2 * stat_floats;
+  p.lse_log2 = reinterpret_cast<float*>(ws);
+  p.delta = p.lse_log2 + stat_floats;
+  p.dq_accum = p.delta + stat_floats;
+  p.dq_semaphore = reinterpret_cast<int*>(p.dq_accum + accum_floats);
 
   Status st = Status::Ok();
   auto check = [&](const char* what) {
@@ -51,53 +60,79 @@ Status run(BwdParams p, cudaStream_t stream) {
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) st = launch_error(e, what);
   };
-  const dim3 row_grid(unsigned((p.ws_rows + kRowsPerCta - 1) / kRowsPerCta), unsigned(p.heads_q));
-  if (p.ws_rows > 0) {
-    preprocess_kernel<T><<<row_grid, kThreads, 0, stream>>>(p, D, DV);
+  err = cudaMemsetAsync(p.dq_accum, 0, size_t(accum_floats + counters) * sizeof(float), stream);
+  if (err != cudaSuccess) st = launch_error(err, "workspace clear");
+
+  const dim3 q_grid(unsigned((p.seqlen_q + BM - 1) / BM), unsigned(p.heads_q), unsigned(p.batch));
+  if (st.ok() && p.seqlen_q > 0) {
+    bwd_preprocess_kernel<Element, D, BM><<<q_grid, kRowThreads, 0, stream>>>(p);
     check("preprocess launch");
   }
-  if (st.ok() && p.seqlen_k > 0) {
-    auto kernel = p.deterministic ? &dkdv_kernel<T, D, DV, false> : &dkdv_kernel<T, D, DV, true>;
-    if ((err = set_smem(kernel, kSmem)) != cudaSuccess) {
-      st = launch_error(err, "dkdv shared memory attribute");
+
+  if (st.ok() && p.seqlen_k > 0 && p.rows_k > 0) {
+    // TMA views (row, dim, head, batch); a mode of extent 1 still needs a legal stride.
+    const int batches = p.varlen ? 1 : p.batch;
+    auto view = [&](const void* ptr, int64_t rows, int heads, int64_t row_stride,
+                    int64_t head_stride, int64_t batch_stride) {
+      if (batches == 1) batch_stride = row_stride;
+      if (heads == 1) head_stride = row_stride;
+      return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
+                         make_layout(make_shape(int(rows), D, heads, batches),
+                                     make_stride(row_stride, _1{}, head_stride, batch_stride)));
+    };
+    // Without queries no tile is ever loaded, but the kernel still takes Q descriptors (and
+    // writes dK = dV = 0): describe K instead of a possibly empty Q.
+    const bool no_q = p.rows_q == 0;
+    auto mQ = no_q ? view(p.k, p.rows_k, p.heads_kv, p.k_row_stride, p.k_head_stride, p.k_batch_stride)
+                   : view(p.q, p.rows_q, p.heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
+    auto mdO = no_q ? mQ
+                    : view(p.dout, p.rows_q, p.heads_q, p.do_row_stride, p.do_head_stride,
+                           p.do_batch_stride);
+    auto mK = view(p.k, p.rows_k, p.heads_kv, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
+    auto mV = view(p.v, p.rows_k, p.heads_kv, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
+    using SmemQ = decltype(take<0, 2>(typename Traits::SmemLayoutQ{}));
+    BwdKernelArgs<Traits> args{
+        p,
+        {make_tma_copy(SM90_TMA_LOAD{}, mQ, SmemQ{}, Shape<Int<BM>, Int<D>>{}, _1{}),
+         make_tma_copy(SM90_TMA_LOAD{}, mdO, SmemQ{}, Shape<Int<BM>, Int<D>>{}, _1{}),
+         make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutK{},
+                       Shape<Int<BN>, Int<D>>{}, _1{}),
+         make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutK{},
+                       Shape<Int<BN>, Int<D>>{}, _1{})}};
+    auto kernel = bwd_kernel<Traits>;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               Traits::kSharedBytes);
+    if (err != cudaSuccess) {
+      st = launch_error(err, "shared memory attribute");
     } else {
       const dim3 grid(unsigned((p.seqlen_k + BN - 1) / BN), unsigned(p.heads_kv),
                       unsigned(p.batch));
-      kernel<<<grid, kThreads, kSmem, stream>>>(p);
-      check("dkdv launch");
+      kernel<<<grid, Traits::kThreads, Traits::kSharedBytes, stream>>>(args);
+      check("main kernel launch");
     }
   }
+
   if (st.ok() && p.seqlen_q > 0) {
-    if (p.deterministic) {
-      auto kernel = &dq_kernel<T, D, DV>;
-      if ((err = set_smem(kernel, kSmem)) != cudaSuccess) {
-        st = launch_error(err, "dq shared memory attribute");
-      } else {
-        const dim3 grid(unsigned((p.seqlen_q + kBlockM - 1) / kBlockM), unsigned(p.heads_q),
-                        unsigned(p.batch));
-        kernel<<<grid, kThreads, kSmem, stream>>>(p);
-        check("dq launch");
-      }
-    } else if (p.ws_rows > 0) {
-      postprocess_kernel<T><<<row_grid, kThreads, 0, stream>>>(p, D);
-      check("postprocess launch");
-    }
+    bwd_postprocess_kernel<Traits><<<q_grid, Traits::kConsumerThreads, 0, stream>>>(p);
+    check("postprocess launch");
+  }
+  if (st.ok() && p.varlen) {
+    const dim3 tail_grid(64);
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dq, p.cu_seqlens_q + p.batch, p.rows_q, p.heads_q, D, p.dq_row_stride, p.dq_head_stride);
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride, p.dk_head_stride);
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dv_row_stride, p.dv_head_stride);
+    check("tail zero launch");
   }
   err = cudaFreeAsync(ws, stream);
   if (st.ok() && err != cudaSuccess) st = launch_error(err, "workspace release");
   return st;
 }
 
-}  // namespace bwd
-
-template <int D, int DV, bool kBf16>
-Status launch_bwd(const BwdParams& p, cudaStream_t stream) {
-  using T = std::conditional_t<kBf16, __nv_bfloat16, __half>;
-  return bwd::run<T, D, DV>(p, stream);
-}
-
 }  // namespace flashlane::sm90
 
-#define FLASHLANE_SM90_BWD_INSTANTIATE(D, DV, BF16)                                    \
-  template flashlane::Status flashlane::sm90::launch_bwd<D, DV, BF16>(                 \
-      const flashlane::sm90::BwdParams&, cudaStream_t);
+#define FLASHLANE_SM90_BWD_WGMMA_INSTANTIATE(D, BF16)                                 \
+  template flashlane::Status flashlane::sm90::launch_bwd_wgmma<D, BF16>(              \
+      flashlane::sm90::BwdParams, cudaStream_t);

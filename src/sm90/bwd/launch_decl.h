@@ -1,5 +1,5 @@
-// launch_decl.h: the instantiated backward launches, declared for sm90_backward.cu (no CuTe,
-// no kernel code); defined in sm90_backward_{bf16,fp16}.cu.
+// launch_decl.h: the instantiated WGMMA backward launches, declared for sm90_backward.cu (no
+// CuTe, no kernel code); defined in sm90_backward_{bf16,fp16}.cu.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,10 +9,14 @@
 
 namespace flashlane::sm90 {
 
-/// Key-tile edge of the (D, DV) backward (named in the receipt's variant).
-constexpr int bwd_block_n(int d, int dv) { return d <= 128 && dv <= 128 ? 64 : 32; }
+/// Query-tile and key-tile edges of the WGMMA backward for `head_dim` (named in the variant).
+constexpr int bwd_wgmma_block_m(int head_dim) { return head_dim == 64 ? 128 : 64; }
+constexpr int bwd_wgmma_block_n() { return 128; }
+constexpr bool bwd_wgmma_supports(int head_dim, int head_dim_v) {
+  return head_dim == head_dim_v && (head_dim == 64 || head_dim == 128);
+}
 
-template <int D, int DV, bool kBf16>
-Status launch_bwd(const BwdParams& p, cudaStream_t stream);
+template <int D, bool kBf16>
+Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream);
 
 }  // namespace flashlane::sm90

@@ -64,7 +64,28 @@ struct BwdParams {
   int64_t ws_rows = 0;
 
   bool deterministic = false;
+
+  // WGMMA path (sm90/bwd/): the workspace is tiled by query tiles of block_m rows, each sequence
+  // starting on a fresh tile (q_tile_base), so every tile's LSE, delta and dQ accumulator is
+  // one aligned contiguous block: lse_log2 / delta [heads_q, ws_tiles * block_m],
+  // dq_accum [heads_q, ws_tiles, block_m * head_dim] in the MMA's thread order (kernel_traits.h).
+  int block_m = 0;
+  int64_t ws_tiles = 0;
+  // Rows of the q and k tensors (varlen: packed rows, which may extend past the last sequence;
+  // those rows of dQ, dK, dV are written as zeros).
+  int64_t rows_q = 0, rows_k = 0;
+  // Deterministic mode: one counter per (query head, query tile); the key tiles add their dQ in
+  // ascending order (dq_writer.h).
+  int* dq_semaphore = nullptr;
 };
+
+/// First workspace tile of sequence b (WGMMA path). Varlen: sequences start at packed row
+/// cu_seqlens_q[b]; adding b tiles of slack keeps tiles of different sequences apart, so
+/// (cu_seqlens_q[b] + b * block_m) / block_m never overlaps the previous sequence's tiles.
+__device__ inline int64_t q_tile_base(const BwdParams& p, int b) {
+  if (p.varlen) return (int64_t(p.cu_seqlens_q[b]) + int64_t(b) * p.block_m) / p.block_m;
+  return int64_t(b) * ((p.seqlen_q + p.block_m - 1) / p.block_m);
+}
 
 struct SeqInfo {
   int64_t q_start = 0, k_start = 0;  // first row of the sequence in the row numbering

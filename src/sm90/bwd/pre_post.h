@@ -1,83 +1,125 @@
-// pre_post.h: the two row-wise kernels around the main backward kernel.
-//   preprocess:  delta = rowsum(dO * O) (fp32), LSE in log2 units (+inf for rows that see no
-//                key, -inf LSE), and the fp32 dQ accumulator zeroed (atomic mode).
-//   postprocess: dQ = softmax_scale * accumulator, converted to the output dtype.
-// One warp per (query row, head); rows are the workspace rows (params.h).
+// pre_post.h: the kernels around the WGMMA backward's main kernel. Grid (query tiles, query
+// heads, batch); one CTA per workspace tile (params.h).
+//   preprocess:  delta = rowsum(dO * O) (fp32) and LSE in log2 units (+inf where LSE is -inf:
+//                every P of a row that sees no key is exp2(-inf) = 0, never NaN); rows of the
+//                tile past the sequence get +inf / 0.
+//   postprocess: dQ = softmax_scale * accumulator in the output dtype, undoing the
+//                accumulator's MMA thread order (kernel_traits.h).
+//   zero_tail:   varlen rows after the last sequence of dQ, dK, dV written as zeros.
 #pragma once
 
-#include <cmath>
+#include <cute/tensor.hpp>
 
+#include "sm90/bwd/kernel_traits.h"
 #include "sm90/bwd/params.h"
-#include "sm90/bwd/tiles.h"
+#include "sm90/fwd/utils.h"
 
 namespace flashlane::sm90::bwd {
 
-constexpr int kRowsPerCta = kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kRowThreads = 256;
 
-struct RowIndex {
-  int b;
-  int64_t row;  // row in the tensor's row numbering (token in sequence, or packed token)
+struct QuerySeq {
+  int64_t q_start;
+  int len_q;
 };
 
-__device__ inline RowIndex row_index(const BwdParams& p, int64_t ws_row) {
-  if (p.varlen) return {0, ws_row};
-  return {int(ws_row / p.seqlen_q), ws_row % p.seqlen_q};
+__device__ inline QuerySeq query_seq(const BwdParams& p, int b) {
+  if (p.varlen) return {p.cu_seqlens_q[b], int(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b])};
+  return {0, p.seqlen_q};
 }
 
-template <class T>
-__global__ void __launch_bounds__(kThreads) preprocess_kernel(const BwdParams p, int head_dim,
-                                                              int head_dim_v) {
-  const int64_t ws_row = int64_t(blockIdx.x) * kRowsPerCta + threadIdx.x / 32;
-  const int h = blockIdx.y, lane = threadIdx.x % 32;
-  if (ws_row >= p.ws_rows) return;
-  const RowIndex ri = row_index(p, ws_row);
-  const T* o = static_cast<const T*>(p.o) + ri.b * p.o_batch_stride + ri.row * p.o_row_stride +
-               h * p.o_head_stride;
-  const T* d = static_cast<const T*>(p.dout) + ri.b * p.do_batch_stride +
-               ri.row * p.do_row_stride + h * p.do_head_stride;
-  constexpr int kVec = 8;
-  float sum = 0.f;
-  for (int c = lane * kVec; c < head_dim_v; c += 32 * kVec) {
-    const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
-    const uint4 dv = *reinterpret_cast<const uint4*>(d + c);
-    const T* oe = reinterpret_cast<const T*>(&ov);
-    const T* de = reinterpret_cast<const T*>(&dv);
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) sum += to_float(oe[e]) * to_float(de[e]);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  const int64_t at = int64_t(h) * p.ws_rows + ws_row;
-  if (lane == 0) {
-    const float lse = p.lse[ri.b * p.lse_batch_stride + h * p.lse_head_stride +
-                            ri.row * p.lse_row_stride];
-    p.delta[at] = sum;
-    p.lse_log2[at] = lse == -INFINITY ? INFINITY : lse * kLog2e;
-  }
-  if (p.dq_accum != nullptr) {
-    float* acc = p.dq_accum + at * head_dim;
-    for (int c = lane * 4; c < head_dim; c += 32 * 4) {
-      *reinterpret_cast<float4*>(acc + c) = make_float4(0.f, 0.f, 0.f, 0.f);
+template <class Element, int kHeadDim, int kBlockM>
+__global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdParams p) {
+  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const QuerySeq s = query_seq(p, b);
+  if (m * kBlockM >= s.len_q) return;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t ws = int64_t(h) * p.ws_tiles * kBlockM + (q_tile_base(p, b) + m) * kBlockM;
+  const int64_t batch_o = p.varlen ? 0 : int64_t(b) * p.o_batch_stride;
+  const int64_t batch_do = p.varlen ? 0 : int64_t(b) * p.do_batch_stride;
+  const int64_t batch_lse = p.varlen ? 0 : int64_t(b) * p.lse_batch_stride;
+  constexpr int kVec = 8;  // 16 bytes of 16-bit elements
+  for (int r = warp; r < kBlockM; r += kRowThreads / 32) {
+    const int i = m * kBlockM + r;
+    float sum = 0.f, lse_log2 = INFINITY;
+    if (i < s.len_q) {
+      const int64_t row = s.q_start + i;
+      const Element* o = static_cast<const Element*>(p.o) + batch_o + row * p.o_row_stride +
+                         int64_t(h) * p.o_head_stride;
+      const Element* d = static_cast<const Element*>(p.dout) + batch_do +
+                         row * p.do_row_stride + int64_t(h) * p.do_head_stride;
+      for (int c = lane * kVec; c < kHeadDim; c += 32 * kVec) {
+        const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
+        const uint4 dv = *reinterpret_cast<const uint4*>(d + c);
+        const Element* oe = reinterpret_cast<const Element*>(&ov);
+        const Element* de = reinterpret_cast<const Element*>(&dv);
+        CUTE_UNROLL
+        for (int e = 0; e < kVec; ++e) sum += float(oe[e]) * float(de[e]);
+      }
+      CUTE_UNROLL
+      for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      const float lse = p.lse[batch_lse + int64_t(h) * p.lse_head_stride + row * p.lse_row_stride];
+      lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+    }
+    if (lane == 0) {
+      p.delta[ws + r] = i < s.len_q ? sum : 0.f;
+      p.lse_log2[ws + r] = lse_log2;
     }
   }
 }
 
-template <class T>
-__global__ void __launch_bounds__(kThreads) postprocess_kernel(const BwdParams p, int head_dim) {
-  const int64_t ws_row = int64_t(blockIdx.x) * kRowsPerCta + threadIdx.x / 32;
-  const int h = blockIdx.y, lane = threadIdx.x % 32;
-  if (ws_row >= p.ws_rows) return;
-  const RowIndex ri = row_index(p, ws_row);
-  T* dq = static_cast<T*>(p.dq) + ri.b * p.dq_batch_stride + ri.row * p.dq_row_stride +
-          h * p.dq_head_stride;
-  const float* acc = p.dq_accum + (int64_t(h) * p.ws_rows + ws_row) * head_dim;
-  for (int c = lane * 4; c < head_dim; c += 32 * 4) {
-    const float4 a = *reinterpret_cast<const float4*>(acc + c);
-    dq[c + 0] = to_elem<T>(a.x * p.softmax_scale);
-    dq[c + 1] = to_elem<T>(a.y * p.softmax_scale);
-    dq[c + 2] = to_elem<T>(a.z * p.softmax_scale);
-    dq[c + 3] = to_elem<T>(a.w * p.softmax_scale);
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kConsumerThreads) bwd_postprocess_kernel(
+    const BwdParams p) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
+  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const QuerySeq s = query_seq(p, b);
+  if (m * kBlockM >= s.len_q) return;
+  const int t = threadIdx.x;
+  typename Traits::TiledMmaDQ mma_dq;
+  auto thr = mma_dq.get_thread_slice(t);
+  Tensor tc = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor acc = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  const float* src = p.dq_accum +
+                     (int64_t(h) * p.ws_tiles + q_tile_base(p, b) + m) * Traits::kDqTileFloats;
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) acc(i) = src[i * Traits::kConsumerThreads + t] * p.softmax_scale;
+  auto out = convert_fragment<Element>(acc);
+  Tensor out_rc = rowcol_view(out);
+  Tensor tc_rc = rowcol_view(tc);
+  const int64_t batch_term = p.varlen ? 0 : int64_t(b) * p.dq_batch_stride;
+  Element* dq = static_cast<Element*>(p.dq) + batch_term + int64_t(h) * p.dq_head_stride +
+                s.q_start * p.dq_row_stride;
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(out_rc); ++r) {
+    const int row = m * kBlockM + get<0>(tc_rc(r, 0));
+    if (row >= s.len_q) continue;
+    Element* drow = dq + int64_t(row) * p.dq_row_stride;
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(out_rc); c += 2) {
+      cutlass::Array<Element, 2> pair;
+      pair[0] = out_rc(r, c);
+      pair[1] = out_rc(r, c + 1);
+      *reinterpret_cast<cutlass::Array<Element, 2>*>(drow + get<1>(tc_rc(r, c))) = pair;
+    }
+  }
+}
+
+/// Varlen: rows [first_row, rows) of a packed [rows, heads, dim] tensor set to 0, where
+/// first_row = *end_of_sequences (cu_seqlens[batch], read on the device).
+template <class Element>
+__global__ void __launch_bounds__(kRowThreads) bwd_zero_tail_kernel(
+    void* base, const int32_t* end_of_sequences, int64_t rows, int heads, int dim,
+    int64_t row_stride, int64_t head_stride) {
+  const int64_t first = *end_of_sequences;
+  const int64_t total = (rows - first) * heads * dim;
+  for (int64_t idx = int64_t(blockIdx.x) * kRowThreads + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * kRowThreads) {
+    const int64_t row = first + idx / (int64_t(heads) * dim);
+    const int h = int((idx / dim) % heads), c = int(idx % dim);
+    static_cast<Element*>(base)[row * row_stride + int64_t(h) * head_stride + c] = Element(0.f);
   }
 }
 

@@ -12,7 +12,7 @@
 
 #include "core/attention_rules.h"
 #include "sm90/bwd/params.h"
-#include "sm90/bwd/tiles.h"
+#include "sm90/bwd_mma/tiles.h"
 
 namespace flashlane::sm90::bwd {
 

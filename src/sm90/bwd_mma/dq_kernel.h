@@ -3,10 +3,10 @@
 // atomic path) and keeping dQ in registers: no atomics, bitwise reproducible.
 #pragma once
 
-#include "sm90/bwd/dkdv_kernel.h"
+#include "sm90/bwd_mma/dkdv_kernel.h"
 #include "sm90/bwd/params.h"
-#include "sm90/bwd/scores.h"
-#include "sm90/bwd/tiles.h"
+#include "sm90/bwd_mma/scores.h"
+#include "sm90/bwd_mma/tiles.h"
 
 namespace flashlane::sm90::bwd {
 

@@ -8,8 +8,8 @@
 #pragma once
 
 #include "sm90/bwd/params.h"
-#include "sm90/bwd/scores.h"
-#include "sm90/bwd/tiles.h"
+#include "sm90/bwd_mma/scores.h"
+#include "sm90/bwd_mma/tiles.h"
 
 namespace flashlane::sm90::bwd {
 

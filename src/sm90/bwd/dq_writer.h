@@ -1,0 +1,85 @@
+// dq_writer.h: warp 1 of the producer warpgroup. For every visited query tile it takes the
+// consumers' fp32 dQ from shared memory and adds it into the global accumulator with one bulk
+// reduce (cp.reduce.async.bulk .add.f32: the tile is one contiguous block in both places, so no
+// per-element atomics), then hands the buffer back.
+//
+// Deterministic mode: the key tiles of a (query head, query tile) add in ascending key-tile
+// order. Each accumulator tile has a counter; the writer waits until it equals the number of key
+// tiles that add before this one (work.h), adds, waits for its add to complete and increments
+// the counter (FlashAttention-3's deterministic backward uses the same semaphore scheme).
+// Forward progress: blocks are dispatched in blockIdx.x order within a (head, batch), so every
+// key tile a CTA waits for was dispatched before it.
+#pragma once
+
+#include <cutlass/arch/barrier.h>
+
+#include "sm90/bwd/kernel_traits.h"
+#include "sm90/bwd/params.h"
+#include "sm90/bwd/work.h"
+
+namespace flashlane::sm90::bwd {
+
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem, int bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+               :
+               : "l"(gmem), "r"(s), "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void bulk_wait_read_all() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void bulk_wait_complete_all() {
+  asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+template <class Traits>
+struct BwdDqWriter {
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr uint32_t kDqSyncThreads = Traits::kConsumerThreads + cutlass::NumThreadsPerWarp;
+
+  __device__ static void run(const BwdParams& p, typename Traits::SharedStorage& ss,
+                             const KeyTileWork& w, int lane) {
+    if (w.count == 0) return;
+    cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
+    for (int t = 0; t < w.count; ++t) {
+      cutlass::arch::NamedBarrier::sync(kDqSyncThreads, uint32_t(BwdBarrier::kDqFull));
+      if (lane == 0) {
+        const int hq = w.head_q(t), m = w.m_block(t);
+        const int64_t tile = int64_t(hq) * p.ws_tiles + w.tile_base + m;
+        float* dst = p.dq_accum + tile * Traits::kDqTileFloats;
+        if (p.deterministic) {
+          int* counter = p.dq_semaphore + tile;
+          const int before = key_tiles_before<kBlockM, kBlockN>(p, w, m);
+          while (load_acquire(counter) != before) {
+          }
+          asm volatile("fence.proxy.async.global;\n" ::: "memory");
+          bulk_reduce_add_f32(dst, ss.dq.data(), Traits::kDqTileFloats * int(sizeof(float)));
+          bulk_wait_complete_all();
+          asm volatile("fence.proxy.async.global;\n" ::: "memory");
+          __threadfence();
+          atomicAdd(counter, 1);
+        } else {
+          bulk_reduce_add_f32(dst, ss.dq.data(), Traits::kDqTileFloats * int(sizeof(float)));
+          bulk_wait_read_all();
+        }
+      }
+      __syncwarp();
+      if (t + 1 < w.count) {
+        cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
+      }
+    }
+  }
+};
+
+}  // namespace flashlane::sm90::bwd

@@ -1,0 +1,89 @@
+// work.h: the iteration space of one CTA of the WGMMA backward, shared by its three roles
+// (TMA producer, consumers, dQ writer) so that they walk the same (query head, query tile)
+// sequence in the same order and their pipeline states stay in step.
+//
+// A CTA owns key tile n_block of one KV head and batch entry. It visits, for every query head of
+// the KV head's GQA group in turn, the query tiles that can see some key of the tile. Both ends
+// of a query row's visible key range are non-decreasing in the row (MaskRule), so the visiting
+// tiles are one contiguous range; masked-out tiles are never loaded.
+#pragma once
+
+#include "core/attention_rules.h"
+#include "sm90/bwd/params.h"
+
+namespace flashlane::sm90::bwd {
+
+struct KeyTileWork {
+  int b = 0, h_kv = 0, n_block = 0;
+  int n0 = 0;           // first key of the tile
+  int64_t q_start = 0;  // first row of the sequence (packed row in varlen, 0 in bshd)
+  int64_t k_start = 0;
+  int len_q = 0, len_k = 0, used_k = 0;
+  int64_t tile_base = 0;  // workspace tile of the sequence's query tile 0
+  int group = 1;          // query heads per KV head
+  int m_begin = 0, m_end = 0;  // visiting query tiles
+  int count = 0;               // group * (m_end - m_begin) iterations
+
+  __device__ int head_q(int t) const { return h_kv * group + t / (m_end - m_begin); }
+  __device__ int m_block(int t) const { return m_begin + t % (m_end - m_begin); }
+};
+
+/// Query tiles [m_begin, m_end) of kBlockM rows that see some key of [n0, n0 + rows_used):
+/// visible(i, j) needs j - shift - window_right <= i <= j - shift + window_left.
+template <int kBlockM>
+__device__ inline void visiting_query_tiles(const MaskRule& mask, int len_q, int used_k, int n0,
+                                            int rows_used, int* m_begin, int* m_end) {
+  const int64_t shift = mask.diagonal_shift(len_q, used_k);
+  int64_t i_lo = 0, i_end = rows_used > 0 ? len_q : 0;
+  if (mask.window_right >= 0) i_lo = max(int64_t(0), n0 - shift - mask.window_right);
+  if (mask.window_left >= 0) {
+    i_end = min(i_end, int64_t(n0) + rows_used - 1 - shift + mask.window_left + 1);
+  }
+  *m_begin = int(i_lo / kBlockM);
+  *m_end = i_end > i_lo ? int((i_end + kBlockM - 1) / kBlockM) : *m_begin;
+}
+
+template <int kBlockM, int kBlockN>
+__device__ inline KeyTileWork key_tile_work(const BwdParams& p, int n_block, int h_kv, int b) {
+  KeyTileWork w;
+  w.b = b;
+  w.h_kv = h_kv;
+  w.n_block = n_block;
+  w.n0 = n_block * kBlockN;
+  if (p.varlen) {
+    w.q_start = p.cu_seqlens_q[b];
+    w.k_start = p.cu_seqlens_k[b];
+    w.len_q = int(p.cu_seqlens_q[b + 1] - w.q_start);
+    w.len_k = int(p.cu_seqlens_k[b + 1] - w.k_start);
+  } else {
+    w.len_q = p.seqlen_q;
+    w.len_k = p.seqlen_k;
+  }
+  w.used_k = p.seqused_k != nullptr ? min(int(p.seqused_k[b]), w.len_k) : w.len_k;
+  w.tile_base = q_tile_base(p, b);
+  w.group = p.heads_q / p.heads_kv;
+  if (w.n0 >= w.len_k) return w;  // no key of this sequence in the tile: nothing at all
+  const int rows_used = max(0, min(kBlockN, w.used_k - w.n0));
+  visiting_query_tiles<kBlockM>(p.mask, w.len_q, w.used_k, w.n0, rows_used, &w.m_begin,
+                                &w.m_end);
+  w.count = w.group * (w.m_end - w.m_begin);
+  return w;
+}
+
+/// Deterministic dQ: how many key tiles add into query tile m before key tile n_block, i.e. the
+/// key tiles below n_block whose visiting range contains m (the same function that decides the
+/// visits, so the count can never disagree with what runs).
+template <int kBlockM, int kBlockN>
+__device__ inline int key_tiles_before(const BwdParams& p, const KeyTileWork& w, int m) {
+  int before = 0;
+  for (int n = 0; n < w.n_block; ++n) {
+    const int n0 = n * kBlockN;
+    const int rows_used = max(0, min(kBlockN, w.used_k - n0));
+    int lo, hi;
+    visiting_query_tiles<kBlockM>(p.mask, w.len_q, w.used_k, n0, rows_used, &lo, &hi);
+    before += (lo <= m && m < hi) ? 1 : 0;
+  }
+  return before;
+}
+
+}  // namespace flashlane::sm90::bwd
