@@ -165,9 +165,9 @@ struct BwdCompute {
       Tensor tdP_rc = rowcol_view(tdPrdP);
       constexpr int kRows = decltype(size<0>(tS_rc))::value;
       constexpr int kCols = decltype(size<1>(tS_rc))::value;
-      // Zeroes P^T and dS^T where the mask hides the pair: select, never arithmetic, so
-      // nothing computed there can leak.
-      auto apply_mask = [&]() {
+      // Zeroes P^T (and dS^T once formed) where the mask hides the pair: select, never
+      // arithmetic, so nothing computed there can leak.
+      auto apply_mask = [&](auto zero_ds) {
         if (!need_mask) return;
         CUTE_UNROLL
         for (int r = 0; r < kRows; ++r) {
@@ -177,35 +177,48 @@ struct BwdCompute {
             const int row = m0 + get<1>(tScS_rc(0, cc));
             if (!p.mask.visible(row, key, w.len_q, w.used_k)) {
               tS_rc(r, cc) = 0.f;
-              tdP_rc(r, cc) = 0.f;
+              if constexpr (decltype(zero_ds)::value) tdP_rc(r, cc) = 0.f;
             }
           }
         }
       };
 
-      // Both products, then P^T and dS^T in one pass (dS = P (dP - delta), times 1 - tanh^2
-      // with softcap). Forming dS right after P keeps the fp32 P dead before the RS GEMMs hold
-      // their 16-bit operands (register budget: dK and dV of 64 keys live throughout).
-      warpgroup_wait<0>();
-      CUTE_UNROLL
-      for (int cc = 0; cc < kCols; ++cc) {
-        const float lse_c = lse[get<1>(tScS_rc(0, cc))];
-        const float delta_c = delta[get<1>(tScS_rc(0, cc))];
+      if constexpr (kSoftcap) {
+        // dS needs the tanh of the same element: both products first, then P^T and dS^T in
+        // one pass (dS = P (dP - delta) (1 - tanh^2)).
+        warpgroup_wait<0>();
         CUTE_UNROLL
-        for (int r = 0; r < kRows; ++r) {
-          if constexpr (kSoftcap) {
+        for (int cc = 0; cc < kCols; ++cc) {
+          const float lse_c = lse[get<1>(tScS_rc(0, cc))];
+          const float delta_c = delta[get<1>(tScS_rc(0, cc))];
+          CUTE_UNROLL
+          for (int r = 0; r < kRows; ++r) {
             const float th = tanh_accurate(tS_rc(r, cc) * p.softcap_prescale);
             const float pv = exp2f(th * c - lse_c);
             tS_rc(r, cc) = pv;
             tdP_rc(r, cc) = pv * (tdP_rc(r, cc) - delta_c) * (1.f - th * th);
-          } else {
-            const float pv = exp2f(tS_rc(r, cc) * c - lse_c);
-            tS_rc(r, cc) = pv;
-            tdP_rc(r, cc) = pv * (tdP_rc(r, cc) - delta_c);
           }
         }
+        apply_mask(cute::true_type{});
+      } else {
+        // P^T while dP^T is still on the tensor cores, then dS = P (dP - delta); a masked P is
+        // 0 and every dP is finite, so its dS is 0 too.
+        warpgroup_wait<1>();
+        CUTE_UNROLL
+        for (int cc = 0; cc < kCols; ++cc) {
+          const float lse_c = lse[get<1>(tScS_rc(0, cc))];
+          CUTE_UNROLL
+          for (int r = 0; r < kRows; ++r) tS_rc(r, cc) = exp2f(tS_rc(r, cc) * c - lse_c);
+        }
+        apply_mask(cute::false_type{});
+        warpgroup_wait<0>();
+        CUTE_UNROLL
+        for (int cc = 0; cc < kCols; ++cc) {
+          const float delta_c = delta[get<1>(tScS_rc(0, cc))];
+          CUTE_UNROLL
+          for (int r = 0; r < kRows; ++r) tdP_rc(r, cc) = tS_rc(r, cc) * (tdP_rc(r, cc) - delta_c);
+        }
       }
-      apply_mask();
       auto tPrP = convert_fragment<Element>(tSrS);
       Tensor tdVrP = make_tensor(tPrP.data(), acc_as_operand_a_layout(tSrS.layout()));
       warpgroup_gemm</*kZeroInit=*/false, /*kARegisters=*/true>(mma_kv, tdVrP,
