@@ -1,7 +1,11 @@
-"""Times PyTorch SDPA backends (cuDNN, FlashAttention-2) on the canonical forward grid, in the
-same run as `flashlane bench`, so docs/PERF.md can put a measured peer beside each sm90 row.
+"""Times PyTorch SDPA backends (cuDNN, FlashAttention-2) on the canonical grid, forward and
+backward, in the same run as `flashlane bench`, so docs/PERF.md can put a measured peer beside each
+sm90 row.
 
-    python3 bench/peers/torch_sdpa.py --out out/peer-sdpa.jsonl [--flashlane out/bench-receipts.jsonl]
+    python3 bench/peers/torch_sdpa.py --out out/peer-sdpa.jsonl [--dirs fwd,bwd]
+                                      [--flashlane out/bench-receipts.jsonl]
+
+Backward follows BENCHMARKS.md: time(fwd + bwd) - time(fwd), FLOPs = 2.5 x forward FLOPs.
 
 Each backend is forced with torch.nn.attention.sdpa_kernel([backend]) (PyTorch raises instead of
 falling back when it cannot run), timed with CUDA events (median after warm-up, fresh normal(0,1)
@@ -42,7 +46,9 @@ def main():
     ap.add_argument("--out", default="out/peer-sdpa.jsonl")
     ap.add_argument("--flashlane", default=None, help="flashlane bench receipts to compare with")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--dirs", default="fwd", help="fwd, bwd or fwd,bwd")
     args = ap.parse_args()
+    dirs = [d for d in args.dirs.split(",") if d]
     dev = torch.cuda.get_device_properties(0)
     rows = []
     for hd in (64, 128, 256):
@@ -50,53 +56,72 @@ def main():
         for causal in (False, True):
             for s in SEQLENS:
                 batch = 16384 // s
-                q, k, v = (torch.randn(batch, heads, s, hd, device="cuda", dtype=torch.bfloat16)
-                           for _ in range(3))
+                q, k, v = (torch.randn(batch, heads, s, hd, device="cuda", dtype=torch.bfloat16,
+                                       requires_grad="bwd" in dirs) for _ in range(3))
+                dout = torch.randn(batch, heads, s, hd, device="cuda", dtype=torch.bfloat16)
                 pairs = batch * heads * (s * (s + 1) / 2 if causal else s * s)
                 flops = 4 * pairs * hd
                 for name, backend in BACKENDS.items():
-                    row = {"schema": "flashlane.proof_row/1", "proof_class": "execute",
-                           "artifact_kind": "microbench_case", "counts_for_status": False,
-                           "requested_backend": f"torch_sdpa_{name}", "direction": "fwd",
-                           "environment": {"device": dev.name, "torch": torch.__version__,
-                                           "cudnn": torch.backends.cudnn.version()},
-                           "problem": {"batch": batch, "heads_q": heads, "heads_kv": heads,
-                                       "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
-                                       "dtype": "bfloat16", "causal": causal}}
-                    try:
-                        with sdpa_kernel([backend]):
-                            ms = time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
-                                         args.reps)
-                        row["metrics"] = {"median_ms": ms, "tflops": flops / ms / 1e9}
-                        row["status"] = "ok"
-                    except RuntimeError as e:  # the backend refused this shape: say so
-                        row["status"] = "refused"
-                        row["error"] = str(e).splitlines()[0][:200]
-                    rows.append(row)
-                del q, k, v
+                    fwd = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+                    def fwd_bwd():
+                        q.grad = k.grad = v.grad = None
+                        fwd().backward(dout)
+
+                    for direction in dirs:
+                        row = {"schema": "flashlane.proof_row/1", "proof_class": "execute",
+                               "artifact_kind": "microbench_case", "counts_for_status": False,
+                               "requested_backend": f"torch_sdpa_{name}", "direction": direction,
+                               "environment": {"device": dev.name, "torch": torch.__version__,
+                                               "cudnn": torch.backends.cudnn.version()},
+                               "problem": {"batch": batch, "heads_q": heads, "heads_kv": heads,
+                                           "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
+                                           "dtype": "bfloat16", "causal": causal}}
+                        try:
+                            with sdpa_kernel([backend]):
+                                if direction == "fwd":
+                                    with torch.no_grad():
+                                        ms = time_ms(fwd, args.reps)
+                                    row["metrics"] = {"median_ms": ms, "tflops": flops / ms / 1e9}
+                                else:
+                                    with torch.no_grad():
+                                        t_fwd = time_ms(fwd, args.reps)
+                                    t_both = time_ms(fwd_bwd, args.reps)
+                                    ms = t_both - t_fwd
+                                    row["metrics"] = {"median_ms": ms, "fwd_ms": t_fwd,
+                                                      "fwd_bwd_ms": t_both,
+                                                      "tflops": 2.5 * flops / ms / 1e9}
+                            row["status"] = "ok"
+                        except RuntimeError as e:  # the backend refused this shape: say so
+                            row["status"] = "refused"
+                            row["error"] = str(e).splitlines()[0][:200]
+                        rows.append(row)
+                del q, k, v, dout
     with open(args.out, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    peer = {(r["requested_backend"], r["problem"]["head_dim"], r["problem"]["causal"],
-             r["problem"]["seqlen_q"]): r.get("metrics", {}).get("tflops") for r in rows}
+    peer = {(r["requested_backend"], r["direction"], r["problem"]["head_dim"],
+             r["problem"]["causal"], r["problem"]["seqlen_q"]): r.get("metrics", {}).get("tflops")
+            for r in rows}
     ours = {}
     if args.flashlane:
         for line in open(args.flashlane):
             r = json.loads(line)
-            if r.get("receipt", {}).get("actual_backend") == "sm90" and r.get("direction") == "fwd":
+            if r.get("receipt", {}).get("actual_backend") == "sm90" and r.get("direction") in dirs:
                 p = r["problem"]
-                ours[(p["head_dim"], bool(p["causal"]), p["seqlen_q"])] = r["metrics"]["tflops"]
-    print("hdim causal seqlen   sm90  cudnn flash2  sm90/cudnn")
-    for hd in (64, 128, 256):
-        for causal in (False, True):
-            for s in SEQLENS:
-                o = ours.get((hd, causal, s))
-                c = peer[("torch_sdpa_cudnn", hd, causal, s)]
-                f2 = peer[("torch_sdpa_flash2", hd, causal, s)]
-                fmt = lambda x: f"{x:6.0f}" if x else "     -"
-                ratio = f"{o / c:6.2f}" if (o and c) else "     -"
-                print(f"{hd:4d} {int(causal):6d} {s:6d} {fmt(o)} {fmt(c)} {fmt(f2)} {ratio}")
-
+                ours[(r["direction"], p["head_dim"], bool(p["causal"]), p["seqlen_q"])] = \
+                    r["metrics"]["tflops"]
+    fmt = lambda x: f"{x:6.0f}" if x else "     -"
+    for direction in dirs:
+        print(f"{direction}: hdim causal seqlen   sm90  cudnn flash2  sm90/cudnn")
+        for hd in (64, 128, 256):
+            for causal in (False, True):
+                for s in SEQLENS:
+                    o = ours.get((direction, hd, causal, s))
+                    c = peer[("torch_sdpa_cudnn", direction, hd, causal, s)]
+                    f2 = peer[("torch_sdpa_flash2", direction, hd, causal, s)]
+                    ratio = f"{o / c:6.2f}" if (o and c) else "     -"
+                    print(f"{direction}: {hd:4d} {int(causal):6d} {s:6d} {fmt(o)} {fmt(c)} {fmt(f2)} {ratio}")
 
 if __name__ == "__main__":
     main()

@@ -92,7 +92,7 @@ BwdParams build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info) 
 
 std::string dtype_suffix(DType dtype) { return dtype == DType::kBFloat16 ? "_bf16" : "_fp16"; }
 
-/// head_dim 64 / 128: the WGMMA + TMA kernel (sm90/bwd/).
+/// head_dim 64 / 96 / 128: the WGMMA + TMA kernel (sm90/bwd/).
 template <int D>
 bool try_launch_wgmma(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream,
                       Status* st, std::string* name) {
@@ -153,8 +153,8 @@ Status sm90_backward(const AttentionProblem& pb, const ProblemInfo& info, cudaSt
   Status st;
   std::string name;
   const bool launched = try_launch_wgmma<64>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<96>(info, p, stream, &st, &name) ||
                         try_launch_wgmma<128>(info, p, stream, &st, &name) ||
-                        try_launch_mma<96, 96>(info, p, stream, &st, &name) ||
                         try_launch_mma<192, 192>(info, p, stream, &st, &name) ||
                         try_launch_mma<192, 128>(info, p, stream, &st, &name) ||
                         try_launch_mma<256, 256>(info, p, stream, &st, &name);

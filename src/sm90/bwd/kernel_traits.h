@@ -32,7 +32,8 @@ using namespace cute;
 /// consumer's registers, plus S^T and dP^T of 64 keys x kBlockM queries).
 template <int kHeadDim>
 struct BwdConfig {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "WGMMA backward head dims: 64, 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 96 || kHeadDim == 128,
+                "WGMMA backward head dims: 64, 96, 128");
   static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64;
   static constexpr int kBlockN = 128;
   static constexpr int kStages = 2;  // Q/LSE and dO/delta ring depth
@@ -89,9 +90,14 @@ struct BwdTraits {
   using SmemLayoutQt = decltype(composition(
       SmemLayoutQ{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{},
                                          Step<_2, _1, _3>{})));
-  // Key-side tiles (K, V): (kBlockN, head_dim), loaded once per CTA.
-  using SmemAtomK = decltype(cutlass::gemm::collective::detail::ss_smem_selector<
-                             GMMA::Major::K, Element, Int<kBlockN>, Int<kHeadDim>>());
+  // Key-side tiles (K, V): (kBlockN, head_dim), loaded once per CTA. dQ splits K^T's head_dim
+  // in halves over the warpgroups; each half must start on a swizzle atom, so head_dim 96
+  // (halves of 48) takes the 32-byte swizzle (16-element atoms) instead of the 64-byte one.
+  using SmemAtomK = std::conditional_t<
+      (kHeadDim / 2) % 64 == 0 || kBlockM == 128,
+      decltype(cutlass::gemm::collective::detail::ss_smem_selector<
+               GMMA::Major::K, Element, Int<kBlockN>, Int<kHeadDim>>()),
+      GMMA::Layout_K_SW32_Atom<Element>>;
   using SmemLayoutK = decltype(tile_to_shape(SmemAtomK{}, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   // K as (head_dim, kBlockN): the MN-major B operand of dQ = dS K.
   using SmemLayoutKt = decltype(composition(

@@ -13,7 +13,7 @@ namespace flashlane::sm90 {
 constexpr int bwd_wgmma_block_m(int head_dim) { return head_dim == 64 ? 128 : 64; }
 constexpr int bwd_wgmma_block_n() { return 128; }
 constexpr bool bwd_wgmma_supports(int head_dim, int head_dim_v) {
-  return head_dim == head_dim_v && (head_dim == 64 || head_dim == 128);
+  return head_dim == head_dim_v && (head_dim == 64 || head_dim == 96 || head_dim == 128);
 }
 
 template <int D, bool kBf16>
