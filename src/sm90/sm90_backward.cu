@@ -92,16 +92,17 @@ BwdParams build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info) 
 
 std::string dtype_suffix(DType dtype) { return dtype == DType::kBFloat16 ? "_bf16" : "_fp16"; }
 
-/// head_dim 64 / 96 / 128: the WGMMA + TMA kernel (sm90/bwd/).
-template <int D>
+/// The WGMMA + TMA kernel (sm90/bwd/): every supported head dim.
+template <int D, int DV>
 bool try_launch_wgmma(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream,
                       Status* st, std::string* name) {
-  if (info.head_dim != D || info.head_dim_v != D) return false;
-  *name = "bwd_m" + std::to_string(bwd_wgmma_block_m(D)) + "_n" +
-          std::to_string(bwd_wgmma_block_n()) + "_d" + std::to_string(D) +
-          dtype_suffix(info.dtype) + "_wgmma";
-  *st = info.dtype == DType::kBFloat16 ? launch_bwd_wgmma<D, true>(p, stream)
-                                       : launch_bwd_wgmma<D, false>(p, stream);
+  if (info.head_dim != D || info.head_dim_v != DV) return false;
+  std::string s = "bwd_m" + std::to_string(bwd_wgmma_block_m(D)) + "_n" +
+                  std::to_string(bwd_wgmma_block_n(D)) + "_d" + std::to_string(D);
+  if (DV != D) s += "_dv" + std::to_string(DV);
+  *name = s + dtype_suffix(info.dtype) + "_wgmma";
+  *st = info.dtype == DType::kBFloat16 ? launch_bwd_wgmma<D, DV, true>(p, stream)
+                                       : launch_bwd_wgmma<D, DV, false>(p, stream);
   return true;
 }
 
@@ -152,12 +153,12 @@ Status sm90_backward(const AttentionProblem& pb, const ProblemInfo& info, cudaSt
   const BwdParams p = build_bwd_params(pb, info);
   Status st;
   std::string name;
-  const bool launched = try_launch_wgmma<64>(info, p, stream, &st, &name) ||
-                        try_launch_wgmma<96>(info, p, stream, &st, &name) ||
-                        try_launch_wgmma<128>(info, p, stream, &st, &name) ||
-                        try_launch_mma<192, 192>(info, p, stream, &st, &name) ||
-                        try_launch_mma<192, 128>(info, p, stream, &st, &name) ||
-                        try_launch_mma<256, 256>(info, p, stream, &st, &name);
+  const bool launched = try_launch_wgmma<64, 64>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<96, 96>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<128, 128>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<192, 192>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<192, 128>(info, p, stream, &st, &name) ||
+                        try_launch_wgmma<256, 256>(info, p, stream, &st, &name);
   if (!launched) {
     return Status(ErrorCode::kInternal, "sm90 backward has no instantiation for this head dim",
                   "sm90.bwd_head_dim_unsupported");

@@ -53,30 +53,36 @@ struct BwdDqWriter {
     if (w.count == 0) return;
     cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
     for (int t = 0; t < w.count; ++t) {
-      cutlass::arch::NamedBarrier::sync(kDqSyncThreads, uint32_t(BwdBarrier::kDqFull));
-      if (lane == 0) {
-        const int hq = w.head_q(t), m = w.m_block(t);
-        const int64_t tile = int64_t(hq) * p.ws_tiles + w.tile_base + m;
-        float* dst = p.dq_accum + tile * Traits::kDqTileFloats;
-        if (p.deterministic) {
-          int* counter = p.dq_semaphore + tile;
-          const int before = key_tiles_before<kBlockM, kBlockN>(p, w, m);
-          while (load_acquire(counter) != before) {
+      const int hq = w.head_q(t), m = w.m_block(t);
+      const int64_t tile = int64_t(hq) * p.ws_tiles + w.tile_base + m;
+      float* dst = p.dq_accum + tile * Traits::kDqTileFloats;
+      int* counter = p.dq_semaphore + tile;
+      // The consumers hand the tile over in kDqRounds parts of up to kDqRoundFloats each.
+      for (int r = 0; r < Traits::kDqRounds; ++r) {
+        cutlass::arch::NamedBarrier::sync(kDqSyncThreads, uint32_t(BwdBarrier::kDqFull));
+        if (lane == 0) {
+          const int bytes = Traits::dq_round_floats(r) * int(sizeof(float));
+          float* part = dst + r * Traits::kDqRoundFloats;
+          if (p.deterministic && r == 0) {
+            const int before = key_tiles_before<kBlockM, kBlockN>(p, w, m);
+            while (load_acquire(counter) != before) {
+            }
+            asm volatile("fence.proxy.async.global;\n" ::: "memory");
           }
-          asm volatile("fence.proxy.async.global;\n" ::: "memory");
-          bulk_reduce_add_f32(dst, ss.dq.data(), Traits::kDqTileFloats * int(sizeof(float)));
-          bulk_wait_complete_all();
-          asm volatile("fence.proxy.async.global;\n" ::: "memory");
-          __threadfence();
-          atomicAdd(counter, 1);
-        } else {
-          bulk_reduce_add_f32(dst, ss.dq.data(), Traits::kDqTileFloats * int(sizeof(float)));
-          bulk_wait_read_all();
+          bulk_reduce_add_f32(part, ss.dq.data(), bytes);
+          if (p.deterministic && r + 1 == Traits::kDqRounds) {
+            bulk_wait_complete_all();
+            asm volatile("fence.proxy.async.global;\n" ::: "memory");
+            __threadfence();
+            atomicAdd(counter, 1);
+          } else {
+            bulk_wait_read_all();
+          }
         }
-      }
-      __syncwarp();
-      if (t + 1 < w.count) {
-        cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
+        __syncwarp();
+        if (t + 1 < w.count || r + 1 < Traits::kDqRounds) {
+          cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
+        }
       }
     }
   }

@@ -18,14 +18,14 @@ struct BwdEpilogue {
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
 
-  template <class Frag>
+  template <class TiledMma, int kDim, class Frag>
   __device__ static void store_one(Frag& acc, float scale, void* base, int64_t row_stride,
                                    int64_t head_stride, int64_t batch_stride,
                                    const BwdParams& p, const KeyTileWork& w, int thread_idx) {
-    typename Traits::TiledMmaKV mma_kv;
-    auto thr = mma_kv.get_thread_slice(thread_idx);
+    TiledMma mma;
+    auto thr = mma.get_thread_slice(thread_idx);
     Tensor tc_rc = rowcol_view(thr.partition_C(make_identity_tensor(
-        Shape<Int<kBlockN>, Int<kHeadDim>>{})));
+        Shape<Int<kBlockN>, Int<kDim>>{})));
     if (scale != 1.f) {
       CUTE_UNROLL
       for (int i = 0; i < size(acc); ++i) acc(i) *= scale;
@@ -53,10 +53,12 @@ struct BwdEpilogue {
   template <class FragDK, class FragDV>
   __device__ static void store(const BwdParams& p, const KeyTileWork& w, FragDK& tdKrdK,
                                FragDV& tdVrdV, int thread_idx) {
-    store_one(tdKrdK, p.softmax_scale, p.dk, p.dk_row_stride, p.dk_head_stride,
-              p.dk_batch_stride, p, w, thread_idx);
-    store_one(tdVrdV, 1.f, p.dv, p.dv_row_stride, p.dv_head_stride, p.dv_batch_stride, p, w,
-              thread_idx);
+    store_one<typename Traits::TiledMmaDK, kHeadDim>(tdKrdK, p.softmax_scale, p.dk,
+                                                     p.dk_row_stride, p.dk_head_stride,
+                                                     p.dk_batch_stride, p, w, thread_idx);
+    store_one<typename Traits::TiledMmaDV, Traits::kHeadDimV>(tdVrdV, 1.f, p.dv, p.dv_row_stride,
+                                                              p.dv_head_stride, p.dv_batch_stride,
+                                                              p, w, thread_idx);
   }
 };
 

@@ -2,7 +2,8 @@
 // Grid (key tiles, KV heads, batch), 3 warpgroups per CTA, one CTA per SM:
 //   warpgroup 0: warp 0 issues the TMA loads (mainloop_load.h), warp 1 adds dQ into the global
 //                accumulator (dq_writer.h), warps 2-3 exit; registers handed to the consumers.
-//   warpgroups 1-2: consumers, 64 keys each (mainloop_compute.h), then the dK/dV epilogue.
+//   warpgroups 1-2: consumers (mainloop_compute.h: 64 keys each; mainloop_compute_wide.h for
+//                head_dim 192/256: half of head_dim each), then the dK/dV epilogue.
 // All roles derive the same iteration sequence from work.h.
 #pragma once
 
@@ -15,6 +16,7 @@
 #include "sm90/bwd/epilogue.h"
 #include "sm90/bwd/kernel_traits.h"
 #include "sm90/bwd/mainloop_compute.h"
+#include "sm90/bwd/mainloop_compute_wide.h"
 #include "sm90/bwd/mainloop_load.h"
 #include "sm90/bwd/params.h"
 #include "sm90/bwd/work.h"
@@ -58,6 +60,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   pipe_params.num_consumers = Traits::kConsumerThreads;
   pipe_params.transaction_bytes = Traits::kTmaBytesQ + Traits::kRowStatBytes;
   Pipeline pipe_q(ss.pipeline_q, pipe_params, Shape<_1, _1, _1>{});
+  pipe_params.transaction_bytes = Traits::kTmaBytesDo + Traits::kRowStatBytes;
   Pipeline pipe_do(ss.pipeline_do, pipe_params, Shape<_1, _1, _1>{});
   cutlass::arch::fence_barrier_init();
   __syncthreads();
@@ -72,12 +75,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
     const int thread_idx = int(threadIdx.x) - Traits::kThreadsPerWarpgroup;
-    typename Traits::TiledMmaKV mma_kv;
-    Tensor tdKrdK = partition_fragment_C(mma_kv, Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{});
-    Tensor tdVrdV = partition_fragment_C(mma_kv, Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{});
+    using Compute = std::conditional_t<Traits::kWide, BwdComputeWide<Traits>, BwdCompute<Traits>>;
+    Tensor tdKrdK = partition_fragment_C(typename Traits::TiledMmaDK{},
+                                         Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{});
+    Tensor tdVrdV = partition_fragment_C(typename Traits::TiledMmaDV{},
+                                         Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDimV>>{});
     clear(tdKrdK);
     clear(tdVrdV);
-    BwdCompute<Traits>::run(p, ss, pipe_q, pipe_do, w, thread_idx, tdKrdK, tdVrdV);
+    Compute::run(p, ss, pipe_q, pipe_do, w, thread_idx, tdKrdK, tdVrdV);
     BwdEpilogue<Traits>::store(p, w, tdKrdK, tdVrdV, thread_idx);
   }
 }

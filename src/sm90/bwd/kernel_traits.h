@@ -127,12 +127,28 @@ struct BwdTraits {
 
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element);
   static constexpr uint32_t kTmaBytesK = kBlockN * kHeadDim * sizeof(Element);
+  // Names shared with the wide-head traits (kernel_traits_wide.h): here head_dim_v = head_dim,
+  // so dO and V reuse Q's and K's layouts and copy types.
+  static constexpr bool kWide = false;
+  static constexpr int kHeadDimV = kHeadDim;
+  using SmemLayoutDo = SmemLayoutQ;
+  using SmemLayoutV = SmemLayoutK;
+  using TmaDo = TmaQ;
+  using TmaV = TmaK;
+  static constexpr uint32_t kTmaBytesDo = kTmaBytesQ;
+  static constexpr uint32_t kTmaBytesV = kTmaBytesK;
+  using TiledMmaDK = TiledMmaKV;
+  using TiledMmaDV = TiledMmaKV;
   static constexpr uint32_t kRowStatBytes = kBlockM * sizeof(float);  // LSE or delta of a tile
 
   // dQ of one query tile in fp32, in the thread order of TiledMmaDQ's accumulators:
   // element i of thread t at [i * kConsumerThreads + t] (conflict-free stores; the gmem
   // accumulator keeps this order and the postprocess undoes it).
   static constexpr int kDqTileFloats = kBlockM * kHeadDim;
+  // The writer adds the tile in one round (the wide-head kernel needs several).
+  static constexpr int kDqRounds = 1;
+  static constexpr int kDqRoundFloats = kDqTileFloats;
+  __host__ __device__ static constexpr int dq_round_floats(int) { return kDqTileFloats; }
 
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;

@@ -15,6 +15,7 @@
 
 #include "flashlane/status.h"
 #include "sm90/bwd/kernel.h"
+#include "sm90/bwd/kernel_traits_wide.h"
 #include "sm90/bwd/launch_decl.h"
 #include "sm90/bwd/pre_post.h"
 
@@ -30,13 +31,27 @@ inline Status launch_error(cudaError_t err, const char* what) {
 
 }  // namespace bwd
 
-template <int D, bool kBf16>
+namespace bwd {
+
+/// The traits of (D, DV): keys split (kernel_traits.h) up to head_dim 128, head_dim split
+/// (kernel_traits_wide.h) above.
+template <int D, int DV, class Element, bool kWide = (D > 128)>
+struct SelectTraits {
+  using type = BwdTraits<D, BwdConfig<D>::kBlockM, BwdConfig<D>::kStages, Element>;
+};
+template <int D, int DV, class Element>
+struct SelectTraits<D, DV, Element, true> {
+  using type = BwdTraitsWide<D, DV, Element>;
+};
+
+}  // namespace bwd
+
+template <int D, int DV, bool kBf16>
 Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   using namespace cute;
   using namespace bwd;
   using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
-  using Cfg = BwdConfig<D>;
-  using Traits = BwdTraits<D, Cfg::kBlockM, Cfg::kStages, Element>;
+  using Traits = typename SelectTraits<D, DV, Element>::type;
   constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
 
   p.block_m = BM;
@@ -65,40 +80,46 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
 
   const dim3 q_grid(unsigned((p.seqlen_q + BM - 1) / BM), unsigned(p.heads_q), unsigned(p.batch));
   if (st.ok() && p.seqlen_q > 0) {
-    bwd_preprocess_kernel<Element, D, BM><<<q_grid, kRowThreads, 0, stream>>>(p);
+    bwd_preprocess_kernel<Element, DV, BM><<<q_grid, kRowThreads, 0, stream>>>(p);
     check("preprocess launch");
   }
 
   if (st.ok() && p.seqlen_k > 0 && p.rows_k > 0) {
     // TMA views (row, dim, head, batch); a mode of extent 1 still needs a legal stride.
     const int batches = p.varlen ? 1 : p.batch;
-    auto view = [&](const void* ptr, int64_t rows, int heads, int64_t row_stride,
+    auto view = [&](const void* ptr, int64_t rows, int dim, int heads, int64_t row_stride,
                     int64_t head_stride, int64_t batch_stride) {
       if (batches == 1) batch_stride = row_stride;
       if (heads == 1) head_stride = row_stride;
       return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                         make_layout(make_shape(int(rows), D, heads, batches),
+                         make_layout(make_shape(int(rows), dim, heads, batches),
                                      make_stride(row_stride, _1{}, head_stride, batch_stride)));
     };
     // Without queries no tile is ever loaded, but the kernel still takes Q descriptors (and
     // writes dK = dV = 0): describe K instead of a possibly empty Q.
     const bool no_q = p.rows_q == 0;
-    auto mQ = no_q ? view(p.k, p.rows_k, p.heads_kv, p.k_row_stride, p.k_head_stride, p.k_batch_stride)
-                   : view(p.q, p.rows_q, p.heads_q, p.q_row_stride, p.q_head_stride, p.q_batch_stride);
-    auto mdO = no_q ? mQ
-                    : view(p.dout, p.rows_q, p.heads_q, p.do_row_stride, p.do_head_stride,
+    auto mQ = no_q ? view(p.k, p.rows_k, D, p.heads_kv, p.k_row_stride, p.k_head_stride,
+                          p.k_batch_stride)
+                   : view(p.q, p.rows_q, D, p.heads_q, p.q_row_stride, p.q_head_stride,
+                          p.q_batch_stride);
+    auto mdO = no_q ? view(p.v, p.rows_k, DV, p.heads_kv, p.v_row_stride, p.v_head_stride,
+                           p.v_batch_stride)
+                    : view(p.dout, p.rows_q, DV, p.heads_q, p.do_row_stride, p.do_head_stride,
                            p.do_batch_stride);
-    auto mK = view(p.k, p.rows_k, p.heads_kv, p.k_row_stride, p.k_head_stride, p.k_batch_stride);
-    auto mV = view(p.v, p.rows_k, p.heads_kv, p.v_row_stride, p.v_head_stride, p.v_batch_stride);
-    using SmemQ = decltype(take<0, 2>(typename Traits::SmemLayoutQ{}));
+    auto mK = view(p.k, p.rows_k, D, p.heads_kv, p.k_row_stride, p.k_head_stride,
+                   p.k_batch_stride);
+    auto mV = view(p.v, p.rows_k, DV, p.heads_kv, p.v_row_stride, p.v_head_stride,
+                   p.v_batch_stride);
     BwdKernelArgs<Traits> args{
         p,
-        {make_tma_copy(SM90_TMA_LOAD{}, mQ, SmemQ{}, Shape<Int<BM>, Int<D>>{}, _1{}),
-         make_tma_copy(SM90_TMA_LOAD{}, mdO, SmemQ{}, Shape<Int<BM>, Int<D>>{}, _1{}),
+        {make_tma_copy(SM90_TMA_LOAD{}, mQ, take<0, 2>(typename Traits::SmemLayoutQ{}),
+                       Shape<Int<BM>, Int<D>>{}, _1{}),
+         make_tma_copy(SM90_TMA_LOAD{}, mdO, take<0, 2>(typename Traits::SmemLayoutDo{}),
+                       Shape<Int<BM>, Int<DV>>{}, _1{}),
          make_tma_copy(SM90_TMA_LOAD{}, mK, typename Traits::SmemLayoutK{},
                        Shape<Int<BN>, Int<D>>{}, _1{}),
-         make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutK{},
-                       Shape<Int<BN>, Int<D>>{}, _1{})}};
+         make_tma_copy(SM90_TMA_LOAD{}, mV, typename Traits::SmemLayoutV{},
+                       Shape<Int<BN>, Int<DV>>{}, _1{})}};
     auto kernel = bwd_kernel<Traits>;
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                Traits::kSharedBytes);
@@ -113,7 +134,7 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   }
 
   if (st.ok() && p.seqlen_q > 0) {
-    bwd_postprocess_kernel<Traits><<<q_grid, Traits::kConsumerThreads, 0, stream>>>(p);
+    bwd_postprocess_kernel<Traits><<<q_grid, postprocess_threads<Traits>(), 0, stream>>>(p);
     check("postprocess launch");
   }
   if (st.ok() && p.varlen) {
@@ -123,7 +144,7 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
     bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
         p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride, p.dk_head_stride);
     bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-        p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dv_row_stride, p.dv_head_stride);
+        p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, DV, p.dv_row_stride, p.dv_head_stride);
     check("tail zero launch");
   }
   err = cudaFreeAsync(ws, stream);
@@ -133,6 +154,6 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
 
 }  // namespace flashlane::sm90
 
-#define FLASHLANE_SM90_BWD_WGMMA_INSTANTIATE(D, BF16)                                 \
-  template flashlane::Status flashlane::sm90::launch_bwd_wgmma<D, BF16>(              \
+#define FLASHLANE_SM90_BWD_WGMMA_INSTANTIATE(D, DV, BF16)                             \
+  template flashlane::Status flashlane::sm90::launch_bwd_wgmma<D, DV, BF16>(          \
       flashlane::sm90::BwdParams, cudaStream_t);

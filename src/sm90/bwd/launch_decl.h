@@ -11,12 +11,9 @@ namespace flashlane::sm90 {
 
 /// Query-tile and key-tile edges of the WGMMA backward for `head_dim` (named in the variant).
 constexpr int bwd_wgmma_block_m(int head_dim) { return head_dim == 64 ? 128 : 64; }
-constexpr int bwd_wgmma_block_n() { return 128; }
-constexpr bool bwd_wgmma_supports(int head_dim, int head_dim_v) {
-  return head_dim == head_dim_v && (head_dim == 64 || head_dim == 96 || head_dim == 128);
-}
+constexpr int bwd_wgmma_block_n(int head_dim) { return head_dim > 128 ? 64 : 128; }
 
-template <int D, bool kBf16>
+template <int D, int DV, bool kBf16>
 Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream);
 
 }  // namespace flashlane::sm90

@@ -23,12 +23,13 @@ struct BwdLoad {
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kHeadDimV = Traits::kHeadDimV;
 
   struct TmaArgs {
     typename Traits::TmaQ tma_q;
-    typename Traits::TmaQ tma_do;
+    typename Traits::TmaDo tma_do;
     typename Traits::TmaK tma_k;
-    typename Traits::TmaK tma_v;
+    typename Traits::TmaV tma_v;
   };
 
   /// Called by the 32 lanes of the producer warp; lane 0 issues.
@@ -39,27 +40,27 @@ struct BwdLoad {
     const int batch_coord = p.varlen ? 0 : w.b;
     const int batches = p.varlen ? 1 : p.batch;
     Tensor mQ = tma.tma_q.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDim), p.heads_q, batches));
-    Tensor mdO = tma.tma_do.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDim), p.heads_q, batches));
+    Tensor mdO = tma.tma_do.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDimV), p.heads_q, batches));
     Tensor mK = tma.tma_k.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDim), p.heads_kv, batches));
-    Tensor mV = tma.tma_v.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDim), p.heads_kv, batches));
+    Tensor mV = tma.tma_v.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDimV), p.heads_kv, batches));
 
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
     Tensor sK = make_tensor(make_smem_ptr(ss.k.data()), typename Traits::SmemLayoutK{});
-    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.v.data()), typename Traits::SmemLayoutV{});
 
     // Key tile: rows past the tensor are zero-filled by TMA; rows of the next sequence or past
     // seqused_k are zeroed by the consumers before use.
     Tensor gK = local_tile(domain_offset(make_coord(w.k_start, _0{}), mK(_, _, w.h_kv, batch_coord)),
                            Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(w.n_block, _0{}));
     Tensor gV = local_tile(domain_offset(make_coord(w.k_start, _0{}), mV(_, _, w.h_kv, batch_coord)),
-                           Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(w.n_block, _0{}));
+                           Shape<Int<kBlockN>, Int<kHeadDimV>>{}, make_coord(w.n_block, _0{}));
     auto [tKgK, tKsK] = tma_partition(tma.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
                                       group_modes<0, 2>(gK));
     auto [tVgV, tVsV] = tma_partition(tma.tma_v, _0{}, Layout<_1>{}, group_modes<0, 2>(sV),
                                       group_modes<0, 2>(gV));
     if (issue) {
-      ss.kv_full.arrive_and_expect_tx(2 * Traits::kTmaBytesK);
+      ss.kv_full.arrive_and_expect_tx(Traits::kTmaBytesK + Traits::kTmaBytesV);
       copy(tma.tma_k.with(reinterpret_cast<BarrierType&>(ss.kv_full)), tKgK, tKsK);
       copy(tma.tma_v.with(reinterpret_cast<BarrierType&>(ss.kv_full)), tVgV, tVsV);
     }
@@ -70,7 +71,7 @@ struct BwdLoad {
       Tensor gQ = local_tile(domain_offset(make_coord(w.q_start, _0{}), mQ(_, _, hq, batch_coord)),
                              Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m, _0{}));
       Tensor gdO = local_tile(domain_offset(make_coord(w.q_start, _0{}), mdO(_, _, hq, batch_coord)),
-                              Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m, _0{}));
+                              Shape<Int<kBlockM>, Int<kHeadDimV>>{}, make_coord(m, _0{}));
       auto [tQgQ, tQsQ] = tma_partition(tma.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                         group_modes<0, 2>(gQ));
       auto [tdOgdO, tdOsdO] = tma_partition(tma.tma_do, _0{}, Layout<_1>{},

@@ -11,6 +11,7 @@
 #include <cute/tensor.hpp>
 
 #include "sm90/bwd/kernel_traits.h"
+#include "sm90/bwd/kernel_traits_wide.h"
 #include "sm90/bwd/params.h"
 #include "sm90/fwd/utils.h"
 
@@ -29,7 +30,7 @@ __device__ inline QuerySeq query_seq(const BwdParams& p, int b) {
   return {0, p.seqlen_q};
 }
 
-template <class Element, int kHeadDim, int kBlockM>
+template <class Element, int kHeadDimV, int kBlockM>
 __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdParams p) {
   const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const QuerySeq s = query_seq(p, b);
@@ -49,7 +50,7 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
                          int64_t(h) * p.o_head_stride;
       const Element* d = static_cast<const Element*>(p.dout) + batch_do +
                          row * p.do_row_stride + int64_t(h) * p.do_head_stride;
-      for (int c = lane * kVec; c < kHeadDim; c += 32 * kVec) {
+      for (int c = lane * kVec; c < kHeadDimV; c += 32 * kVec) {
         const uint4 ov = *reinterpret_cast<const uint4*>(o + c);
         const uint4 dv = *reinterpret_cast<const uint4*>(d + c);
         const Element* oe = reinterpret_cast<const Element*>(&ov);
@@ -69,34 +70,25 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
   }
 }
 
+/// Threads of one postprocess CTA: the threads whose MMA order the accumulator tile keeps.
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kConsumerThreads) bwd_postprocess_kernel(
-    const BwdParams p) {
-  using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
-  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const QuerySeq s = query_seq(p, b);
-  if (m * kBlockM >= s.len_q) return;
-  const int t = threadIdx.x;
-  typename Traits::TiledMmaDQ mma_dq;
-  auto thr = mma_dq.get_thread_slice(t);
-  Tensor tc = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  Tensor acc = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  const float* src = p.dq_accum +
-                     (int64_t(h) * p.ws_tiles + q_tile_base(p, b) + m) * Traits::kDqTileFloats;
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc); ++i) acc(i) = src[i * Traits::kConsumerThreads + t] * p.softmax_scale;
+constexpr int postprocess_threads() {
+  return Traits::kWide ? Traits::kThreadsPerWarpgroup : Traits::kConsumerThreads;
+}
+
+/// Writes dQ = softmax_scale * acc for one fragment: acc(i) at tile coordinate tc(i) shifted by
+/// col0 columns; rows past the sequence skipped. Columns come in adjacent pairs (4-byte stores).
+template <class Element, class Acc, class Coord>
+__device__ void store_dq_fragment(const BwdParams& p, Acc& acc, Coord const& tc, Element* dq,
+                                  int row0, int col0, int len_q) {
   auto out = convert_fragment<Element>(acc);
   Tensor out_rc = rowcol_view(out);
   Tensor tc_rc = rowcol_view(tc);
-  const int64_t batch_term = p.varlen ? 0 : int64_t(b) * p.dq_batch_stride;
-  Element* dq = static_cast<Element*>(p.dq) + batch_term + int64_t(h) * p.dq_head_stride +
-                s.q_start * p.dq_row_stride;
   CUTE_UNROLL
   for (int r = 0; r < size<0>(out_rc); ++r) {
-    const int row = m * kBlockM + get<0>(tc_rc(r, 0));
-    if (row >= s.len_q) continue;
-    Element* drow = dq + int64_t(row) * p.dq_row_stride;
+    const int row = row0 + get<0>(tc_rc(r, 0));
+    if (row >= len_q) continue;
+    Element* drow = dq + int64_t(row) * p.dq_row_stride + col0;
     CUTE_UNROLL
     for (int c = 0; c < size<1>(out_rc); c += 2) {
       cutlass::Array<Element, 2> pair;
@@ -104,6 +96,46 @@ __global__ void __launch_bounds__(Traits::kConsumerThreads) bwd_postprocess_kern
       pair[1] = out_rc(r, c + 1);
       *reinterpret_cast<cutlass::Array<Element, 2>*>(drow + get<1>(tc_rc(r, c))) = pair;
     }
+  }
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(postprocess_threads<Traits>()) bwd_postprocess_kernel(
+    const BwdParams p) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kHeadDim = Traits::kHeadDim;
+  constexpr int kThreads = postprocess_threads<Traits>();
+  const int m = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const QuerySeq s = query_seq(p, b);
+  if (m * kBlockM >= s.len_q) return;
+  const int t = threadIdx.x;
+  const float* src = p.dq_accum +
+                     (int64_t(h) * p.ws_tiles + q_tile_base(p, b) + m) * Traits::kDqTileFloats;
+  const int64_t batch_term = p.varlen ? 0 : int64_t(b) * p.dq_batch_stride;
+  Element* dq = static_cast<Element*>(p.dq) + batch_term + int64_t(h) * p.dq_head_stride +
+                s.q_start * p.dq_row_stride;
+  if constexpr (Traits::kWide) {
+    // Chunk c: 64 columns from 64c, element i of thread t at [c * kDqChunkFloats + i * 128 + t].
+    typename Traits::TiledMmaDqChunk mma;
+    auto thr = mma.get_thread_slice(t);
+    Tensor tc = thr.partition_C(make_identity_tensor(Shape<_64, Int<Traits::kDqChunkCols>>{}));
+    CUTE_UNROLL
+    for (int c = 0; c < Traits::kDqChunks; ++c) {
+      Tensor acc = partition_fragment_C(mma, Shape<_64, Int<Traits::kDqChunkCols>>{});
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc); ++i) {
+        acc(i) = src[c * Traits::kDqChunkFloats + i * kThreads + t] * p.softmax_scale;
+      }
+      store_dq_fragment(p, acc, tc, dq, m * kBlockM, c * Traits::kDqChunkCols, s.len_q);
+    }
+  } else {
+    typename Traits::TiledMmaDQ mma;
+    auto thr = mma.get_thread_slice(t);
+    Tensor tc = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+    Tensor acc = partition_fragment_C(mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc); ++i) acc(i) = src[i * kThreads + t] * p.softmax_scale;
+    store_dq_fragment(p, acc, tc, dq, m * kBlockM, 0, s.len_q);
   }
 }
 
