@@ -1,6 +1,7 @@
 // sm90_backward.cu: entry point of the sm90 backward (dispatch/backends.h). Translates the
 // validated problem into BwdParams, picks the (head dim, dtype) instantiation and names the
-// launch in the variant string. Kernels: sm90/bwd_mma/ (preprocess, dkdv, dq, postprocess).
+// launch in the variant string. Kernels: sm90/bwd/ (preprocess, the WGMMA + TMA key-tile kernel,
+// postprocess).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -9,7 +10,6 @@
 
 #include "dispatch/backends.h"
 #include "sm90/bwd/launch_decl.h"
-#include "sm90/bwd_mma/launch_decl.h"
 
 namespace flashlane::sm90 {
 namespace {
@@ -69,7 +69,6 @@ BwdParams build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info) 
   if (info.has_seqused_k && pb.seqused_k.defined()) {
     p.seqused_k = static_cast<const int32_t*>(pb.seqused_k.data);
   }
-  p.ws_rows = vl ? info.total_q : info.batch * info.seqlen_q;
   p.rows_q = vl ? info.total_q : info.seqlen_q;
   p.rows_k = vl ? info.total_k : info.seqlen_k;
 
@@ -103,20 +102,6 @@ bool try_launch_wgmma(const ProblemInfo& info, const BwdParams& p, cudaStream_t 
   *name = s + dtype_suffix(info.dtype) + "_wgmma";
   *st = info.dtype == DType::kBFloat16 ? launch_bwd_wgmma<D, DV, true>(p, stream)
                                        : launch_bwd_wgmma<D, DV, false>(p, stream);
-  return true;
-}
-
-/// The other head dims: the warp-level MMA kernel (sm90/bwd_mma/); "wmma" in the variant says
-/// it is not the WGMMA/TMA design.
-template <int D, int DV>
-bool try_launch_mma(const ProblemInfo& info, const BwdParams& p, cudaStream_t stream, Status* st,
-                    std::string* name) {
-  if (info.head_dim != D || info.head_dim_v != DV) return false;
-  std::string s = "bwd_m64_n" + std::to_string(bwd_block_n(D, DV)) + "_d" + std::to_string(D);
-  if (DV != D) s += "_dv" + std::to_string(DV);
-  *name = s + dtype_suffix(info.dtype) + "_wmma";
-  *st = info.dtype == DType::kBFloat16 ? launch_bwd_mma<D, DV, true>(p, stream)
-                                       : launch_bwd_mma<D, DV, false>(p, stream);
   return true;
 }
 

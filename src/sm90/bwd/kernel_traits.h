@@ -65,7 +65,7 @@ struct BwdTraits {
   // dQ: along head_dim (kBlockM = 64, one 64-row WGMMA) or along queries (kBlockM = 128).
   using DqSplit = std::conditional_t<kBlockM == 64, Layout<Shape<_1, Int<kConsumerWarpgroups>, _1>>,
                                      Layout<Shape<Int<kConsumerWarpgroups>, _1, _1>>>;
-  static constexpr int kDqAtomM = kBlockM == 64 ? 64 : 64;
+  static constexpr int kDqAtomM = 64;
   static constexpr int kDqAtomN = kBlockM == 64 ? kHeadDim / 2 : kHeadDim;
 
   using TiledMmaSdP = decltype(make_tiled_mma(

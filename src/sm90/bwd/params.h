@@ -1,6 +1,6 @@
-// params.h: the plain-data description of one sm90 backward launch (three kernels: preprocess,
-// the key-tile kernel for dK/dV (and dQ by atomics), the optional deterministic query-tile dQ
-// kernel, postprocess). Filled on the host by sm90_backward.cu from the validated problem.
+// params.h: the plain-data description of one sm90 backward launch (preprocess, the key-tile
+// kernel for dK, dV and the fp32 dQ sum, postprocess). Filled on the host by sm90_backward.cu
+// from the validated problem; the workspace fields by launch.h.
 #pragma once
 
 #include <cstdint>
@@ -52,25 +52,21 @@ struct BwdParams {
 
   MaskRule mask{};
 
-  // Workspace (fp32), rows indexed by the global query row gr = q_row_base(b) + i where
-  // q_row_base = cu_seqlens_q[b] (varlen) or b * seqlen_q (bshd); ws_rows = total query rows.
-  //   lse_log2 [heads_q, ws_rows]  LSE * log2(e); +inf for rows without visible keys, so every
-  //                                P of such a row is exp2(-inf) = 0, never NaN
-  //   delta    [heads_q, ws_rows]  rowsum(dO * O)
-  //   dq_accum [heads_q, ws_rows, head_dim]  (atomic mode only)
+  // Workspace (fp32), tiled by query tiles of block_m rows, each sequence starting on a fresh
+  // tile (q_tile_base), so every tile's rows are one aligned contiguous block:
+  //   lse_log2 [heads_q, ws_tiles * block_m]  LSE * log2(e); +inf for rows without visible keys
+  //                                          (every P of such a row is exp2(-inf) = 0, never NaN)
+  //   delta    [heads_q, ws_tiles * block_m]  rowsum(dO * O)
+  //   dq_accum [heads_q, ws_tiles, block_m * head_dim]  in the MMA's thread order
+  //                                          (kernel_traits.h, kernel_traits_wide.h)
   float* lse_log2 = nullptr;
   float* delta = nullptr;
   float* dq_accum = nullptr;
-  int64_t ws_rows = 0;
+  int block_m = 0;
+  int64_t ws_tiles = 0;
 
   bool deterministic = false;
 
-  // WGMMA path (sm90/bwd/): the workspace is tiled by query tiles of block_m rows, each sequence
-  // starting on a fresh tile (q_tile_base), so every tile's LSE, delta and dQ accumulator is
-  // one aligned contiguous block: lse_log2 / delta [heads_q, ws_tiles * block_m],
-  // dq_accum [heads_q, ws_tiles, block_m * head_dim] in the MMA's thread order (kernel_traits.h).
-  int block_m = 0;
-  int64_t ws_tiles = 0;
   // Rows of the q and k tensors (varlen: packed rows, which may extend past the last sequence;
   // those rows of dQ, dK, dV are written as zeros).
   int64_t rows_q = 0, rows_k = 0;
@@ -79,37 +75,12 @@ struct BwdParams {
   int* dq_semaphore = nullptr;
 };
 
-/// First workspace tile of sequence b (WGMMA path). Varlen: sequences start at packed row
+/// First workspace tile of sequence b. Varlen: sequences start at packed row
 /// cu_seqlens_q[b]; adding b tiles of slack keeps tiles of different sequences apart, so
 /// (cu_seqlens_q[b] + b * block_m) / block_m never overlaps the previous sequence's tiles.
 __device__ inline int64_t q_tile_base(const BwdParams& p, int b) {
   if (p.varlen) return (int64_t(p.cu_seqlens_q[b]) + int64_t(b) * p.block_m) / p.block_m;
   return int64_t(b) * ((p.seqlen_q + p.block_m - 1) / p.block_m);
-}
-
-struct SeqInfo {
-  int64_t q_start = 0, k_start = 0;  // first row of the sequence in the row numbering
-  int len_q = 0;     // queries of the sequence
-  int len_k = 0;     // keys of the sequence (rows of dK/dV to write)
-  int used_k = 0;    // keys the mask sees (seqused_k)
-  int64_t ws_row0 = 0;  // workspace row of query 0
-};
-
-__device__ inline SeqInfo seq_info(const BwdParams& p, int b) {
-  SeqInfo s;
-  if (p.varlen) {
-    s.q_start = p.cu_seqlens_q[b];
-    s.k_start = p.cu_seqlens_k[b];
-    s.len_q = int(p.cu_seqlens_q[b + 1] - s.q_start);
-    s.len_k = int(p.cu_seqlens_k[b + 1] - s.k_start);
-    s.ws_row0 = s.q_start;
-  } else {
-    s.len_q = p.seqlen_q;
-    s.len_k = p.seqlen_k;
-    s.ws_row0 = int64_t(b) * p.seqlen_q;
-  }
-  s.used_k = p.seqused_k != nullptr ? min(int(p.seqused_k[b]), s.len_k) : s.len_k;
-  return s;
 }
 
 }  // namespace flashlane::sm90
