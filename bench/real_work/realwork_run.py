@@ -23,11 +23,29 @@ For each variant (hd64: hidden 512, hd128: hidden 1024; 8 layers, 8 query / 2 ke
      where the greedy outputs diverge and the logit gap there.
 Proof rows (realwork_rows) go to OUT/real_work_rows.jsonl, the curves to OUT/loss_curves.csv and
 OUT/loss_curves.png, everything to OUT/real_work_results.json; a summary is printed last.
+
+--diagnose-hd64-steps N (default 0, off): after the run, trains the hd64 model N more times from
+the same initial weights on the same first N batches with the learning-rate schedule of the longest
+run (so each curve is comparable step by step with the main run's), under several attention
+variants, to tell an integration bug from a numerical difference:
+    sdpa        transformers "sdpa", PyTorch's default kernel choice (bf16), as the main run;
+    lane_<b>    lane_attention on the flashlane backend of the main run (sm90 on the GPU) (strict);
+    lane_reference_cuda   lane_attention on reference_cuda (same semantics, fp32 accumulation);
+    sdpa_math   "sdpa" with torch.nn.attention.sdpa_kernel(SDPBackend.MATH) (a second reference);
+    lane_fwd_<b>_bwd_reference_cuda, lane_fwd_reference_cuda_bwd_<b>: one direction each
+                (flashlane.integrations.transformers.backend_override(..., backward_backend=...)).
+The variants adapt to the device (on the CPU the flashlane variant is reference_cpu and the CUDA
+variants are listed as not run, with the reason); every flashlane variant runs strict and its
+receipts are checked against its label. The curves go to real_work_results.json
+("diagnose_hd64"), a table is printed after the summary. Diagnostics only: no proof rows.
+    python3 bench/real_work/realwork_run.py --print-diagnose OUT/real_work_results.json
+prints that table again from the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -61,7 +79,7 @@ LOSS_RATIO_LIMIT = 1.05
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="output folder (required unless --print-diagnose)")
     p.add_argument("--roots", nargs="+", default=list(rd.DEFAULT_ROOTS))
     p.add_argument("--variants", nargs="+", default=["hd64", "hd128"])
     p.add_argument("--steps", nargs="+", type=int, default=[2, 100])
@@ -78,7 +96,19 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     p.add_argument("--smoke", action="store_true",
                    help="tiny models, seq 64, steps 2 and 3, for a CPU check of the pipeline")
+    p.add_argument("--diagnose-hd64-steps", type=int, default=0, metavar="N",
+                   help="after the run, train hd64 N steps under each attention variant (module "
+                        "docstring); 0 = off. Diagnostics only, no proof rows")
+    p.add_argument("--diagnose-deadline-s", type=float, default=0, metavar="S",
+                   help="the diagnosis stops (keeping what it trained) S seconds after the script "
+                        "started; 0 = no limit. real_work.sh sets it inside its timeout")
+    p.add_argument("--print-diagnose", metavar="RESULTS_JSON",
+                   help="only print the diagnose table of a real_work_results.json")
     a = p.parse_args(argv)
+    if not a.out and not a.print_diagnose:
+        p.error("--out is required")
+    if a.diagnose_hd64_steps < 0:
+        p.error("--diagnose-hd64-steps must be >= 0")
     if a.smoke:
         a.seq_len, a.batch, a.steps = 64, 2, [2, 3]
         a.prompts, a.prompt_len, a.new_tokens, a.warmup_steps = 2, 24, 4, 1
@@ -131,8 +161,12 @@ def sync(torch, device):
         torch.cuda.synchronize()
 
 
-def train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, device):
-    """One run: returns losses, step times, receipts, held-out loss, peak memory."""
+def train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, device,
+          schedule_steps=None, keep_state=True, deadline=None):
+    """One run: returns losses, step times, receipts, held-out loss, peak memory.
+    schedule_steps: the run length the learning-rate schedule is laid out for (default: the number
+    of batches); keep_state: return the trained weights (on the host); deadline: a time.time()
+    after which no further step starts (the run is then recorded as stopped, with its error)."""
     torch.manual_seed(args.seed)
     model = build_model(torch, transformers, cfg, impl, torch.bfloat16, device, init_state)
     model.train()
@@ -142,7 +176,7 @@ def train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, 
     for m in master:
         m.requires_grad_(True)
     opt = torch.optim.AdamW(master, lr=args.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    steps = len(batches)
+    steps = schedule_steps or len(batches)
 
     def lr_at(step):  # linear warm-up, then cosine to 10%
         if step < args.warmup_steps:
@@ -157,6 +191,9 @@ def train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, 
     error = ""
     with flashlane.receipt_log() as log:
         for step, b in enumerate(batches):
+            if deadline is not None and time.time() > deadline:
+                error = f"step {step}: stopped at the time limit (--diagnose-deadline-s)"
+                break
             ids = torch.tensor(b, dtype=torch.long, device=device)
             sync(torch, device)
             t0 = time.perf_counter()
@@ -204,7 +241,8 @@ def train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, 
     tokens = len(batches[0]) * len(batches[0][0])
     timed = step_ms[1:] if len(step_ms) > 1 else step_ms  # step 0 includes compilation/warm-up
     med = statistics.median(timed) if timed else None
-    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()} if not error else None
+    state = ({k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+             if keep_state and not error else None)
     del model, master, opt
     if device == "cuda":
         torch.cuda.empty_cache()
@@ -426,6 +464,330 @@ def prefill_and_decode(torch, transformers, flashlane, cfg, variant, state, prom
 
 
 # ------------------------------------------------------------------------------------------------
+# The hd64 diagnosis (--diagnose-hd64-steps): the same training under several attention variants.
+# Diagnostics, not proof: nothing here writes a row.
+
+_SHORT = {"reference_cuda": "ref_cuda", "reference_cpu": "ref_cpu"}
+DIAGNOSE_SAMPLE_STEPS = (1, 10, 20, 30, 40)
+
+
+def _short(backend):
+    return _SHORT.get(backend, backend)
+
+
+def diagnose_plan(device, backend, sdpa_math_available=True, sdpa_math_reason=""):
+    """(variants, skipped) for the hd64 diagnosis on `device` with the run's flashlane `backend`
+    (sm90 on the GPU, reference_cpu on the host). A variant: name (the key in the results), label
+    (the table column), impl ("sdpa" or "lane"), forward / backward (flashlane backends of lane
+    variants), sdpa_backend ("default" or "math"), what (one line). skipped: [{name, reason}] for
+    the variants this device cannot run: never run as something else under their name."""
+    sdpa = dict(impl="sdpa", forward=None, backward=None)
+    lane = dict(impl="lane", sdpa_backend=None)
+    v = [dict(sdpa, name="sdpa", label="sdpa", sdpa_backend="default",
+              what="transformers \"sdpa\": PyTorch SDPA, its default kernel choice, bf16 (as the main run)"),
+         dict(lane, name=f"lane_{backend}", label=_short(backend), forward=backend, backward=backend,
+              what=f"lane_attention: flashlane {backend} forward and backward (strict)")]
+    skipped = []
+    cuda = device == "cuda"
+    if backend != "sm90":
+        skipped.append({"name": "lane_sm90", "reason": (
+            f"sm90 needs an sm_90 CUDA device, this run is on {device}" if not cuda else
+            f"this run's flashlane backend is {backend}") + f"; its flashlane variant is lane_{backend}"})
+    ref = "reference_cuda"
+    if cuda and backend != ref:
+        v.append(dict(lane, name=f"lane_{ref}", label=_short(ref), forward=ref, backward=ref,
+                      what=f"lane_attention: flashlane {ref} forward and backward (fp32 accumulation, "
+                           "same semantics, other numerics; strict)"))
+    elif not cuda:
+        skipped.append({"name": f"lane_{ref}", "reason": f"needs a CUDA device, this run is on {device}"})
+    if sdpa_math_available:
+        v.append(dict(sdpa, name="sdpa_math", label="sdpa_math", sdpa_backend="math",
+                      what="transformers \"sdpa\" under torch.nn.attention.sdpa_kernel(SDPBackend.MATH): "
+                           "PyTorch's unfused attention (a second numerics reference)"))
+    else:
+        skipped.append({"name": "sdpa_math", "reason": sdpa_math_reason or "SDPBackend.MATH unavailable"})
+    fast = backend if cuda else "sm90"  # the kernel the split variants pair with reference_cuda
+    for f, b in ((fast, ref), (ref, fast)):
+        name = f"lane_fwd_{f}_bwd_{b}"
+        if cuda and backend != ref:
+            v.append(dict(lane, name=name, label=f"f.{_short(f).replace('_cuda', '')}+b."
+                                                 f"{_short(b).replace('_cuda', '')}",
+                          forward=f, backward=b,
+                          what=f"lane_attention: flashlane {f} forward, {b} backward (strict)"))
+        else:
+            skipped.append({"name": name, "reason": f"needs a CUDA device, this run is on {device}"
+                            if not cuda else f"this run's flashlane backend is {backend}: nothing to split"})
+    return v, skipped
+
+
+def ran_as(receipts, forward, backward):
+    """What the receipts of a lane variant say ran: {"fwd": {backend: n}, "bwd": {...}, "failed": n,
+    "as_labelled": every forward receipt requested and ran `forward`, every backward one
+    `backward`, none failed, and there were both}."""
+    by = {"fwd": {}, "bwd": {}}
+    failed, ok = 0, True
+    for r in receipts:
+        d = "bwd" if str(r.get("runtime_mode", "")).endswith("bwd") else "fwd"
+        want = backward if d == "bwd" else forward
+        got = r.get("actual_backend") or "(nothing)"
+        by[d][got] = by[d].get(got, 0) + 1
+        if r.get("status") != "ok":
+            failed += 1
+        if r.get("status") != "ok" or r.get("requested_backend") != want or (want != "auto" and got != want):
+            ok = False
+    return {"fwd": by["fwd"], "bwd": by["bwd"], "failed": failed,
+            "as_labelled": ok and bool(by["fwd"]) and bool(by["bwd"])}
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def diagnose_summary(diag):
+    """Fills diag["ratios_vs_sdpa"] (per step, loss / sdpa's loss) and diag["summary"] (ratios at
+    the sample steps, means over windows of 10 steps and over the last 10 steps)."""
+    runs = {v["name"]: v for v in diag["variants"]}
+    base = runs.get("sdpa", {}).get("losses") or []
+    n = diag["steps"]
+    samples = [s for s in DIAGNOSE_SAMPLE_STEPS if s <= n] + ([n] if n not in DIAGNOSE_SAMPLE_STEPS else [])
+    last_lo = max(1, n - 9)
+    windows = [(lo, lo + 9) for lo in range(1, last_lo, 10) if lo + 9 < last_lo]
+    diag["sample_steps"] = samples
+    diag["last10_steps"] = [last_lo, n]
+    diag["ratios_vs_sdpa"], diag["summary"] = {}, {}
+    for name, v in runs.items():
+        ls = v.get("losses") or []
+        ratios = [(a / b) if (i < len(base) and b and math.isfinite(a) and math.isfinite(b)) else None
+                  for i, (a, b) in enumerate(zip(ls, base))]
+        diag["ratios_vs_sdpa"][name] = ratios
+
+        def at(step):
+            return ratios[step - 1] if step - 1 < len(ratios) else None
+
+        def mean(lo, hi):  # steps lo..hi, 1-based inclusive; None unless every step is there
+            xs = [at(s) for s in range(lo, hi + 1)]
+            return _mean(xs) if all(x is not None for x in xs) else None
+
+        diag["summary"][name] = {
+            "ratio_at_step": {str(s): at(s) for s in samples},
+            "mean_ratio_windows": {f"{lo}-{hi}": mean(lo, hi) for lo, hi in windows},
+            "mean_ratio_last10": mean(last_lo, n),
+        }
+    return diag
+
+
+def _fmt(x, nd=4):
+    """A number with nd decimals; "-" for None; non-finite values and strings (json_safe writes
+    NaN as "nan") as they are."""
+    if x is None:
+        return "-"
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return str(x)
+    return f"{x:.{nd}f}"
+
+
+def diagnose_table(diag):
+    """The printed table of a diagnosis (a list of lines)."""
+    if "summary" not in diag:
+        diagnose_summary(diag)
+    vs = diag["variants"]
+    n = diag["steps"]
+    w = max(11, max((len(v["label"]) for v in vs), default=0) + 1)
+    lines = [f"=== diagnose hd64: {n} steps, same initial weights and batches as the main run, lr "
+             f"schedule of a {diag.get('schedule_steps')}-step run; device {diag.get('device')} "
+             f"({diag.get('device_name')}); diagnostics, no proof rows"]
+    for v in vs:
+        lines.append(f"  {v['label']:<{w}} {v['what']}")
+    for s in diag.get("skipped", []):
+        lines.append(f"  not run: {s['name']} ({s['reason']})")
+    if diag.get("error"):
+        lines.append(f"  diagnosis error: {diag['error']}")
+    head = "".join(f"{v['label']:>{w}}" for v in vs)
+    lines.append(f"{'loss  step':<13}{head}")
+    for s in diag["sample_steps"]:
+        lines.append(f"{s:>13}" + "".join(
+            f"{_fmt(v['losses'][s - 1] if s <= len(v.get('losses') or []) else None):>{w}}" for v in vs))
+    lines.append(f"{'ratio/sdpa':<13}{head}")
+    for s in diag["sample_steps"]:
+        lines.append(f"{s:>13}" + "".join(
+            f"{_fmt(diag['summary'][v['name']]['ratio_at_step'].get(str(s))):>{w}}" for v in vs))
+    windows = list(next(iter(diag["summary"].values()))["mean_ratio_windows"]) if diag["summary"] else []
+    for key in windows:
+        lines.append(f"{'mean ' + key:>13}" + "".join(
+            f"{_fmt(diag['summary'][v['name']]['mean_ratio_windows'][key]):>{w}}" for v in vs))
+    lo, hi = diag["last10_steps"]
+    lines.append(f"{f'mean {lo}-{hi}':>13}" + "".join(
+        f"{_fmt(diag['summary'][v['name']]['mean_ratio_last10']):>{w}}" for v in vs)
+        + f"  (mean of the last {hi - lo + 1} steps' ratios)")
+    lines.append(f"{'heldout':>13}" + "".join(f"{_fmt(v.get('heldout_loss')):>{w}}" for v in vs))
+    lines.append(f"{'ms/step':>13}" + "".join(f"{_fmt(v.get('median_step_ms'), 1):>{w}}" for v in vs))
+    for v in vs:
+        done = len(v.get("losses") or [])
+        status = "" if done == n and not v.get("error") else f" INCOMPLETE ({done}/{n} steps) {v.get('error', '')}"
+        if v["impl"] == "lane":
+            ra = v.get("ran_as") or {}
+            got = " ".join(f"{d} " + ",".join(f"{b} x{c}" for b, c in sorted(ra.get(d, {}).items()))
+                           for d in ("fwd", "bwd"))
+            mark = "as labelled" if ra.get("as_labelled") else "NOT AS LABELLED"
+            lines.append(f"  receipts {v['label']}: {got or '(none)'} ({mark}){status}")
+        else:
+            extra = f", flashlane receipts {v.get('flashlane_receipts')}" if v.get("flashlane_receipts") else ""
+            if status or extra:
+                lines.append(f"  {v['label']}:{extra}{status}")
+    rep = diag.get("repro_vs_main_run") or {}
+    if rep:
+        lines.append(f"  vs the main run's curves (steps 1-{rep.get('steps')}; run-to-run noise): " + "; ".join(
+            f"{k} " + ("identical" if not x["first_diff_step"] else
+                       f"max|dloss| {_fmt(x['max_abs_diff'])}, first differs at step {x['first_diff_step']}")
+            for k, x in rep.get("variants", {}).items()))
+    if diag.get("sdpa_math_note"):
+        lines.append(f"  sdpa_math: {diag['sdpa_math_note']}")
+    return lines
+
+
+def _repro(diag_losses, main_losses):
+    m = min(len(diag_losses), len(main_losses))
+    if m == 0:
+        return None
+    diffs = [abs(a - b) for a, b in zip(diag_losses[:m], main_losses[:m])]
+    first = next((i + 1 for i, d in enumerate(diffs) if d != 0), None)
+    return {"max_abs_diff": max(diffs), "first_diff_step": first, "steps": m}
+
+
+def diagnose_hd64(torch, transformers, flashlane, fl_hf, corpus, args, device, env, main_runs,
+                  on_progress=None):
+    """Trains hd64 args.diagnose_hd64_steps steps under each variant of diagnose_plan(). Returns
+    the "diagnose_hd64" entry of real_work_results.json. main_runs: the main run's hd64 runs at
+    the longest length ({"lane_attention": {...}, "sdpa": {...}}) when it ran, for the check that
+    the diagnosis reproduces its curves."""
+    t0 = time.time()
+    n = args.diagnose_hd64_steps
+    sched = max(max(args.steps), n)
+    math_ok, math_reason = True, ""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except Exception as e:  # noqa: BLE001
+        math_ok, math_reason = False, f"torch.nn.attention.sdpa_kernel unavailable: {type(e).__name__}: {e}"
+    variants, skipped = diagnose_plan(device, args.backend, math_ok, math_reason)
+    diag = {"steps": n, "schedule_steps": sched, "device": device, "device_name": env["device"],
+            "flashlane_backend": args.backend, "note": "diagnostics, not proof: no proof rows",
+            "variants": [], "skipped": skipped, "error": ""}
+    try:
+        allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+        diag["sdpa_math_note"] = ("bf16 inputs, reductions in fp32 (torch.backends.cuda."
+                                  "fp16_bf16_reduction_math_sdp_allowed() is False)" if not allowed else
+                                  "bf16 reductions allowed (fp16_bf16_reduction_math_sdp_allowed() is True)")
+    except Exception:  # noqa: BLE001 - older torch: nothing to note
+        pass
+    cfg = make_config(transformers, "hd64", args.seq_len, args.smoke)
+    torch.manual_seed(args.seed)
+    init = transformers.LlamaForCausalLM._from_config(copy.deepcopy(cfg), attn_implementation="sdpa",
+                                                     dtype=torch.float32)
+    init_state = {k: v.detach().clone() for k, v in init.state_dict().items()}
+    del init
+    batches = corpus.take_batches("train", args.batch, n)
+    print(f"diagnose hd64: {n} steps (lr schedule of {sched}), variants "
+          f"{[v['name'] for v in variants]}, not run {[s['name'] for s in skipped]}", flush=True)
+    deadline = (args._t_start + args.diagnose_deadline_s) if args.diagnose_deadline_s > 0 else None
+    for v in variants:
+        t1 = time.time()
+        if deadline is not None and deadline - t1 < 10:
+            diag["skipped"].append({"name": v["name"], "reason": "out of time (--diagnose-deadline-s)"})
+            print(f"diagnose hd64 {v['name']}: not run, out of time", flush=True)
+            continue
+        with contextlib.ExitStack() as stack:
+            if v["impl"] == "lane":
+                stack.enter_context(fl_hf.backend_override(v["forward"], backward_backend=v["backward"],
+                                                           strict=True))
+                impl = fl_hf.NAME
+            else:
+                impl = "sdpa"
+                if v["sdpa_backend"] == "math":
+                    stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+            try:
+                r = train(torch, transformers, flashlane, cfg, impl, init_state, batches, args, device,
+                          schedule_steps=sched, keep_state=False, deadline=deadline)
+            except Exception as e:  # noqa: BLE001 - recorded; the other variants still run
+                traceback.print_exc()
+                r = {"losses": [], "error": f"{type(e).__name__}: {e}", "receipts": [], "eval_receipts": []}
+        out = dict(v)
+        out.update({k: r.get(k) for k in ("losses", "grad_norms", "step_ms", "median_step_ms",
+                                          "heldout_loss", "peak_memory_mib", "error")})
+        out["wall_s"] = time.time() - t1
+        recs = r.get("receipts", [])
+        out["receipts_summary"] = rr.receipts_summary(recs)
+        if v["impl"] == "lane":
+            out["ran_as"] = ran_as(recs, v["forward"], v["backward"])
+        else:
+            out["flashlane_receipts"] = len(recs)
+        diag["variants"].append(out)
+        last = out["losses"][-1] if out["losses"] else None
+        print(f"diagnose hd64 {v['name']}: {len(out['losses'])}/{n} steps, last loss {_fmt(last)}, "
+              f"{out['wall_s']:.1f} s {out['error'] or ''}", flush=True)
+        if on_progress:
+            diagnose_summary(diag)
+            on_progress(diag)
+    if main_runs and n <= max(args.steps):
+        rep = {}
+        for name, main in (("sdpa", "sdpa"), (f"lane_{args.backend}", "lane_attention")):
+            dv = next((x for x in diag["variants"] if x["name"] == name), None)
+            if dv and main in main_runs:
+                rep[name] = _repro(dv["losses"], main_runs[main].get("losses") or [])
+        rep = {k: x for k, x in rep.items() if x}
+        if rep:
+            diag["repro_vs_main_run"] = {
+                "steps": min(x["steps"] for x in rep.values()), "variants": rep,
+                "note": "the diagnosis against the main run's curve of the same backend: 0 when the "
+                        "training is bitwise reproducible; else the size of run-to-run noise"}
+    diag["wall_s"] = time.time() - t0
+    return diagnose_summary(diag)
+
+
+# ------------------------------------------------------------------------------------------------
+# The printed summary.
+
+def divergence_text(divergence):
+    """The greedy-decode divergences of a decode row, one entry per prompt that diverged:
+    "p<prompt>@<position>" (0-based index of the generated token), each backend's margin for its
+    own token over the other's in its own logits (small = a near-tie), and the largest logit
+    difference between the backends at that step. "" when every prompt agreed."""
+    parts = []
+    for x in divergence:
+        if x.get("first_divergence") is None:
+            continue
+        parts.append(f"p{x['prompt']}@{x['first_divergence']} tok sdpa {x.get('sdpa_token')} lane "
+                     f"{x.get('lane_attention_token')} margin sdpa {_fmt(x.get('logit_gap_sdpa'))} lane "
+                     f"{_fmt(x.get('logit_gap_lane_attention'))} max|dlogit| "
+                     f"{_fmt(x.get('max_abs_logit_diff_at_divergence'))} (before {_fmt(x.get('max_abs_logit_diff_before'))})")
+    return "; ".join(parts)
+
+
+def summary_line(r):
+    """One line of the printed summary for a proof row."""
+    d = r["details"]
+    line = f"{r['artifact_kind']:<11} {d.get('variant', '?'):<5} {r['preset']:<18} counts={r['counts_for_status']}"
+    if r["artifact_kind"] == "short_train":
+        fl_, sd_ = d["final_loss"]["lane_attention"], d["final_loss"]["sdpa"]
+        ratio = [c for c in r["metrics"]["errors"] if c.get("criterion") == "final_loss_ratio"][0]["value"]
+        tf, ts = d["tok_per_sec"]["lane_attention"], d["tok_per_sec"]["sdpa"]
+        line += (f" loss {_fmt(fl_)} vs {_fmt(sd_)} ratio {_fmt(ratio)} tok/s {tf and round(tf)} vs "
+                 f"{ts and round(ts)}")
+    elif r["artifact_kind"] == "prefill":
+        line += f" logits err {r['metrics']['max_abs_diff']} vs sdpa {r['metrics']['ref_max_abs_diff']}"
+    else:
+        firsts = [x["first_divergence"] for x in d["divergence"]]
+        line += (f" decode_backend={d['decode_backend']} first divergence {firsts} agreement "
+                 f"{d['token_agreement_vs_sdpa']:.3f}")
+        text = divergence_text(d["divergence"])
+        if text:
+            line += f" | {text}"
+    if not r["counts_for_status"]:
+        line += f" ({r['not_counted_reason']})"
+    return line
+
+
+# ------------------------------------------------------------------------------------------------
 # Plot: matplotlib when installed, else a small PNG drawn here (curves only, no text).
 
 def _png(path, width, height, pixels):
@@ -492,10 +854,23 @@ def plot_curves(path, curves):
 
 # ------------------------------------------------------------------------------------------------
 
+def print_diagnose(path):
+    with open(path) as f:
+        diag = json.load(f).get("diagnose_hd64")
+    if not diag:
+        print(f"{path}: no diagnose_hd64 entry (the run had --diagnose-hd64-steps 0, or did not get there)")
+        return 1
+    for line in diagnose_table(diag):
+        print(line)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.print_diagnose:
+        return print_diagnose(args.print_diagnose)
     os.makedirs(args.out, exist_ok=True)
-    t_start = time.time()
+    t_start = args._t_start = time.time()
     import torch
     import transformers
 
@@ -528,6 +903,7 @@ def main(argv=None):
                          "torch": torch.__version__, "transformers": transformers.__version__,
                          "variants": {}}
     curves = {}
+    hd64_main_runs = None
     rows_path = os.path.join(args.out, "real_work_rows.jsonl")
     for variant in args.variants:
         cfg = make_config(transformers, variant, args.seq_len, args.smoke)
@@ -552,6 +928,8 @@ def main(argv=None):
             rows.append(short_train_row(env, lane, cfg, variant, steps, run["lane_attention"], run["sdpa"],
                                         args, stats))
             if steps == max_steps:
+                if variant == "hd64":
+                    hd64_main_runs = {n: {"losses": r["losses"]} for n, r in run.items()}
                 trained = run["lane_attention"]["state"]
                 curves[f"{variant} lane_attention"] = run["lane_attention"]["losses"]
                 curves[f"{variant} sdpa"] = run["sdpa"]["losses"]
@@ -583,35 +961,44 @@ def main(argv=None):
                         "head_dim": r["problem"]["head_dim"], "counts_for_status": r["counts_for_status"],
                         "not_counted_reason": r["not_counted_reason"]} for r in rows]
     results["wall_s"] = time.time() - t_start
-    with open(os.path.join(args.out, "real_work_results.json"), "w") as f:
-        json.dump(rr.json_safe(results), f, indent=1, default=str)
+    results_path = os.path.join(args.out, "real_work_results.json")
+
+    def save_results():
+        with open(results_path, "w") as f:
+            json.dump(rr.json_safe(results), f, indent=1, default=str)
+
+    save_results()
 
     print("=== real work summary")
     print(f"device {env['device']} sm{env['sm']}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, flashlane {env['library_version']} ({env['git_commit']}), "
           f"wall {results['wall_s']:.0f} s")
     for r in rows:
-        d = r["details"]
-        line = f"{r['artifact_kind']:<11} {d.get('variant', '?'):<5} {r['preset']:<18} counts={r['counts_for_status']}"
-        if r["artifact_kind"] == "short_train":
-            fl_, sd_ = d["final_loss"]["lane_attention"], d["final_loss"]["sdpa"]
-            ratio = [c for c in r["metrics"]["errors"] if c["criterion"] == "final_loss_ratio"][0]["value"]
-            tf, ts = d["tok_per_sec"]["lane_attention"], d["tok_per_sec"]["sdpa"]
-            line += (f" loss {fl_} vs {sd_} ratio {ratio} tok/s {tf and round(tf)} vs {ts and round(ts)}")
-        elif r["artifact_kind"] == "prefill":
-            line += f" logits err {r['metrics']['max_abs_diff']} vs sdpa {r['metrics']['ref_max_abs_diff']}"
-        else:
-            firsts = [x["first_divergence"] for x in d["divergence"]]
-            line += f" decode_backend={d['decode_backend']} first divergence {firsts} agreement {d['token_agreement_vs_sdpa']:.3f}"
-            gaps = [(x["first_divergence"], round(x["logit_gap_sdpa"], 4))
-                    for x in d["divergence"] if x["first_divergence"] is not None]
-            if gaps:  # (position, how far SDPA's choice led flashlane's in SDPA's own logits)
-                line += f" logit gaps (pos, sdpa top - flashlane pick) {gaps}"
-        if not r["counts_for_status"]:
-            line += f" ({r['not_counted_reason']})"
-        print(line)
-    print(f"rows: {rows_path}")
-    return 0 if rows and all(r["counts_for_status"] for r in rows) else 1
+        print(summary_line(r))
+    print(f"rows: {rows_path}", flush=True)
+    rc = 0 if rows and all(r["counts_for_status"] for r in rows) else 1
+
+    if args.diagnose_hd64_steps > 0:  # after the proof rows and the summary: a cut-short run keeps them
+        def progress(diag):
+            results["diagnose_hd64"] = diag
+            save_results()
+
+        try:
+            diag = diagnose_hd64(torch, transformers, flashlane, fl_hf, corpus, args, device, env,
+                                 hd64_main_runs, on_progress=progress)
+        except Exception as e:  # noqa: BLE001 - a diagnosis never changes the run's verdict
+            traceback.print_exc()
+            diag = results.get("diagnose_hd64") or {"steps": args.diagnose_hd64_steps, "variants": [],
+                                                     "skipped": [], "device": device,
+                                                     "device_name": env["device"]}
+            diag["error"] = f"{type(e).__name__}: {e}"
+            diagnose_summary(diag)
+        results["diagnose_hd64"] = diag
+        results["wall_s"] = time.time() - t_start
+        save_results()
+        for line in diagnose_table(diag):
+            print(line)
+    return rc
 
 
 if __name__ == "__main__":

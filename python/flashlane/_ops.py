@@ -64,8 +64,10 @@ def _lse_shape(q: Tensor, varlen: bool) -> List[int]:
 def fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
         cu_seqlens_k: Optional[Tensor], seqused_k: Optional[Tensor], max_seqlen_q: int,
         max_seqlen_k: int, softmax_scale: float, mask: str, window_left: int, window_right: int,
-        softcap: float, deterministic: bool, backend: str, strict: bool) -> Tuple[Tensor, Tensor]:
-    """Attention forward. Returns (out, lse). `deterministic` is used by the backward only."""
+        softcap: float, deterministic: bool, backend: str, strict: bool,
+        backward_backend: str = "") -> Tuple[Tensor, Tensor]:
+    """Attention forward. Returns (out, lse). `deterministic` and `backward_backend` (the backend
+    the autograd backward requests; "" = `backend`, the default) are used by the backward only."""
     varlen = cu_seqlens_q is not None
     out = torch.empty(tuple(q.shape[:-1]) + (v.shape[-1],), dtype=q.dtype, device=q.device)
     lse = torch.empty(_lse_shape(q, varlen), dtype=torch.float32, device=q.device)
@@ -82,7 +84,7 @@ def fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Optional[Tensor],
 @fwd.register_fake
 def _fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
               softmax_scale, mask, window_left, window_right, softcap, deterministic, backend,
-              strict):
+              strict, backward_backend=""):
     varlen = cu_seqlens_q is not None
     out = q.new_empty(tuple(q.shape[:-1]) + (v.shape[-1],))
     lse = q.new_empty(_lse_shape(q, varlen), dtype=torch.float32)
@@ -124,11 +126,12 @@ def _bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, ma
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-     mask, window_left, window_right, softcap, deterministic, backend, strict) = inputs
+     mask, window_left, window_right, softcap, deterministic, backend, strict,
+     backward_backend) = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k)
     ctx.opts = (max_seqlen_q, max_seqlen_k, softmax_scale, mask, window_left, window_right,
-                softcap, deterministic, backend, strict)
+                softcap, deterministic, backward_backend or backend, strict)
 
 
 def _backward(ctx, dout, dlse):
@@ -140,7 +143,7 @@ def _backward(ctx, dout, dlse):
         dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q,
         max_seqlen_k, softmax_scale, mask, window_left, window_right, softcap, deterministic,
         backend, strict)
-    return (dq, dk, dv) + (None,) * 13
+    return (dq, dk, dv) + (None,) * 14
 
 
 fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -149,15 +152,17 @@ fwd.register_autograd(_backward, setup_context=_setup_context)
 def attention_op(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
                  max_seqlen_q=0, max_seqlen_k=0, softmax_scale: float, mask: str,
                  window=(-1, -1), softcap=0.0, deterministic=False, backend="auto",
-                 strict=False) -> Tuple[Tensor, Tensor]:
-    """Calls flashlane::fwd (differentiable). Returns (out, lse)."""
+                 strict=False, backward_backend=None) -> Tuple[Tensor, Tensor]:
+    """Calls flashlane::fwd (differentiable). Returns (out, lse). backward_backend: what the
+    autograd backward requests (None: `backend`; the op is then called as before, without it)."""
     if q.stride(-1) != 1:
         q = q.contiguous()
     if k.stride(-1) != 1:
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
+    extra = (backward_backend,) if backward_backend else ()
     return torch.ops.flashlane.fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seqused_k,
                                    int(max_seqlen_q), int(max_seqlen_k), float(softmax_scale), mask,
                                    int(window[0]), int(window[1]), float(softcap),
-                                   bool(deterministic), backend, bool(strict))
+                                   bool(deterministic), backend, bool(strict), *extra)

@@ -53,8 +53,11 @@ def _max_seqlen(cu, given, name):
 
 
 def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
-         softmax_scale, mask, window_size, softcap, deterministic, return_lse, backend, strict):
+         softmax_scale, mask, window_size, softcap, deterministic, return_lse, backend, strict,
+         backward_backend=None):
     check_backend(backend)
+    if backward_backend is not None:
+        check_backend(backward_backend)
     window = resolve_window(window_size)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     if _is_torch(q):
@@ -65,8 +68,9 @@ def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_se
                                 seqused_k=_torch_int32(seqused_k), max_seqlen_q=max_seqlen_q,
                                 max_seqlen_k=max_seqlen_k, softmax_scale=scale, mask=mask,
                                 window=window, softcap=softcap, deterministic=deterministic,
-                                backend=backend, strict=strict)
-    else:
+                                backend=backend, strict=strict,
+                                backward_backend=backward_backend)
+    else:  # NumPy: no autograd, so no backward to direct
         out, lse = numpy_forward(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                  seqused_k=seqused_k, max_seqlen_q=max_seqlen_q,
                                  max_seqlen_k=max_seqlen_k, softmax_scale=scale, mask=mask,
@@ -78,7 +82,8 @@ def flash_attn_func(q, k, v, softmax_scale: Optional[float] = None, causal: bool
                     window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                     deterministic: bool = False, return_lse: bool = False, backend: str = "auto",
                     strict: bool = False, mask: Optional[str] = None, *,
-                    seqused_k=None, dropout_p: float = 0.0):
+                    seqused_k=None, dropout_p: float = 0.0,
+                    backward_backend: Optional[str] = None):
     """FlashAttention's flash_attn_func. q [b, s_q, h_q, d], k/v [b, s_k, h_kv, d(_v)].
 
     causal=True is bottom-right aligned (FlashAttention); mask= names the mask explicitly
@@ -86,14 +91,16 @@ def flash_attn_func(q, k, v, softmax_scale: Optional[float] = None, causal: bool
     raises ValueError unless they agree. window_size (left, right), -1 = unbounded, aligned like
     the causal diagonal. softcap > 0: score = softcap * tanh(score / softcap). deterministic
     applies to the backward. backend: "auto" or a backend name; strict=True fails (FlashlaneError
-    with the reason tag) instead of falling back. Returns out, or (out, lse) with return_lse.
+    with the reason tag) instead of falling back. backward_backend (keyword only, torch autograd
+    only): the backend the backward requests, with the same strictness; None (the default) means
+    `backend`. Returns out, or (out, lse) with return_lse.
     """
     check_dropout(dropout_p)
     return _run(q, k, v, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=seqused_k,
                 max_seqlen_q=0, max_seqlen_k=0, softmax_scale=softmax_scale,
                 mask=resolve_mask(causal, mask), window_size=window_size, softcap=softcap,
                 deterministic=deterministic, return_lse=return_lse, backend=backend,
-                strict=strict)
+                strict=strict, backward_backend=backward_backend)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
@@ -102,7 +109,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                            softcap: float = 0.0, deterministic: bool = False,
                            return_lse: bool = False, backend: str = "auto", strict: bool = False,
                            mask: Optional[str] = None, seqused_k=None, *,
-                           dropout_p: float = 0.0):
+                           dropout_p: float = 0.0, backward_backend: Optional[str] = None):
     """FlashAttention's flash_attn_varlen_func: q [total_q, h_q, d], k/v [total_k, h_kv, d(_v)],
     int32 cu_seqlens_q / cu_seqlens_k [batch + 1]; optional int32 seqused_k [batch].
 
@@ -118,17 +125,19 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                 seqused_k=seqused_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
                 softmax_scale=softmax_scale, mask=resolve_mask(causal, mask),
                 window_size=window_size, softcap=softcap, deterministic=deterministic,
-                return_lse=return_lse, backend=backend, strict=strict)
+                return_lse=return_lse, backend=backend, strict=strict,
+                backward_backend=backward_backend)
 
 
 def attention(q, k, v, mask: str = "no_mask", *, softmax_scale: Optional[float] = None,
               window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
               seqused_k=None, deterministic: bool = False, return_lse: bool = False,
-              backend: str = "auto", strict: bool = False):
+              backend: str = "auto", strict: bool = False,
+              backward_backend: Optional[str] = None):
     """Attention with the mask named explicitly: "no_mask", "causal" (top-left, as SDPA's
     is_causal=True) or "causal_bottom_right". FlashAttention layouts (bshd, or varlen when
-    cu_seqlens_q is given)."""
+    cu_seqlens_q is given). Other arguments as flash_attn_func."""
     mask = resolve_mask(False, mask)
     if cu_seqlens_q is not None:
         max_q = _max_seqlen(cu_seqlens_q, max_seqlen_q, "max_seqlen_q")
@@ -139,4 +148,4 @@ def attention(q, k, v, mask: str = "no_mask", *, softmax_scale: Optional[float] 
                 seqused_k=seqused_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
                 softmax_scale=softmax_scale, mask=mask, window_size=window_size, softcap=softcap,
                 deterministic=deterministic, return_lse=return_lse, backend=backend,
-                strict=strict)
+                strict=strict, backward_backend=backward_backend)

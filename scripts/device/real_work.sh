@@ -8,8 +8,12 @@
 #   3. bench/real_work/realwork_run.py: byte-level Llama (8 layers, GQA 8/2, head_dim 64 and 128),
 #      2 and 100 steps at seq 2048 with lane_attention (flashlane, sm90) and sdpa, prefill, greedy
 #      decode; rows, curves (CSV + PNG) and results under $OUT;
+#      with DIAGNOSE_HD64_STEPS=N (> 0) it then trains the hd64 model N steps under each attention
+#      variant (sdpa, sdpa math, lane_attention on sm90, on reference_cuda, and split: one direction
+#      on each) and prints their loss table (diagnostics: no proof rows, no effect on the exit code);
 #   4. `flashlane gate $OUT/real_work_rows.jsonl --config bench/gate_real_work.json`;
 # and prints a short summary last. Exit 0 only when the run's rows all count and the gate passes.
+# The logs are bundled into $OUT/logs.tar.gz at the end (the device tool returns at most 8 files).
 #
 # The gate needs the flashlane tool, which needs CLI11 (absent on the GPU machine): build it here
 # and carry it (it links the CUDA runtime statically):
@@ -17,7 +21,8 @@
 #   device: carry [".gpu_carry/pyheaders", ".gpu_carry/tool"], command scripts/device/real_work.sh
 # Environment: FLASHLANE_TOOL (the tool), FLASHLANE_SM90_HEAD_DIMS (default "64;128"),
 # REAL_WORK_ARGS (extra arguments for realwork_run.py), REAL_WORK_BUDGET_S (default 570: the
-# training run is given what is left of it after the build).
+# training run is given what is left of it after the build), DIAGNOSE_HD64_STEPS (default 0: off;
+# about 40 for the diagnosis, see docs/VALIDATION.md).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/out/real_work}"; mkdir -p "$out"
@@ -25,6 +30,7 @@ hdr="${FLASHLANE_PYHEADERS:-$root/.gpu_carry/pyheaders}"
 jobs="${FLASHLANE_JOBS:-$(nproc)}"
 head_dims="${FLASHLANE_SM90_HEAD_DIMS:-64;128}"
 budget="${REAL_WORK_BUDGET_S:-570}"
+diag_steps="${DIAGNOSE_HD64_STEPS:-0}"
 py="${PYTHON:-python3}"
 t0=$(date +%s)
 summary=()
@@ -67,10 +73,12 @@ summary+=("pytest tests/python/test_real_work.py: rc=$rc_test $(tail -1 "$out/py
 # ---- 3. the run
 left=$(( budget - ($(date +%s) - t0) ))
 (( left < 60 )) && left=60
+# The diagnosis (if any) stops itself 25 s before the timeout, keeping what it trained.
 # shellcheck disable=SC2086
-timeout "$left" "$py" -u bench/real_work/realwork_run.py --out "$out" ${REAL_WORK_ARGS:-} 2>&1 | tee "$out/real_work.log" | grep -v "^\s*$" | tail -60 > "$out/real_work.tail"
+timeout "$left" "$py" -u bench/real_work/realwork_run.py --out "$out" --diagnose-hd64-steps "$diag_steps" \
+  --diagnose-deadline-s $(( left - 25 )) ${REAL_WORK_ARGS:-} 2>&1 | tee "$out/real_work.log" | grep -v "^\s*$" | tail -60 > "$out/real_work.tail"
 rc_run=${PIPESTATUS[0]}
-summary+=("realwork_run.py: rc=$rc_run in $(( $(date +%s) - t0 - t_build )) s (timeout ${left} s; 124 = cut short)")
+summary+=("realwork_run.py: rc=$rc_run in $(( $(date +%s) - t0 - t_build )) s (timeout ${left} s; 124 = cut short; diagnose hd64 steps $diag_steps)")
 
 # ---- 4. the gate
 rc_gate=1
@@ -83,8 +91,21 @@ else
 fi
 
 grep -E "Error|Traceback|FAILED" "$out/real_work.log" | head -10
-sed -n '/=== real work summary/,$p' "$out/real_work.log"
+sed -n '/=== real work summary/,/^rows: /p' "$out/real_work.log"
+if (( diag_steps > 0 )); then
+  # From the results file, so that a run cut short in the diagnosis still shows the variants it finished.
+  grep -E "^diagnose hd64 " "$out/real_work.log" | head -12
+  "$py" bench/real_work/realwork_run.py --print-diagnose "$out/real_work_results.json" 2>&1 | head -60
+fi
 [[ -f "$out/gate.txt" ]] && grep -v "^PASS$\|^FAIL$" "$out/gate.txt" | head -20
-echo "=== summary (total $(( $(date +%s) - t0 )) s; files under $out)"
+# Bundle the logs: the device tool returns at most 8 files from $OUT.
+logs=()
+for f in python-venv.log python-build.log python-import.log pytest-real-work.log pytest-real-work.xml real_work.log real_work.tail; do
+  [[ -f "$out/$f" ]] && logs+=("$f")
+done
+if (( ${#logs[@]} )) && tar -czf "$out/logs.tar.gz" -C "$out" "${logs[@]}"; then
+  ( cd "$out" && rm -f "${logs[@]}" )
+fi
+echo "=== summary (total $(( $(date +%s) - t0 )) s; files under $out: $(find "$out" -maxdepth 1 -type f -printf '%f\n' | sort | tr '\n' ' '))"
 printf '%s\n' "${summary[@]}"
 [[ $rc_run == 0 && $rc_gate == 0 ]]

@@ -4,8 +4,11 @@ Without torch: the byte-level loader (its own small files, and real license text
 /usr/share/common-licenses exists), the proof rows and their counts_for_status, and the gate
 (build/tools/flashlane gate, when built) with bench/gate_real_work.json: it passes on a complete
 set of counting rows and fails when a required row is missing or did not execute.
+The printed summary (decode divergences and their logit gaps) and the hd64 diagnosis' plan, receipt
+check and table, on made-up data (no torch).
 With torch + transformers (marker torch): a tiny end-to-end smoke run of realwork_run.py on the
-CPU (reference_cpu); its rows are observational and must not count.
+CPU (reference_cpu), with a 3-step diagnosis; its rows are observational and must not count, and
+the diagnosis writes none.
 """
 
 import copy
@@ -21,6 +24,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench", "real_work"))
 
 import realwork_data as rd  # noqa: E402
 import realwork_rows as rr  # noqa: E402
+import realwork_run as rw  # noqa: E402  (torch is imported by main() only)
 
 LICENSES = "/usr/share/common-licenses"
 
@@ -238,18 +242,139 @@ def test_gate_fails_on_a_forged_row(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# The printed summary and the hd64 diagnosis, on made-up data.
+
+DIVERGENCE = [
+    {"prompt": 0, "first_divergence": None, "max_abs_logit_diff": 0.25},
+    {"prompt": 1, "first_divergence": 8, "lane_attention_token": 101, "sdpa_token": 32,
+     "logit_gap_lane_attention": 0.0625, "logit_gap_sdpa": 0.125,
+     "max_abs_logit_diff_at_divergence": 0.3125, "max_abs_logit_diff_before": 0.1875},
+    {"prompt": 2, "first_divergence": 15, "lane_attention_token": 10, "sdpa_token": 46,
+     "logit_gap_lane_attention": 0.5, "logit_gap_sdpa": 0.03125,
+     "max_abs_logit_diff_at_divergence": 0.75, "max_abs_logit_diff_before": 0.25},
+]
+
+
+def test_summary_line_prints_the_decode_divergences_and_logit_gaps():
+    r = row("decode", "real_work", receipts=[receipt()])
+    r["details"] = {"variant": "hd64", "decode_backend": "sm90", "divergence": DIVERGENCE,
+                    "token_agreement_vs_sdpa": 0.78125}
+    line = rw.summary_line(r)
+    assert "decode_backend=sm90 first divergence [None, 8, 15] agreement 0.781" in line, line
+    # per diverging prompt: position, both tokens, each backend's margin, the logit gap there
+    assert ("p1@8 tok sdpa 32 lane 101 margin sdpa 0.1250 lane 0.0625 max|dlogit| 0.3125 "
+            "(before 0.1875)") in line, line
+    assert "p2@15 tok sdpa 46 lane 10 margin sdpa 0.0312 lane 0.5000 max|dlogit| 0.7500" in line, line
+    assert "p0@" not in line
+    assert rw.divergence_text(DIVERGENCE[:1]) == ""
+    r["details"]["divergence"] = DIVERGENCE[:1]
+    assert "|" not in rw.summary_line(r).split("agreement")[1]  # nothing diverged: no gap text
+    t = row("short_train", "real_work.steps100")
+    t["details"].update(variant="hd64", final_loss={"lane_attention": 2.4843, "sdpa": 2.3762},
+                        tok_per_sec={"lane_attention": 195979.4, "sdpa": None})
+    line = rw.summary_line(t)
+    assert "loss 2.4843 vs 2.3762 ratio 1.0100 tok/s 195979 vs None" in line, line
+
+
+def test_diagnose_plan_adapts_to_the_device():
+    gpu, skipped = rw.diagnose_plan("cuda", "sm90")
+    assert [v["name"] for v in gpu] == ["sdpa", "lane_sm90", "lane_reference_cuda", "sdpa_math",
+                                        "lane_fwd_sm90_bwd_reference_cuda", "lane_fwd_reference_cuda_bwd_sm90"]
+    assert skipped == []
+    split = {v["name"]: (v["forward"], v["backward"]) for v in gpu if v["impl"] == "lane"}
+    assert split["lane_fwd_sm90_bwd_reference_cuda"] == ("sm90", "reference_cuda")
+    assert split["lane_fwd_reference_cuda_bwd_sm90"] == ("reference_cuda", "sm90")
+    assert len({v["label"] for v in gpu}) == len(gpu) and all(len(v["label"]) <= 12 for v in gpu)
+    cpu, skipped = rw.diagnose_plan("cpu", "reference_cpu")
+    assert [v["name"] for v in cpu] == ["sdpa", "lane_reference_cpu", "sdpa_math"]
+    assert all("cuda" not in str(v.get("forward")) + str(v.get("backward")) for v in cpu)
+    assert [s["name"] for s in skipped] == ["lane_sm90", "lane_reference_cuda", "lane_fwd_sm90_bwd_reference_cuda",
+                                            "lane_fwd_reference_cuda_bwd_sm90"]
+    assert all("this run is on cpu" in s["reason"] for s in skipped)
+    cpu, skipped = rw.diagnose_plan("cpu", "reference_cpu", False, "no sdpa_kernel")
+    assert "sdpa_math" not in [v["name"] for v in cpu] and {"name": "sdpa_math", "reason": "no sdpa_kernel"} in skipped
+
+
+def test_ran_as_checks_the_receipts_against_the_label():
+    ok = [receipt("sm90", "fwd"), dict(receipt("reference_cuda", "bwd"), requested_backend="reference_cuda")]
+    assert rw.ran_as(ok, "sm90", "reference_cuda") == {
+        "fwd": {"sm90": 1}, "bwd": {"reference_cuda": 1}, "failed": 0, "as_labelled": True}
+    assert not rw.ran_as(ok, "sm90", "sm90")["as_labelled"]  # the backward ran another backend
+    fell_back = [receipt("sm90", "fwd"), dict(receipt("reference_cuda", "bwd"), requested_backend="sm90")]
+    assert not rw.ran_as(fell_back, "sm90", "reference_cuda")["as_labelled"]  # requested sm90
+    assert not rw.ran_as([receipt("sm90", "fwd")], "sm90", "sm90")["as_labelled"]  # no backward at all
+    failed = [receipt("sm90", "fwd"), dict(receipt("sm90", "bwd"), status="backend_inapplicable")]
+    assert rw.ran_as(failed, "sm90", "sm90")["failed"] == 1
+
+
+def made_up_diagnosis(steps=40):
+    variants, skipped = rw.diagnose_plan("cuda", "sm90")
+    out = []
+    for i, v in enumerate(variants):
+        scale = {"lane_sm90": 1.015, "lane_fwd_reference_cuda_bwd_sm90": 1.015}.get(v["name"], 1.0)
+        losses = [(5.0 - 2.5 * s / steps) * (1.0 if s < 10 else scale) for s in range(steps)]
+        x = dict(v, losses=losses, error="", heldout_loss=2.5, median_step_ms=30.0 + i)
+        if v["impl"] == "lane":
+            x["ran_as"] = {"fwd": {v["forward"]: 8 * steps}, "bwd": {v["backward"]: 8 * steps},
+                           "failed": 0, "as_labelled": True}
+        out.append(x)
+    out[2]["losses"] = out[2]["losses"][:25]  # a variant cut short
+    out[2]["error"] = "step 25: cut short"
+    return {"steps": steps, "schedule_steps": 100, "device": "cuda", "device_name": "NVIDIA H200",
+            "variants": out, "skipped": skipped,
+            "repro_vs_main_run": {"steps": steps, "variants": {
+                "sdpa": {"max_abs_diff": 0.0, "first_diff_step": None, "steps": steps},
+                "lane_sm90": {"max_abs_diff": 0.004, "first_diff_step": 3, "steps": steps}}}}
+
+
+def test_diagnose_table_and_summary(tmp_path, capsys):
+    diag = rw.diagnose_summary(made_up_diagnosis())
+    assert diag["sample_steps"] == [1, 10, 20, 30, 40] and diag["last10_steps"] == [31, 40]
+    s = diag["summary"]
+    assert s["sdpa"]["mean_ratio_last10"] == 1.0
+    assert abs(s["lane_sm90"]["mean_ratio_last10"] - 1.015) < 1e-12
+    assert s["lane_sm90"]["ratio_at_step"]["1"] == 1.0
+    assert list(s["lane_sm90"]["mean_ratio_windows"]) == ["1-10", "11-20", "21-30"]
+    assert s["lane_reference_cuda"]["mean_ratio_last10"] is None  # cut short at step 25
+    assert s["lane_reference_cuda"]["ratio_at_step"]["30"] is None
+    lines = rw.diagnose_table(diag)
+    text = "\n".join(lines)
+    assert lines[0].startswith("=== diagnose hd64: 40 steps") and "no proof rows" in lines[0]
+    head = [ln for ln in lines if ln.startswith("loss  step")][0].split()
+    assert head[2:] == ["sdpa", "sm90", "ref_cuda", "sdpa_math", "f.sm90+b.ref", "f.ref+b.sm90"]
+    last = [ln for ln in lines if ln.strip().startswith("mean 31-40")][0].split()
+    assert last[2:8] == ["1.0000", "1.0150", "-", "1.0000", "1.0000", "1.0150"], last
+    assert "INCOMPLETE (25/40 steps) step 25: cut short" in text
+    assert "receipts sm90: fwd sm90 x320 bwd sm90 x320 (as labelled)" in text
+    assert "receipts f.sm90+b.ref: fwd sm90 x320 bwd reference_cuda x320 (as labelled)" in text
+    assert "sdpa identical; lane_sm90 max|dloss| 0.0040, first differs at step 3" in text
+    # The same table from the results file (what real_work.sh prints), NaN included.
+    diag["variants"][0]["losses"][39] = float("nan")
+    path = tmp_path / "real_work_results.json"
+    path.write_text(json.dumps(rr.json_safe({"diagnose_hd64": rw.diagnose_summary(diag)})))
+    assert rw.main(["--print-diagnose", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "=== diagnose hd64: 40 steps" in printed and "1.0150" in printed
+    assert [ln for ln in printed.splitlines() if ln.strip().startswith("40 ")][0].split()[1] == "nan"
+    path.write_text("{}")
+    assert rw.main(["--print-diagnose", str(path)]) == 1
+
+
+# ------------------------------------------------------------------------------------------------
 # End to end, tiny, on the CPU.
 
 @pytest.mark.torch
 @pytest.mark.transformers
-def test_smoke_run_on_cpu(tmp_path, small_tree):
+def test_smoke_run_on_cpu(tmp_path, small_tree, capsys):
     pytest.importorskip("torch", reason="needs torch: torch is not installed")
     pytest.importorskip("transformers", reason="needs transformers: not installed")
-    import realwork_run
+    import flashlane.integrations.transformers as fl_hf
 
     out = str(tmp_path / "out")
-    rc = realwork_run.main(["--out", out, "--smoke", "--device", "cpu", "--roots", small_tree, LICENSES])
+    rc = rw.main(["--out", out, "--smoke", "--device", "cpu", "--roots", small_tree, LICENSES,
+                  "--diagnose-hd64-steps", "3"])
     assert rc == 1  # CPU rows never count
+    printed = capsys.readouterr().out
     rows = [json.loads(x) for x in open(os.path.join(out, "real_work_rows.jsonl"))]
     kinds = sorted((r["artifact_kind"], r["preset"], r["problem"]["head_dim"]) for r in rows)
     assert kinds == sorted([(k, p, d) for d in (64, 128) for k, p in
@@ -267,3 +392,27 @@ def test_smoke_run_on_cpu(tmp_path, small_tree):
     dec = [r for r in rows if r["artifact_kind"] == "decode"]
     assert all(r["details"]["decode_backend"] == "reference_cpu" for r in dec)
     assert os.path.getsize(os.path.join(out, "loss_curves.png")) > 100
+    # The diagnosis: the variants this host can run, each as labelled, the others named as not run.
+    res = json.load(open(os.path.join(out, "real_work_results.json")))
+    diag = res["diagnose_hd64"]
+    assert diag["steps"] == 3 and diag["device"] == "cpu" and diag["error"] == ""
+    assert [v["name"] for v in diag["variants"]] == ["sdpa", "lane_reference_cpu", "sdpa_math"]
+    assert {s["name"] for s in diag["skipped"]} == {
+        "lane_sm90", "lane_reference_cuda", "lane_fwd_sm90_bwd_reference_cuda", "lane_fwd_reference_cuda_bwd_sm90"}
+    for v in diag["variants"]:
+        assert len(v["losses"]) == 3 and v["error"] == "", v
+        if v["impl"] == "lane":
+            assert v["ran_as"]["as_labelled"] and set(v["ran_as"]["fwd"]) == {"reference_cpu"}, v["ran_as"]
+            assert set(v["ran_as"]["bwd"]) == {"reference_cpu"}
+        else:
+            assert v["flashlane_receipts"] == 0
+    # same initial weights, batches and schedule as the main run's hd64 3-step run
+    lane_main = next(r for r in rows if r["preset"] == "real_work.steps3" and r["problem"]["head_dim"] == 64)
+    main_curve = lane_main["details"]["loss_curve"]
+    assert diag["variants"][0]["losses"] == main_curve["sdpa"]
+    assert diag["variants"][1]["losses"] == main_curve["lane_attention"]
+    assert diag["repro_vs_main_run"]["variants"]["sdpa"]["first_diff_step"] is None
+    assert "=== diagnose hd64: 3 steps" in printed and "not run: lane_reference_cuda" in printed
+    assert "receipts ref_cpu: fwd reference_cpu x6 bwd reference_cpu x6 (as labelled)" in printed
+    assert fl_hf.settings()["backend"] == "reference_cpu" and fl_hf.settings()["strict"] is False  # restored
+    assert len(rows) == 8  # the diagnosis wrote no rows

@@ -237,6 +237,36 @@ def test_opcheck_cpu():
         t.requires_grad_()
     args = (q, k, v, None, None, None, 0, 0, 0.2, "causal_bottom_right", -1, -1, 0.0, False, "auto", False)
     torch.library.opcheck(torch.ops.flashlane.fwd.default, args)
+    torch.library.opcheck(torch.ops.flashlane.fwd.default, args + ("reference_cpu",))  # backward_backend
+
+
+@pytest.mark.torch
+def test_backward_backend_is_what_the_backward_requests():
+    """backward_backend= directs the autograd backward only; its receipt names the request, the
+    backend that ran and the fallback reason; strict fails closed in the backward; the default
+    (None) keeps the backward on `backend`."""
+    q = make((1, 12, 4, 32), "cpu", torch.float64, 1).requires_grad_()
+    k = make((1, 12, 2, 32), "cpu", torch.float64, 2).requires_grad_()
+    with flashlane.receipt_log() as log:
+        a = flashlane.flash_attn_func(q, k, k, causal=True, backend="reference_cpu")
+        a.sum().backward()
+        g_default = q.grad.clone()
+        q.grad = None
+        b = flashlane.flash_attn_func(q, k, k, causal=True, backend="reference_cpu", backward_backend="sm90")
+        b.sum().backward()
+    seen = [(r["runtime_mode"], r["requested_backend"], r["actual_backend"], r["fallback_reason"]) for r in log]
+    assert seen[:2] == [("fwd", "reference_cpu", "reference_cpu", ""), ("bwd", "reference_cpu", "reference_cpu", "")]
+    assert seen[2] == ("fwd", "reference_cpu", "reference_cpu", "")
+    assert seen[3][:3] == ("bwd", "sm90", "reference_cpu") and seen[3][3].startswith("sm90."), seen[3]
+    torch.testing.assert_close(q.grad, g_default, atol=0, rtol=0)  # the same backend ran both
+    q.grad = None
+    out = flashlane.flash_attn_func(q, k, k, causal=True, backend="reference_cpu", strict=True,
+                                    backward_backend="sm90")  # the forward runs ...
+    with pytest.raises(flashlane.FlashlaneError) as e:
+        out.sum().backward()  # ... the backward is refused, strictly
+    assert e.value.reason_tag.startswith("sm90."), e.value
+    with pytest.raises(ValueError):
+        flashlane.flash_attn_func(q, k, k, backward_backend="fa3")
 
 
 # ---------------------------------------------------------------------------------------------

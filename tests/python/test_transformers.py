@@ -190,6 +190,47 @@ def test_strict_backend_refusal_propagates():
 
 
 @pytest.mark.torch
+def test_backend_override_directs_each_direction_and_restores():
+    """backend_override(): the forward / backward backends of the block reach the calls (their
+    receipts name the request and what ran), strict fails closed in either direction, and the
+    registered settings come back after the block, also when it raised."""
+    ref, ours = tiny()
+    ours.train()
+    fl_hf.register(backend="reference_cpu")
+    registered = fl_hf.settings()
+    assert registered == {"backend": "reference_cpu", "strict": False, "backward_backend": None}
+    ids, am = batch(pad="none")
+    with fl_hf.backend_override(backward_backend="sm90") as now, flashlane.receipt_log() as log:
+        assert now == {"backend": "reference_cpu", "strict": False, "backward_backend": "sm90"}
+        ours(input_ids=ids, labels=ids).loss.backward()
+    assert fl_hf.settings() == registered
+    fwd = [r for r in log if r["runtime_mode"] == "fwd"]
+    bwd = [r for r in log if r["runtime_mode"] == "bwd"]
+    assert len(fwd) == len(bwd) == 2  # one per layer
+    assert all(r["requested_backend"] == r["actual_backend"] == "reference_cpu" for r in fwd)
+    assert all(r["requested_backend"] == "sm90" and r["actual_backend"] == "reference_cpu"
+               and r["fallback_reason"].startswith("sm90.") for r in bwd), bwd
+    ours.zero_grad()
+    with fl_hf.backend_override(backward_backend="sm90", strict=True):
+        loss = ours(input_ids=ids, labels=ids).loss  # the forward runs on reference_cpu ...
+        with pytest.raises(flashlane.FlashlaneError) as e:
+            loss.backward()  # ... the backward asks sm90 strictly: refused with its tag
+    assert e.value.reason_tag.startswith("sm90.")
+    with pytest.raises(flashlane.FlashlaneError), torch.no_grad():
+        with fl_hf.backend_override("sm90", strict=True):
+            ours(input_ids=ids)
+    assert fl_hf.settings() == registered
+    with fl_hf.backend_override("sm90", backward_backend="reference_cpu") as now:
+        assert now == {"backend": "sm90", "strict": False, "backward_backend": "reference_cpu"}
+        with fl_hf.backend_override("reference_cpu") as inner:  # a forward backend alone: both directions
+            assert inner == {"backend": "reference_cpu", "strict": False, "backward_backend": None}
+    assert fl_hf.settings() == registered
+    with pytest.raises(ValueError):
+        with fl_hf.backend_override(backward_backend="fa3"):
+            pass
+
+
+@pytest.mark.torch
 def test_register_refuses_names_with_flash():
     with pytest.raises(ValueError):
         fl_hf.register(name="flashlane")

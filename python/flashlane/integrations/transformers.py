@@ -26,10 +26,25 @@ with a "transformers." reason tag when strict=True. With strict=False it runs tr
 attention on the exact dense mask instead, warns once per reason, and records a receipt with
 actual_backend "torch_sdpa" and the reason (flashlane.last_receipt(), receipt_log(),
 $FLASHLANE_RECEIPTS). Never silently.
+
+Which flashlane backend the calls request is a process-wide setting: register(backend=...,
+strict=..., backward_backend=...) sets it, and the context manager backend_override() changes it
+for a block and restores it after (for instance to train the same model once on sm90 and once on
+reference_cuda, or with the sm90 forward and the reference_cuda backward):
+
+    with fl_hf.backend_override("reference_cuda"):                      # forward and backward
+        ...
+    with fl_hf.backend_override(backward_backend="reference_cuda"):     # backward only
+        ...
+
+The backward backend is fixed when the forward runs (it travels with the autograd graph). Every
+call's receipt names what was requested and what ran, and strict=True fails closed as always.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
@@ -39,7 +54,8 @@ import torch
 from .._core import FlashlaneError, record_python_receipt
 from ..interface import flash_attn_func, flash_attn_varlen_func
 
-__all__ = ["register", "FlashlaneMask", "flashlane_attention_forward", "flashlane_mask"]
+__all__ = ["register", "backend_override", "settings", "FlashlaneMask",
+           "flashlane_attention_forward", "flashlane_mask"]
 
 NAME = "lane_attention"
 
@@ -48,6 +64,7 @@ NAME = "lane_attention"
 class _Settings:
     backend: str = "auto"
     strict: bool = False
+    backward_backend: Optional[str] = None  # None: the backward requests `backend`
 
 
 _settings = _Settings()
@@ -219,7 +236,8 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
                 raise _Unservable("transformers.window_alignment_unsupported")
             window = (desc.window, desc.window)
     common = dict(softmax_scale=scale, mask=mask, window_size=window, softcap=softcap,
-                  backend=_settings.backend, strict=_settings.strict)
+                  backend=_settings.backend, strict=_settings.strict,
+                  backward_backend=_settings.backward_backend)
 
     if desc.packed is not None:
         if desc.padding is not None or sq != used or d != 0:
@@ -358,12 +376,15 @@ def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
                      dict(kwargs, is_causal=is_causal))
 
 
-def register(backend: str = "auto", strict: bool = False, name: str = NAME) -> str:
+def register(backend: str = "auto", strict: bool = False, name: str = NAME,
+             backward_backend: Optional[str] = None) -> str:
     """Registers attn_implementation=`name` ("lane_attention") and its mask function with
     transformers.
 
     backend / strict: the flashlane Request of every call (strict=True also turns the fallbacks
-    to SDPA into FlashlaneError). Returns the name to pass as attn_implementation."""
+    to SDPA into FlashlaneError). backward_backend: what the autograd backward requests (None:
+    `backend`). The settings are process-wide (see backend_override()). Returns the name to pass
+    as attn_implementation."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -374,6 +395,42 @@ def register(backend: str = "auto", strict: bool = False, name: str = NAME) -> s
                          "FlashAttention kernels to load from the hub; choose another name")
     _settings.backend = check_backend(backend)
     _settings.strict = bool(strict)
+    _settings.backward_backend = None if backward_backend is None else check_backend(backward_backend)
     AttentionInterface.register(name, flashlane_attention_forward)
     AttentionMaskInterface.register(name, flashlane_mask)
     return name
+
+
+def settings() -> Dict[str, Any]:
+    """The Request the integration's calls make now: {"backend", "backward_backend", "strict"}
+    (backward_backend None: the backward requests `backend`)."""
+    return dataclasses.asdict(_settings)
+
+
+@contextlib.contextmanager
+def backend_override(backend: Optional[str] = None, *, backward_backend: Optional[str] = None,
+                     strict: Optional[bool] = None):
+    """Changes the integration's Request for the block, then restores the previous settings.
+
+    backend: the forward's backend, and the backward's unless backward_backend is given (None:
+    keep the registered forward backend). backward_backend: the backend of the backward only.
+    strict: None keeps the registered value. Process-wide like register() (not per thread): the
+    backward backend is taken when the forward runs, so backward passes run later (on autograd's
+    threads) use the backend of the block their forward ran in. Yields settings().
+    """
+    from .._core import check_backend
+
+    saved = dataclasses.replace(_settings)
+    try:
+        if backend is not None:
+            _settings.backend = check_backend(backend)
+            _settings.backward_backend = None
+        if backward_backend is not None:
+            _settings.backward_backend = check_backend(backward_backend)
+        if strict is not None:
+            _settings.strict = bool(strict)
+        yield settings()
+    finally:
+        _settings.backend = saved.backend
+        _settings.backward_backend = saved.backward_backend
+        _settings.strict = saved.strict
