@@ -18,6 +18,8 @@ flashlane_python_install() {
     "FLASHLANE_BUILD_TOOLS=OFF"
   )
   FL_PY="$py"; FL_INSTALLED=""
+  # Receipts name the commit recorded with the headers (this copy's git HEAD may be stale).
+  if [[ -s "$hdr/COMMIT" ]]; then export FLASHLANE_GIT_COMMIT="$(cat "$hdr/COMMIT")"; fi
   local pip_py=""
   if "$py" -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)'; then
     pip_py="$py"

@@ -14,5 +14,8 @@ rm -rf "$dst"
 mkdir -p "$dst/nlohmann-include" "$dst/cutlass-include"
 cp -rL "$nlohmann" "$dst/nlohmann-include/nlohmann"
 cp -rL "$cutlass/cute" "$cutlass/cutlass" "$dst/cutlass-include/"
+# The commit this tree is (the GPU machine's copy has a stale git HEAD): read by python_install.sh.
+( cd "$root" && c="$(git rev-parse --short=12 HEAD)" && \
+  { [[ -z "$(git status --porcelain --untracked-files=no)" ]] || c="$c-dirty"; } && echo "$c" ) > "$dst/COMMIT"
 du -sh "$dst"
 echo "carry: .gpu_carry/pyheaders"

@@ -37,7 +37,7 @@ summary=()
 cd "$root"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/device.txt"
 "$py" -c "import sys, torch, transformers; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" 2>&1 | tee -a "$out/device.txt"
-git rev-parse --short HEAD 2>/dev/null | sed 's/^/commit /' | tee -a "$out/device.txt"
+{ cat "${FLASHLANE_PYHEADERS:-$root/.gpu_carry/pyheaders}/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null; } | sed 's/^/commit /' | tee -a "$out/device.txt"
 
 # ---- 1. build + install (same recipe as scripts/device/python_gpu.sh)
 source "$root/scripts/device/python_install.sh"
