@@ -121,7 +121,11 @@ struct BwdCompute {
     Tensor tdKrQ = thr_kv.partition_fragment_B(sQt);
     Tensor tdQrdS = thr_dq.partition_fragment_A(sDs);
     Tensor tdQrK = thr_dq.partition_fragment_B(sKt);
-    Tensor tdSsdS = thr_sdp.partition_C(sDsT);  // where this thread's dS^T values go
+    // dS^T registers -> dS in shared memory with stmatrix (transposing 8x8 16-bit tiles), as
+    // FlashAttention-3 does for its swapped products.
+    auto r2s_ds = make_tiled_copy_C(Copy_Atom<SM90_U16x8_STSM_T, Element>{}, mma_sdp);
+    auto thr_r2s_ds = r2s_ds.get_thread_slice(thread_idx);
+    Tensor tdSsdS = thr_r2s_ds.partition_D(sDsT);
 
     // (key, query) coordinates of this thread's S^T accumulators.
     Tensor tScS_rc = rowcol_view(
@@ -229,9 +233,7 @@ struct BwdCompute {
                                                                  tdKrQ(_, _, _, stage), tdKrdK);
 
       // dS to shared memory (transposed by the layout), then dQ = dS K over all 128 keys.
-      Tensor tdSsdS_stage = tdSsdS(_, _, _, ds_stage);
-      CUTE_UNROLL
-      for (int i = 0; i < size(tdSrdS); ++i) tdSsdS_stage(i) = tdSrdS(i);
+      cute::copy(r2s_ds, thr_r2s_ds.retile_S(tdSrdS), tdSsdS(_, _, _, ds_stage));
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(kConsumerThreads, uint32_t(BwdBarrier::kDsReady));
       Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
