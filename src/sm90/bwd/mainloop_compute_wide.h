@@ -102,8 +102,11 @@ struct BwdComputeWide {
     Tensor tdKrdSt = thr_dk.partition_fragment_A(sdSt);
     Tensor tdKrQt = thr_dk.partition_fragment_B(sQt);
     Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);
-    Tensor tPsP = thr_sdp.partition_C(sP);
-    Tensor tdSsdS = thr_sdp.partition_C(sdS);
+    // P and dS registers -> shared memory with stmatrix (8x8 16-bit tiles, keys contiguous).
+    auto r2s = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
+    auto thr_r2s = r2s.get_thread_slice(thread_idx);
+    Tensor tPsP = thr_r2s.partition_D(sP);
+    Tensor tdSsdS = thr_r2s.partition_D(sdS);
     // (query, key) coordinates of this thread's S accumulators.
     Tensor tScS_rc = rowcol_view(
         thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{})));
@@ -204,13 +207,8 @@ struct BwdComputeWide {
       {
         auto tPrP = convert_fragment<Element>(tSrS);
         auto tdSrdS = convert_fragment<Element>(tdPrdP);
-        Tensor tPsP_stage = tPsP(_, _, _, ds_stage);
-        Tensor tdSsdS_stage = tdSsdS(_, _, _, ds_stage);
-        CUTE_UNROLL
-        for (int i = 0; i < size(tPrP); ++i) {
-          tPsP_stage(i) = tPrP(i);
-          tdSsdS_stage(i) = tdSrdS(i);
-        }
+        cute::copy(r2s, thr_r2s.retile_S(tPrP), tPsP(_, _, _, ds_stage));
+        cute::copy(r2s, thr_r2s.retile_S(tdSrdS), tdSsdS(_, _, _, ds_stage));
       }
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(kConsumerThreads, uint32_t(BwdBarrier::kDsReady));
