@@ -61,7 +61,9 @@ def _register_torch_ops() -> None:
     # torch.ops.flashlane.* exist as soon as flashlane is imported. Without torch: NumPy only.
     if _torch is None:
         return
-    from . import _ops  # noqa: F401
+    from . import _ops, interface
+
+    interface._attention_op = _ops.attention_op
 
 
 _register_torch_ops()

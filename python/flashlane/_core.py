@@ -53,14 +53,29 @@ _collectors: List[List[Dict[str, Any]]] = []
 _collectors_lock = threading.Lock()
 
 
+def _cpp_receipt_json() -> Dict[str, Any]:
+    return json.loads(_C.last_receipt_json())
+
+
+#: This thread's C++ receipt as a dict: the extension builds it directly (the dict json.loads
+#: makes of last_receipt_json(), without printing and parsing JSON); an extension built before
+#: last_receipt_dict existed goes through JSON.
+_cpp_receipt = getattr(_C, "last_receipt_dict", _cpp_receipt_json)
+
+
+def _receipt_to_collectors() -> None:
+    """Hands this thread's C++ receipt, as a dict, to every active receipt_log() block."""
+    receipt = _cpp_receipt()
+    with _collectors_lock:
+        for c in _collectors:
+            c.append(receipt)
+
+
 def _after_cpp_call() -> None:
-    """Called after every _C.forward/_C.backward."""
+    """Called after every _C.forward/_C.backward (the torch ops inline it: _ops._call)."""
     _tls.python_receipt = None
     if _collectors:
-        receipt = json.loads(_C.last_receipt_json())
-        with _collectors_lock:
-            for c in _collectors:
-                c.append(receipt)
+        _receipt_to_collectors()
 
 
 def record_python_receipt(receipt: Dict[str, Any]) -> None:
@@ -90,7 +105,7 @@ def last_receipt() -> Dict[str, Any]:
     pr = getattr(_tls, "python_receipt", None)
     if pr is not None:
         return dict(pr)
-    return json.loads(_C.last_receipt_json())
+    return _cpp_receipt()
 
 
 @contextlib.contextmanager

@@ -25,10 +25,10 @@ def _is_torch(x) -> bool:
 
 
 def _torch_int32(t):
-    import torch
-
     if t is None:
         return None
+    import torch
+
     if t.dtype != torch.int32:
         t = t.to(torch.int32)
     return t
@@ -52,6 +52,11 @@ def _max_seqlen(cu, given, name):
     return int((cu[1:] - cu[:-1]).max()) if cu.size > 1 else 0
 
 
+#: _ops.attention_op, set when flashlane registers its torch ops (flashlane/__init__.py); the
+#: package works without torch, so interface.py does not import _ops itself.
+_attention_op = None
+
+
 def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
          softmax_scale, mask, window_size, softcap, deterministic, return_lse, backend, strict,
          backward_backend=None):
@@ -61,8 +66,9 @@ def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_se
     window = resolve_window(window_size)
     scale = resolve_scale(softmax_scale, q.shape[-1])
     if _is_torch(q):
-        from ._ops import attention_op
-
+        attention_op = _attention_op
+        if attention_op is None:
+            from ._ops import attention_op
         out, lse = attention_op(q, k, v, cu_seqlens_q=_torch_int32(cu_seqlens_q),
                                 cu_seqlens_k=_torch_int32(cu_seqlens_k),
                                 seqused_k=_torch_int32(seqused_k), max_seqlen_q=max_seqlen_q,

@@ -8,7 +8,7 @@
 //
 // The entry points never raise for a flashlane error: they return None on success or a tuple
 // (code_name, code_value, message, reason_tag) that the Python layer turns into FlashlaneError.
-// The receipt of the call is the C++ thread-local one (last_receipt_json()).
+// The receipt of the call is the C++ thread-local one (last_receipt_json(), last_receipt_dict()).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -225,6 +225,35 @@ Result backward(const In& q, const In& k, const In& v, const In& o, const In& ls
   return to_tuple(st);
 }
 
+// The receipt as the dict json.loads(receipt_to_json(r)) gives (same keys, values, types and
+// key order: nlohmann's objects are sorted by key), without printing and parsing JSON: the
+// Python layer makes one per call while a receipt_log() block is open.
+nb::dict receipt_dict(const flashlane::Receipt& r) {
+  nb::dict device;
+  device["name"] = r.device_name;
+  device["sm"] = r.sm;
+  nb::list skipped;
+  for (const auto& s : r.skipped) {
+    nb::dict entry;
+    entry["backend"] = s.backend;
+    entry["reason"] = s.reason;
+    skipped.append(entry);
+  }
+  nb::dict out;
+  out["actual_backend"] = r.actual_backend;
+  out["deterministic"] = r.deterministic;
+  out["device"] = device;
+  out["error_reason"] = r.error_reason;
+  out["fallback_reason"] = r.fallback_reason;
+  out["requested_backend"] = r.requested_backend;
+  out["runtime_mode"] = r.runtime_mode;
+  out["skipped"] = skipped;
+  out["status"] = r.status;
+  out["strict"] = r.strict;
+  out["variant"] = r.variant;
+  return out;
+}
+
 nb::dict device_info(int ordinal) {
   const flashlane::DeviceInfo d = flashlane::query_device(ordinal);
   nb::dict out;
@@ -270,6 +299,8 @@ NB_MODULE(_C, m) {
   m.def("last_receipt_json",
         []() { return flashlane::receipt_to_json(flashlane::last_receipt()); },
         "This thread's last receipt as one JSON line (receipt_to_json).");
+  m.def("last_receipt_dict", []() { return receipt_dict(flashlane::last_receipt()); },
+        "This thread's last receipt as a dict: json.loads(last_receipt_json()), made directly.");
   m.def("receipt_roundtrip",
         [](const std::string& json) -> std::optional<std::string> {
           flashlane::Receipt r;

@@ -299,6 +299,26 @@ def test_receipt_round_trip_and_schema():
     assert _C.receipt_roundtrip("{not json") is None
 
 
+def test_receipt_dict_is_the_json_receipt():
+    """last_receipt() and receipt_log() take the receipt from _C.last_receipt_dict(), built in
+    C++ without JSON: it must be json.loads(last_receipt_json()) exactly (keys, key order, value
+    types), for a call that ran with skipped backends and for a refused one, and fresh each
+    call (no dict shared with an earlier receipt)."""
+    q, k, v = _small(np.random.default_rng(19))
+    first = None
+    for kw in ({}, {"backend": "sm90"}, {"backend": "sm100", "strict": True}):
+        try:
+            flashlane.flash_attn_func(q, k, v, causal=True, **kw)
+        except flashlane.FlashlaneError:
+            pass
+        d, j = _C.last_receipt_dict(), json.loads(_C.last_receipt_json())
+        assert json.dumps(d) == json.dumps(j)  # same order and types (True is not 1)
+        assert flashlane.last_receipt() == j
+        first = first or d
+    assert first["requested_backend"] == "auto" and first["skipped"]
+    assert json.loads(_C.last_receipt_json())["status"] == "backend_inapplicable"
+
+
 def test_receipt_log_and_jsonl_sink(tmp_path, monkeypatch):
     path = tmp_path / "receipts.jsonl"
     monkeypatch.setenv("FLASHLANE_RECEIPTS", str(path))

@@ -230,6 +230,62 @@ def test_non_contiguous_inputs_and_transposed_views():
     torch.testing.assert_close(out, sdpa_ref(q, q, q, mask="causal"), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["bshd", "varlen"])
+@pytest.mark.parametrize("backward_backend", [None, "reference_cpu"])
+def test_eager_autograd_node_is_the_ops_formula(device, layout, backward_backend):
+    """In eager mode flash_attn_func & co. record FlashlaneAttention (_ops.py: the op's formula
+    without torch.library's per-call re-binding). Outputs, gradients (bitwise), receipts and
+    the refusal of a double backward must be those of flashlane::fwd called directly, with its
+    registered formula; without a gradient to record, no node."""
+    dtype = torch.float64 if device == "cpu" else torch.bfloat16
+    if layout == "bshd":
+        q, k, v = (make(s, device, dtype, i) for i, s in enumerate([(2, 24, 4, 32), (2, 30, 2, 32), (2, 30, 2, 32)]))
+        meta = (None, None, None, 0, 0)
+        mask = "causal_bottom_right"
+
+        def ours(a, b, c):
+            return flashlane.flash_attn_func(a, b, c, causal=True, deterministic=True,
+                                             backward_backend=backward_backend)
+    else:
+        lq, lk, cu_q, cu_k, q, k, v = _varlen_case(device, dtype)
+        meta = (cu_q, cu_k, None, max(lq), max(lk))
+        mask = "causal"
+
+        def ours(a, b, c):
+            return flashlane.flash_attn_varlen_func(a, b, c, cu_q, cu_k, max(lq), max(lk), mask=mask,
+                                                    deterministic=True,
+                                                    backward_backend=backward_backend)
+    extra = (backward_backend,) if backward_backend else ()
+
+    def op(a, b, c):
+        return torch.ops.flashlane.fwd(a, b, c, *meta, 1.0 / math.sqrt(q.shape[-1]), mask, -1, -1,
+                                       0.0, True, "auto", False, *extra)[0]
+
+    dout = make(q.shape, device, dtype, 7)
+    results = []
+    for fn in (ours, op):
+        a, b, c = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        with flashlane.receipt_log() as log:
+            out = fn(a, b, c)
+            out.backward(dout)
+        results.append((out.detach(), a.grad, b.grad, c.grad, log, type(out.grad_fn).__name__))
+    (*got, log_got, node_got), (*want, log_want, node_want) = results
+    assert node_got == "FlashlaneAttentionBackward" and node_want.startswith("GeneratedBackwardFor_flashlane_fwd")
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    assert log_got == log_want and [r["deterministic"] for r in log_got] == [False, True]
+    # No gradient to record: the op is called as it is, and nothing is recorded.
+    with torch.no_grad():
+        assert ours(*(t.detach().clone().requires_grad_() for t in (q, k, v))).grad_fn is None
+    assert ours(q, k, v).grad_fn is None
+    # A double backward is refused as by the op (flashlane::bwd has no formula).
+    a = q.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(ours(a, k, v).float().sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula"):
+        g.sum().backward()
+
+
 @pytest.mark.torch
 def test_opcheck_cpu():
     q, k, v = make((1, 7, 4, 32), "cpu", torch.float64, 1), make((1, 9, 2, 32), "cpu", torch.float64, 2), make((1, 9, 2, 32), "cpu", torch.float64, 3)

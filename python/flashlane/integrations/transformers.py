@@ -224,7 +224,8 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
         used = d + sq
         if d < 0 or used > sk:
             raise _Unservable("transformers.cache_offsets_unsupported")
-        k, v = k[:, :used], v[:, :used]
+        if used != sk:  # static caches: drop the unused tail (no slice, no autograd node, else)
+            k, v = k[:, :used], v[:, :used]
         mask = "causal_bottom_right"
         window = (desc.window - 1, 0) if desc.window > 0 else (-1, -1)
     else:
