@@ -11,8 +11,8 @@
 // Per row: fresh random inputs per problem (shared by all backends of that problem), warm-up,
 // CUDA-event median over the repetitions (capped so one row's timed loop takes about 1 s), every
 // call's Status checked; forward FLOPs from forward_flops(info, visible_pairs), backward = 2.5 x
-// forward with time(fwd + bwd) - time(fwd); peak memory as the cudaMemGetInfo delta (GPU) or the
-// tensor bytes (host); then one more call on poisoned outputs, checked against ref64 / ref_lowp
+// forward with time(fwd + bwd) - time(fwd); peak memory as the cudaMemGetInfo delta plus the pool's
+// workspace high-water mark (GPU) or the tensor bytes (host); then one more call on poisoned outputs, checked against ref64 / ref_lowp
 // (reference_cuda on the GPU lane above 1e8 score pairs, reference_cpu otherwise; both
 // accumulate float64 on float64 inputs; the row says which). Requests are strict, so a backend that cannot run is recorded with its tag, never
 // replaced by another. --budget-s stops starting new problems after that many seconds (the
@@ -215,10 +215,21 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
   row.metrics.reps = static_cast<int>(ms.size());
   row.metrics.warmup = warmup;
 
-  // Validation: poisoned outputs, one more call, the check against the references.
+  // Validation: poisoned outputs, one more call, the check against the references. The call's
+  // stream-ordered workspace (cudaMallocAsync from the device's default pool, as the sm90
+  // backward allocates it) is seen through the pool's high-water mark, reset just before.
   bench::Outputs got;
   if (!(s = bench::poison_outputs(&t, dir)).ok()) return fail_row(s, true);
+  cudaMemPool_t pool = nullptr;
+  const bool pool_ok = on_gpu && cudaDeviceGetDefaultMemPool(&pool, 0) == cudaSuccess;
+  if (pool_ok) {
+    uint64_t zero = 0;  // the attribute is a 64-bit value (cuuint64_t)
+    cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &zero);
+  }
   s = sync(bwd ? backward(t.problem, request, nullptr) : forward(t.problem, request, nullptr));
+  uint64_t pool_high = 0;
+  if (pool_ok) cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &pool_high);
+  cudaGetLastError();  // a pool query failing must not leak into the next row's checks
   row.has_receipt = true;
   row.receipt = last_receipt();
   row.runtime_mode = row.receipt.runtime_mode.empty() ? row.direction : row.receipt.runtime_mode;
@@ -226,11 +237,13 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
   if (on_gpu) {
     cudaMemGetInfo(&free1, &total);
     const double delta = free0 > free1 ? static_cast<double>(free0 - free1) : 0.0;
-    row.metrics.peak_memory_mib = mib(std::max(delta, static_cast<double>(t.bytes_allocated)));
+    row.metrics.peak_memory_mib =
+        mib(std::max(delta, static_cast<double>(t.bytes_allocated)) + double(pool_high));
     row.metrics.memory_method =
         "cudaMemGetInfo delta over the row (its tensors, " + fmt(mib(t.bytes_allocated), "%.1f") +
-        " MiB, plus memory the backend still holds after the calls; workspace freed inside a "
-        "call is not seen)";
+        " MiB, plus memory the backend still holds after the calls) + the default memory pool's "
+        "high-water mark during the validation call (stream-ordered workspace, " +
+        fmt(mib(double(pool_high)), "%.1f") + " MiB)";
   } else {
     row.metrics.peak_memory_mib = mib(static_cast<double>(t.bytes_allocated));
     row.metrics.memory_method = "host tensor bytes (inputs + outputs)";
