@@ -44,6 +44,18 @@ struct SelectTraits<D, DV, Element, true> {
   using type = BwdTraitsWide<D, DV, Element>;
 };
 
+/// Varlen: dQ, dK, dV rows after the last sequence written as zeros (three small launches).
+template <class Element, int D, int DV>
+void zero_varlen_tails(const BwdParams& p, cudaStream_t stream) {
+  const dim3 tail_grid(64);
+  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+      p.dq, p.cu_seqlens_q + p.batch, p.rows_q, p.heads_q, D, p.dq_row_stride, p.dq_head_stride);
+  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+      p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride, p.dk_head_stride);
+  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+      p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, DV, p.dv_row_stride, p.dv_head_stride);
+}
+
 }  // namespace bwd
 
 template <int D, int DV, bool kBf16>
@@ -54,6 +66,15 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   using Traits = typename SelectTraits<D, DV, Element>::type;
   constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
 
+  // An empty problem (batch 0 or no query heads, which validation accepts) has nothing to
+  // compute; only varlen padding rows, if any, are written (as zeros). The forward returns Ok
+  // the same way.
+  if (p.batch == 0 || p.heads_q == 0) {
+    if (!p.varlen) return Status::Ok();
+    zero_varlen_tails<Element, D, DV>(p, stream);
+    const cudaError_t e = cudaGetLastError();
+    return e == cudaSuccess ? Status::Ok() : launch_error(e, "tail zero launch");
+  }
   p.block_m = BM;
   p.ws_tiles = p.varlen ? (p.rows_q + int64_t(p.batch) * BM) / BM + 1
                         : int64_t(p.batch) * ((p.seqlen_q + BM - 1) / BM);
@@ -138,13 +159,7 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
     check("postprocess launch");
   }
   if (st.ok() && p.varlen) {
-    const dim3 tail_grid(64);
-    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-        p.dq, p.cu_seqlens_q + p.batch, p.rows_q, p.heads_q, D, p.dq_row_stride, p.dq_head_stride);
-    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-        p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride, p.dk_head_stride);
-    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-        p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, DV, p.dv_row_stride, p.dv_head_stride);
+    zero_varlen_tails<Element, D, DV>(p, stream);
     check("tail zero launch");
   }
   err = cudaFreeAsync(ws, stream);
