@@ -24,18 +24,20 @@
 #include <cutlass/pipeline/pipeline.hpp>
 #include <cutlass/gemm/collective/builders/sm90_common.inl>
 
+#include "sm90/bwd/launch_decl.h"
+
 namespace flashlane::sm90::bwd {
 
 using namespace cute;
 
 /// Tile configuration per head dim (registers decide it: dV and dK of 64 keys stay in each
-/// consumer's registers, plus S^T and dP^T of 64 keys x kBlockM queries).
+/// consumer's registers, plus S^T and dP^T of 64 keys x kBlockM queries). The edges come from
+/// launch_decl.h, which also names them in the receipt's variant.
 template <int kHeadDim>
 struct BwdConfig {
   static_assert(kHeadDim == 64 || kHeadDim == 96 || kHeadDim == 128,
                 "WGMMA backward head dims: 64, 96, 128");
-  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64;
-  static constexpr int kBlockN = 128;
+  static constexpr int kBlockM = bwd_wgmma_block_m(kHeadDim);
   static constexpr int kStages = 2;  // Q/LSE and dO/delta ring depth
 };
 
@@ -65,7 +67,6 @@ struct BwdTraits {
   // dQ: along head_dim (kBlockM = 64, one 64-row WGMMA) or along queries (kBlockM = 128).
   using DqSplit = std::conditional_t<kBlockM == 64, Layout<Shape<_1, Int<kConsumerWarpgroups>, _1>>,
                                      Layout<Shape<Int<kConsumerWarpgroups>, _1, _1>>>;
-  static constexpr int kDqAtomM = 64;
   static constexpr int kDqAtomN = kBlockM == 64 ? kHeadDim / 2 : kHeadDim;
 
   using TiledMmaSdP = decltype(make_tiled_mma(
@@ -77,7 +78,7 @@ struct BwdTraits {
       KeysSplit{}));
   using TiledMmaDQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, Accum,
-                           Shape<Int<kDqAtomM>, Int<kDqAtomN>, Int<kBlockN>>, GMMA::Major::K,
+                           Shape<_64, Int<kDqAtomN>, Int<kBlockN>>, GMMA::Major::K,
                            GMMA::Major::MN>(),
       DqSplit{}));
 

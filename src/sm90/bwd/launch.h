@@ -65,6 +65,8 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
   using Traits = typename SelectTraits<D, DV, Element>::type;
   constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
+  static_assert(BM == bwd_wgmma_block_m(D) && BN == bwd_wgmma_block_n(D),
+                "the variant string (launch_decl.h) must name the tiles that run");
 
   // An empty problem (batch 0 or no query heads, which validation accepts) has nothing to
   // compute; only varlen padding rows, if any, are written (as zeros). The forward returns Ok
