@@ -14,10 +14,15 @@
 // forward with time(fwd + bwd) - time(fwd); peak memory as the cudaMemGetInfo delta plus the pool's
 // workspace high-water mark (GPU) or the tensor bytes (host); then one more call on poisoned outputs, checked against ref64 / ref_lowp
 // (reference_cuda on the GPU lane above 1e8 score pairs, reference_cpu otherwise; both
-// accumulate float64 on float64 inputs; the row says which). Requests are strict, so a backend that cannot run is recorded with its tag, never
-// replaced by another. --budget-s stops starting new problems after that many seconds (the
-// output and the rows' preset field say that a subset ran).
+// accumulate float64 on float64 inputs; the row says which): every element for problems up to
+// --full-validation-max-seqlen (4096), a seeded sample of (batch, head) slices above it
+// (src/bench/sampling.h; the row's metrics.validation_scope lists them). Requests are strict,
+// so a backend that cannot run is recorded with its tag, never replaced by another. --budget-s
+// stops starting new problems after that many seconds (the output says that a subset ran).
 #include <cuda_runtime_api.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include <chrono>
 #include <cmath>
@@ -31,6 +36,7 @@
 #include "bench/grid.h"
 #include "bench/harness.h"
 #include "bench/proof.h"
+#include "bench/sampling.h"
 #include "bench/timer.h"
 #include "cli_common.h"
 #include "flashlane/flashlane.h"
@@ -48,6 +54,7 @@ struct BenchOptions {
   int warmup = -1;  // -1: preset default
   double budget_s = 480;
   double target_s = 1.0;
+  int64_t full_validation_max_seqlen = bench::kDefaultFullValidationMaxSeqlen;
   bool overwrite = false;
 };
 
@@ -66,8 +73,20 @@ struct Lane {
 struct References {
   Status status;
   bool on_gpu = false;
-  bench::Outputs ref64, ref_lowp;
+  bench::ValidationPlan plan;  // full, or the sampled (batch, head) slices
+  bench::Outputs ref64, ref_lowp;  // full tensors, or the plan's slices (gather_slices order)
 };
+
+/// FLOPs the two references (ref64, ref_lowp) spend on a problem under `plan`: forward
+/// 4 x visible pairs x (head_dim + head_dim_v) / 2, backward 2.5 x that (FlashAttention's
+/// count), on the checked share of the (batch, head) slices.
+double reference_flops(const bench::ProblemSpec& spec, const bench::ValidationPlan& plan, bool bwd) {
+  const double fwd = 2.0 * spec.visible_pairs() * static_cast<double>(spec.head_dim + spec.dv());
+  const double share = plan.sampled ? static_cast<double>(plan.slices().size()) /
+                                          static_cast<double>(plan.total_slices)
+                                    : 1.0;
+  return 2.0 * fwd * share * (bwd ? 3.5 : 1.0);
+}
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> parts;
@@ -249,6 +268,7 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
     row.metrics.memory_method = "host tensor bytes (inputs + outputs)";
   }
   if ((s = bench::fetch_outputs(t, dir, &got)).ok() && refs.status.ok()) {
+    if (refs.plan.sampled) got = bench::gather_slices(spec, refs.plan, dir, got);
     bench::CheckResult c = bench::check_outputs(dir, got, refs.ref64, refs.ref_lowp);
     const std::string ref_name = refs.on_gpu ? "reference_cuda" : "reference_cpu";
     c.ref64_method = ref_name + " on float64 upcasts of the same inputs (float64 accumulation)";
@@ -262,11 +282,12 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
       row.metrics.checked_tensor = w->tensor;
     }
     row.metrics.errors = bench::check_to_json(c)["tensors"];
-    row.metrics.validation_scope =
-        std::string("every element of ") + (bwd ? "dq, dk, dv" : "o and lse") + " against ref64 = " +
-        c.ref64_method + "; ref_lowp = " + c.ref_lowp_method;
+    row.metrics.validation_scope = refs.plan.scope();
+    row.metrics.validation_method = refs.plan.describe(dir) + " against ref64 = " + c.ref64_method +
+                                    "; ref_lowp = " + c.ref_lowp_method +
+                                    (refs.plan.sampled ? " (the same slices)" : "");
   } else {
-    row.metrics.validation_scope =
+    row.metrics.validation_method =
         "not validated: " + (s.ok() ? "reference failed: " + refs.status.to_string() : s.to_string());
   }
 
@@ -276,7 +297,7 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
     row.metrics.tflops = flops / (median_ms * 1e-3) / 1e12;
     row.metrics.median_tok_per_sec = static_cast<double>(spec.total_q()) / (median_ms * 1e-3);
   } else {
-    row.metrics.validation_scope += "; backward time not positive (time(fwd+bwd) <= time(fwd))";
+    row.metrics.validation_method += "; backward time not positive (time(fwd+bwd) <= time(fwd))";
   }
   row.proof_class = on_gpu ? "execute" : "observational";
   bench::compute_counts_for_status(&row);
@@ -305,9 +326,16 @@ std::string opt_str(const std::optional<double>& x, const char* f = "%.3g") {
 }
 
 void print_header() {
-  std::printf("%-4s %-15s %4s %-8s %6s %5s %5s %10s %9s %9s %9s %10s %10s %-5s %-6s %s\n", "dir",
+  std::printf("%-4s %-15s %4s %-8s %6s %5s %5s %10s %9s %9s %9s %10s %10s %-5s %-7s %-6s %s\n", "dir",
               "backend", "hdim", "mask", "seqlen", "batch", "heads", "median_ms", "TFLOP/s",
-              "peer", "mem_MiB", "max_diff", "tolerance", "valid", "counts", "note");
+              "peer", "mem_MiB", "max_diff", "tolerance", "valid", "checked", "counts", "note");
+}
+
+/// "full", "8/32" (sampled slices of all), "-" (not validated).
+std::string scope_cell(const bench::ValidationScope& v) {
+  if (v.kind == "full") return "full";
+  if (v.kind == "sampled") return std::to_string(v.slices.size()) + "/" + std::to_string(v.total_slices);
+  return "-";
 }
 
 void print_row(const bench::ProofRow& r) {
@@ -318,7 +346,7 @@ void print_row(const bench::ProofRow& r) {
   if (r.metrics.ref_max_abs_diff) tol = fmt(2 * *r.metrics.ref_max_abs_diff + bench::kAbsTolerance);
   std::string note = r.status != "ok" ? r.status : r.not_counted_reason;
   if (note.size() > 70) note = note.substr(0, 67) + "...";
-  std::printf("%-4s %-15s %4lld %-8s %6lld %5lld %5lld %10s %9s %9s %9s %10s %10s %-5s %-6s %s\n",
+  std::printf("%-4s %-15s %4lld %-8s %6lld %5lld %5lld %10s %9s %9s %9s %10s %10s %-5s %-7s %-6s %s\n",
               r.direction.c_str(), r.requested_backend.c_str(),
               static_cast<long long>(p.value("head_dim", 0)), p.value("mask", std::string()).c_str(),
               static_cast<long long>(p.value("seqlen_q", 0)),
@@ -327,11 +355,26 @@ void print_row(const bench::ProofRow& r) {
               opt_str(r.metrics.tflops, "%.4g").c_str(), peer.c_str(),
               opt_str(r.metrics.peak_memory_mib, "%.1f").c_str(), opt_str(r.metrics.max_abs_diff).c_str(),
               tol.c_str(), r.metrics.validation_ran ? (r.metrics.validation_passed ? "pass" : "FAIL") : "-",
-              r.counts_for_status ? "yes" : "no", note.c_str());
+              scope_cell(r.metrics.validation_scope).c_str(), r.counts_for_status ? "yes" : "no",
+              note.c_str());
   std::fflush(stdout);
 }
 
+/// Every canonical cell allocates and frees several GiB of host buffers (inputs, their dtype
+/// copies, fetched outputs). By default glibc serves such blocks with fresh mmaps, so each
+/// problem page-faults all of them again; kept in the heap (no mmap, no trim), later problems
+/// reuse pages already mapped. Measured on a 2-core machine: the host part of a canonical cell's
+/// two reference runs (build, fetch) from 5-6 s to 1.1-1.6 s. The process keeps its peak host
+/// memory until it exits.
+void keep_freed_host_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, -1);
+#endif
+}
+
 int run_bench(const BenchOptions& o) {
+  keep_freed_host_memory();
   std::string no_gpu;
   const bool cuda = bench::cuda_present(&no_gpu);
   const DeviceInfo d0 = query_device(0);
@@ -363,6 +406,13 @@ int run_bench(const BenchOptions& o) {
     std::cerr << "flashlane bench: --dirs is empty" << std::endl;
     return kExitRefused;
   }
+  if (o.full_validation_max_seqlen < 0) {
+    std::cerr << "flashlane bench: --full-validation-max-seqlen must be >= 0 (0: every problem in full)"
+              << std::endl;
+    return kExitRefused;
+  }
+  bool want_bwd = false;
+  for (Direction d : dirs) want_bwd = want_bwd || d == Direction::kBackward;
 
   if (o.preset == "cpu" || !cuda) {
     lane.gpu = false;
@@ -402,6 +452,24 @@ int run_bench(const BenchOptions& o) {
                  "observational and do not count for status (gpu_lane.ran = false)\n";
   }
   for (const auto& n : lane.notes) std::cout << "note: " << n << "\n";
+  {
+    // What validation will cost: the references' FLOPs with the plan, and with every problem
+    // checked in full (bench/README.md, "Time of the default preset", turns these into seconds).
+    size_t sampled = 0;
+    double work = 0, work_full = 0;
+    for (const auto& spec : lane.grid) {
+      const bench::ValidationPlan plan = bench::plan_validation(spec, o.full_validation_max_seqlen);
+      sampled += plan.sampled ? 1 : 0;
+      work += reference_flops(spec, plan, want_bwd);
+      work_full += reference_flops(spec, bench::ValidationPlan{}, want_bwd);
+    }
+    std::cout << "validation: every element up to seqlen "
+              << (o.full_validation_max_seqlen > 0 ? std::to_string(o.full_validation_max_seqlen)
+                                                   : std::string("(any: sampling off)"))
+              << ", seeded (batch, head) slices above it (" << sampled << " of " << lane.grid.size()
+              << " problems sampled); reference work " << fmt(work / 1e12, "%.3g") << " TFLOP ("
+              << fmt(work_full / 1e12, "%.3g") << " with every element)\n";
+  }
   std::cout << "receipts: " << o.out << (o.overwrite ? " (overwritten)" : " (appended)") << "\n";
   std::cout.flush();
 
@@ -412,29 +480,41 @@ int run_bench(const BenchOptions& o) {
   }
   Measure m{&o, &lane, &env, lane.grid_name};
   const auto start = std::chrono::steady_clock::now();
-  bool want_bwd = false;
-  for (Direction d : dirs) want_bwd = want_bwd || d == Direction::kBackward;
-  int written = 0, counting = 0, failed_validation = 0, ref_failures = 0;
+  int written = 0, counting = 0, failed_validation = 0, ref_failures = 0, sampled_rows = 0;
+  double inputs_s = 0, reference_s = 0, rows_s = 0, reference_work = 0;
+  auto seconds_since = [](std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
   size_t done = 0;
   print_header();
   for (const auto& spec : lane.grid) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (o.budget_s > 0 && elapsed > o.budget_s && done > 0) break;
+    const auto inputs_start = std::chrono::steady_clock::now();
     const bench::HostInputs inputs = bench::make_inputs(spec, want_bwd);
+    inputs_s += seconds_since(inputs_start);
     References refs;
     refs.on_gpu = lane.gpu && spec.score_pairs() > kGpuReferencePairs;
-    refs.status = bench::reference_outputs(spec, inputs, DType::kFloat64, want_bwd, refs.on_gpu, &refs.ref64);
+    refs.plan = bench::plan_validation(spec, o.full_validation_max_seqlen);
+    const auto ref_start = std::chrono::steady_clock::now();
+    refs.status = bench::sampled_reference_outputs(spec, inputs, DType::kFloat64, want_bwd,
+                                                   refs.on_gpu, refs.plan, &refs.ref64);
     if (refs.status.ok())
-      refs.status = bench::reference_outputs(spec, inputs, spec.dtype, want_bwd, refs.on_gpu, &refs.ref_lowp);
+      refs.status = bench::sampled_reference_outputs(spec, inputs, spec.dtype, want_bwd, refs.on_gpu,
+                                                     refs.plan, &refs.ref_lowp);
+    reference_s += seconds_since(ref_start);
+    reference_work += reference_flops(spec, refs.plan, want_bwd);
     if (!refs.status.ok()) {
       ++ref_failures;
       std::cout << "reference failed for " << spec.describe() << ": " << refs.status.to_string() << "\n";
     }
     std::vector<bench::ProofRow> rows;
+    const auto rows_start = std::chrono::steady_clock::now();
     for (Backend b : lane.backends) {
       std::optional<double> fwd_ms;
       for (Direction d : dirs) rows.push_back(measure_row(m, spec, inputs, refs, b, d, &fwd_ms));
     }
+    rows_s += seconds_since(rows_start);
     attach_peers(&rows);
     if (!bench::append_proof_rows(o.out, rows, false, &why)) {
       std::cerr << "flashlane bench: " << why << std::endl;
@@ -444,13 +524,19 @@ int run_bench(const BenchOptions& o) {
       print_row(r);
       ++written;
       counting += r.counts_for_status ? 1 : 0;
+      sampled_rows += r.metrics.validation_scope.kind == "sampled" ? 1 : 0;
       if (r.metrics.validation_ran && !r.metrics.validation_passed) ++failed_validation;
     }
     ++done;
   }
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::cout << "\n" << written << " rows written to " << o.out << "; " << counting
-            << " count for status; " << fmt(elapsed, "%.1f") << " s\n";
+            << " count for status; " << sampled_rows << " validated on sampled slices; "
+            << fmt(elapsed, "%.1f") << " s (budget "
+            << (o.budget_s > 0 ? fmt(o.budget_s, "%.0f") + " s" : std::string("none")) << "): inputs "
+            << fmt(inputs_s, "%.1f") << " s, references " << fmt(reference_s, "%.1f") << " s ("
+            << fmt(reference_work / 1e12, "%.3g") << " TFLOP), rows (timing + validation) "
+            << fmt(rows_s, "%.1f") << " s\n";
   if (done < lane.grid.size())
     std::cout << "SUBSET: " << done << " of " << lane.grid.size() << " problems ran (--budget-s "
               << o.budget_s << " reached; rerun with --budget-s 0 for the whole grid)\n";
@@ -475,6 +561,10 @@ void add_bench_command(CLI::App& app, int* exit_code) {
   sub->add_option("--reps", o->reps, "Timed repetitions (default: 20 GPU / 3 host, capped to ~1 s per row)");
   sub->add_option("--warmup", o->warmup, "Warm-up calls (default: 3 GPU / 1 host)");
   sub->add_option("--budget-s", o->budget_s, "Stop starting problems after this many seconds (0: none)")
+      ->capture_default_str();
+  sub->add_option("--full-validation-max-seqlen", o->full_validation_max_seqlen,
+                  "Validate every element up to this seqlen; above it, seeded (batch, head) slices "
+                  "(0: every problem in full)")
       ->capture_default_str();
   sub->add_flag("--overwrite", o->overwrite, "Truncate --out first instead of appending");
   sub->callback([o, exit_code] { *exit_code = run_bench(*o); });

@@ -56,12 +56,18 @@ int run_gate_command(const GateOptions& o) {
     nlohmann::json v = nlohmann::json::array();
     for (const auto& x : g.violations) v.push_back({{"rule", x.rule}, {"key", x.key}, {"detail", x.detail}});
     std::cout << nlohmann::json{{"pass", g.pass}, {"rows", g.rows}, {"counting_rows", g.counting_rows},
+                                {"sampled_rows", g.sampled_rows},
+                                {"unrecorded_scope_rows", g.unrecorded_scope_rows},
                                 {"config", config_source}, {"violations", v}}
                      .dump(2)
               << std::endl;
   } else {
     std::cout << "gate: " << g.rows << " rows from " << o.files.size() << " file(s), "
-              << g.counting_rows << " count for status; config: " << config_source << "\n";
+              << g.counting_rows << " count for status";
+    if (g.sampled_rows) std::cout << " (" << g.sampled_rows << " validated on sampled (batch, head) slices)";
+    if (g.unrecorded_scope_rows)
+      std::cout << "; " << g.unrecorded_scope_rows << " rows without a structured validation_scope (older format, accepted)";
+    std::cout << "; config: " << config_source << "\n";
     for (const auto& x : g.violations) std::cout << x.to_string() << "\n";
     std::cout << (g.pass ? "PASS" : "FAIL") << std::endl;
   }

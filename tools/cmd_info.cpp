@@ -1,18 +1,22 @@
 // tools/cmd_info.cpp: `flashlane info [--json]`: library version, commit and compiled
-// architectures; the CUDA devices; and, for device 0, each backend available or not with its
-// reason tag. Availability is what flashlane::select() answers for a strict request on a small
-// representative problem (bf16, bshd [1, 128, 8, 128], no mask): select() validates and applies
-// the applicability table without launching anything, so the tensors carry fake, 256-byte
-// aligned pointers (bshd: no metadata is read).
+// architectures; the CUDA devices; and, for device 0, each registered backend (auto's order,
+// then those auto never picks) available or not with its reason tag. Availability is what
+// flashlane::select() answers for a strict request on a small representative problem (bf16,
+// bshd [1, 128, 8, 128], no mask; on the host for backends of host tensors): select()
+// validates and applies the applicability table without launching anything, so the tensors
+// carry fake, 256-byte aligned pointers (bshd: no metadata is read).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <iostream>
 #include <memory>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "dispatch/backend_registry.h"
 #include "flashlane/flashlane.h"
 
 namespace flashlane::cli {
@@ -58,20 +62,27 @@ int run_info(bool as_json) {
   j["devices"] = devices;
   const DeviceInfo d0 = query_device(0);
   nlohmann::json backends = nlohmann::json::array();
-  for (Backend b : backend_priority()) {
-    const Device dev = b == Backend::kReferenceCpu ? Device::cpu() : Device::cuda(0);
+  // Every registered backend: auto's order first, then those auto never picks (sm100, cudnn).
+  std::vector<Backend> listed = backend_priority();
+  for (Backend b : registered_backends()) {
+    if (std::find(listed.begin(), listed.end(), b) == listed.end()) listed.push_back(b);
+  }
+  for (Backend b : listed) {
+    const detail::BackendDef* def = detail::find_backend(b);
+    const Device dev = def->tensors == DeviceKind::kCPU ? Device::cpu() : Device::cuda(0);
     Plan plan;
     ProblemInfo info;
     const Status s = select(representative_problem(dev), Direction::kForward,
                             Request{b, /*strict=*/true}, &plan, &info);
     backends.push_back({{"backend", backend_name(b)},
+                        {"auto", def->priority >= 0},
                         {"available", s.ok()},
                         {"tag", s.reason_tag()},
                         {"status", s.ok() ? std::string("ok") : s.to_string()}});
   }
   j["backends"] = backends;
   j["probe"] = "select(strict) of a bf16 bshd [1, 128, 8, 128] no_mask forward on device 0 "
-               "(reference_cpu: host tensors)";
+               "(backends of host tensors, such as reference_cpu: host tensors)";
 
   if (as_json) {
     std::cout << j.dump(2) << std::endl;

@@ -20,6 +20,7 @@
 
 #include "bench/harness.h"
 #include "cli_common.h"
+#include "dispatch/backend_registry.h"
 #include "flashlane/flashlane.h"
 
 namespace flashlane::cli {
@@ -40,6 +41,13 @@ struct RunOptions {
 /// Above this many score pairs the references run on reference_cuda when a GPU is present
 /// (reference_cpu does roughly 1e7-1e8 pairs/s depending on the cores).
 constexpr double kGpuReferencePairs = 2e8;
+
+/// "auto, sm90, sm100, cudnn, reference_cuda, reference_cpu": the registered backends.
+std::string backend_names() {
+  std::string names = "auto";
+  for (Backend b : registered_backends()) names += std::string(", ") + backend_name(b);
+  return names;
+}
 
 nlohmann::json status_json(const Status& s) {
   return {{"ok", s.ok()},
@@ -105,14 +113,19 @@ int run_problem(const RunOptions& o) {
   std::string why;
   if (!spec.check(&why)) return usage_error(why);
   Backend backend;
-  if (!parse_backend(o.backend, &backend)) return usage_error("unknown --backend '" + o.backend + "'");
+  if (!parse_backend(o.backend, &backend))
+    return usage_error("unknown --backend '" + o.backend + "' (" + backend_names() + ")");
 
+  // A backend of host tensors (reference_cpu) gets host tensors; auto and the CUDA backends get
+  // CUDA tensors when a device exists.
+  const detail::BackendDef* def = detail::find_backend(backend);
+  const bool host_backend = def != nullptr && def->tensors == DeviceKind::kCPU;
   std::string no_gpu;
   const bool cuda = bench::cuda_present(&no_gpu);
-  const bool use_gpu = backend != Backend::kReferenceCpu && cuda;
+  const bool use_gpu = !host_backend && cuda;
   const Device device = use_gpu ? Device::cuda(0) : Device::cpu();
   std::vector<std::string> notes;
-  if (backend != Backend::kReferenceCpu && !cuda)
+  if (!host_backend && !cuda)
     notes.push_back("no CUDA device (" + no_gpu + "): tensors are on the host");
 
   const Request request{backend, o.strict};
@@ -261,7 +274,7 @@ void add_run_command(CLI::App& app, int* exit_code) {
   sub->add_option("--seqlens-q", o->seqlens_q, "Varlen query lengths \"q1,q2\"");
   sub->add_option("--seqlens-k", o->seqlens_k, "Varlen key lengths \"k1,k2\" (default: seqlens-q)");
   sub->add_option("--seqused-k", o->seqused_k, "Used keys per sequence \"u1,u2\"");
-  sub->add_option("--backend", o->backend, "auto, sm90, reference_cuda or reference_cpu")->capture_default_str();
+  sub->add_option("--backend", o->backend, backend_names())->capture_default_str();
   sub->add_flag("--strict", o->strict, "Fail instead of falling back (exit 2 with the tag)");
   sub->add_option("--seed", o->seed, "Seed of the random inputs")->capture_default_str();
   sub->add_flag("--bwd", o->bwd, "Also run and check the backward pass");

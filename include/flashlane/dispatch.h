@@ -1,9 +1,11 @@
 // flashlane/dispatch.h: backend selection and the public entry points.
 //
-// Applicability lives in one table of rules (backend, predicate, reason tag) in
-// src/dispatch/applicability.cpp; selection, `flashlane matrix` and docs/applicability.md read
-// only that table. A backend applies when all of its rules pass; the first rule that fails gives
-// the reason tag.
+// Each backend is one definition (src/dispatch/backends/<name>.cpp: name, priority, rules, run
+// functions) registered in src/dispatch/backend_registry.cpp. Applicability lives in one table
+// of rules (backend, predicate, reason tag), the concatenation of the registered backends'
+// rules; selection, `flashlane matrix` and docs/applicability.md read only that table. A
+// backend applies when all of its selection rules pass; the first rule that fails gives the
+// reason tag.
 //   Request{backend, strict=false}: auto picks the first applicable backend by priority
 //     (sm90, reference_cuda, reference_cpu); an explicitly named backend that does not apply
 //     falls back to the next applicable one by priority, recorded in the receipt.
@@ -24,11 +26,16 @@ namespace flashlane {
 
 enum class Backend : int { kAuto = 0, kSm90 = 1, kReferenceCuda = 2, kReferenceCpu = 3, kSm100 = 4, kCudnn = 5 };
 
-/// "auto", "sm90", "reference_cuda", "reference_cpu", "sm100", "cudnn".
+/// "auto", "sm90", "reference_cuda", "reference_cpu", "sm100", "cudnn" ("unknown" for a value
+/// that names no registered backend).
 const char* backend_name(Backend backend);
+/// "auto" or the name of a registered backend; false for any other name.
 bool parse_backend(const std::string& name, Backend* out);
-/// Concrete backends in priority order (auto tries them in this order).
+/// Concrete backends in priority order (auto tries them in this order): sm90, reference_cuda,
+/// reference_cpu. Registered backends that auto never picks (sm100, cudnn) are not listed.
 const std::vector<Backend>& backend_priority();
+/// Every registered concrete backend (not kAuto), in the applicability table's order.
+const std::vector<Backend>& registered_backends();
 
 struct Request {
   Backend backend = Backend::kAuto;
@@ -62,8 +69,12 @@ Status select(const AttentionProblem& problem, Direction direction, const Reques
 /// Attention forward: o = softmax(scale * q k^T + mask) v, and lse if given.
 /// Algorithm: FlashAttention (Dao et al. 2022; FA2 2023 sec. 3; FA3 2024 for Hopper).
 /// CUDA backends launch on `stream` and return without synchronizing; reference_cpu runs on the
-/// calling thread. Errors: validation (1xx), dispatch (2xx), kCudaError. On any error before the
-/// launch no output byte changes. Writes a Receipt readable through last_receipt().
+/// calling thread. Errors: validation (1xx), dispatch (2xx), kCudaError, and
+/// kCudaErrorPending when the problem's tensors are on a CUDA device and a CUDA error from the
+/// caller's earlier work on this host thread is pending as the call begins (checked with
+/// cudaPeekAtLastError before anything else; nothing is launched and the error stays pending).
+/// On any error before the launch no output byte changes. Writes a Receipt readable through
+/// last_receipt().
 Status forward(const AttentionProblem& problem, const Request& request = {},
                cudaStream_t stream = nullptr);
 

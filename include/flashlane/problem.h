@@ -45,6 +45,17 @@ bool parse_mask_type(const std::string& name, MaskType* out);
 
 enum class Direction : int { kForward = 0, kBackward = 1 };
 
+/// How the keys and values of a call are laid out in memory (FlashAttention's three layouts).
+///   kDense        k/v [batch, seqlen_k, heads_kv, d] (bshd).
+///   kVarlenPacked k/v [total_k, heads_kv, d], sequences delimited by cu_seqlens_k.
+///   kPaged        k/v [num_pages, page_size, heads_kv, d] with page_table int32
+///                 [batch, max_pages_per_seq] (the KV cache of a decode call; no entry point
+///                 accepts it yet, and every backend refuses it).
+enum class KvLayout : int { kDense = 0, kVarlenPacked = 1, kPaged = 2 };
+
+/// "dense", "varlen_packed", "paged".
+const char* kv_layout_name(KvLayout layout);
+
 /// The caller's description of one attention call. Fill the tensors the direction needs:
 ///   forward:  q, k, v -> o (required), lse (optional output)
 ///   backward: q, k, v, o, lse, dout -> dq, dk, dv (all required)
@@ -82,7 +93,8 @@ struct ProblemInfo {
   Direction direction = Direction::kForward;
   DType dtype = DType::kFloat16;
   Device device{};
-  bool varlen = false;
+  bool varlen = false;  // q (and o, lse) packed by cu_seqlens_q
+  KvLayout kv_layout = KvLayout::kDense;  // kVarlenPacked exactly when varlen
   int64_t batch = 0;
   int64_t seqlen_q = 0, seqlen_k = 0;  // bshd: the shapes; varlen: max_seqlen_q / max_seqlen_k
   int64_t total_q = 0, total_k = 0;    // varlen: packed lengths; bshd: batch * seqlen

@@ -17,14 +17,17 @@ struct SkippedBackend {
 
 /// One receipt per public call (forward / backward), successful or not.
 struct Receipt {
-  std::string requested_backend;  // "auto", "sm90", "reference_cuda", "reference_cpu"
+  std::string requested_backend;  // "auto" or a backend name: "sm90", "reference_cuda", ...
   std::string actual_backend;     // the backend that ran; empty when nothing ran
   std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd"
   bool strict = false;
   /// Auto mode: the tag that made the top-priority backend step aside; empty when it ran.
   std::string fallback_reason;
   std::vector<SkippedBackend> skipped;  // every backend passed over, with its tag
-  std::string variant;      // kernel variant: tile shape and features, e.g. "tile128x128_d128_causal"
+  /// Kernel variant that ran: tile shape, head dims, dtype and features, e.g.
+  /// "fwd_m128_n128_d128_bf16_ws2_stages2+causal" (sm90 forward),
+  /// "bwd_m64_n128_d128_bf16_wgmma+causal+atomic_dq" (sm90 backward), "reference_cpu_f64acc".
+  std::string variant;
   std::string device_name;  // "NVIDIA H100 80GB HBM3" or "cpu"
   int sm = 0;               // compute capability * 10 (90 for Hopper); 0 on the CPU
   bool deterministic = false;

@@ -36,6 +36,9 @@ enum class ErrorCode : int {
   kNoApplicableBackend = 201,  // auto request and no backend applies
   // --- execution (3xx).
   kCudaError = 300,            // a CUDA runtime call or a kernel launch failed
+  kCudaErrorPending = 301,     // a CUDA error from the caller's earlier work was pending when the
+                               // call began (CUDA-tensor problems; cudaPeekAtLastError): nothing
+                               // was launched; the error is left pending for the caller
   kInternal = 400,             // a bug in flashlane
 };
 

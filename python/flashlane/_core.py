@@ -12,14 +12,17 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from . import _C
 
 MASK_NAMES = ("no_mask", "causal", "causal_bottom_right")
-BACKEND_NAMES = ("auto", "sm90", "reference_cuda", "reference_cpu", "sm100", "cudnn")
+#: "auto" and every backend the library registered (src/dispatch/backend_registry.cpp).
+BACKEND_NAMES: Tuple[str, ...] = ("auto",) + tuple(_C.backend_names())
 
 #: Stable error code names -> numeric values (include/flashlane/status.h).
 ERROR_CODES: Dict[str, int] = dict(_C.error_codes())
 
 
 class FlashlaneError(RuntimeError):
-    """A flashlane call failed. Nothing was launched unless ``code`` is ``cuda_error``.
+    """A flashlane call failed. Nothing was launched unless ``code`` is ``cuda_error``
+    (``cuda_error_pending``: a CUDA error of the caller's earlier work was pending when the call
+    began; nothing was launched and the error is left pending for the caller).
 
     Attributes:
         code: stable snake_case name of the error code ("head_dim_invalid", "backend_inapplicable").

@@ -274,7 +274,7 @@ std::vector<std::pair<std::string, int>> error_codes() {
               E::kMisaligned, E::kCuSeqlensInvalid, E::kSequsedInvalid, E::kWindowInvalid,
               E::kSoftmaxScaleInvalid, E::kSoftcapInvalid, E::kDeviceMismatch,
               E::kDropoutUnsupported, E::kInvalidArgument, E::kBackendInapplicable,
-              E::kNoApplicableBackend, E::kCudaError, E::kInternal}) {
+              E::kNoApplicableBackend, E::kCudaError, E::kCudaErrorPending, E::kInternal}) {
     out.emplace_back(flashlane::error_code_name(c), static_cast<int>(c));
   }
   return out;
@@ -316,6 +316,11 @@ NB_MODULE(_C, m) {
     for (flashlane::Backend b : flashlane::backend_priority()) out.emplace_back(flashlane::backend_name(b));
     return out;
   });
+  m.def("backend_names", []() {
+    std::vector<std::string> out;
+    for (flashlane::Backend b : flashlane::registered_backends()) out.emplace_back(flashlane::backend_name(b));
+    return out;
+  }, "Every registered backend's name (not \"auto\"), in the applicability table's order.");
   m.def("device_info", &device_info, "ordinal"_a = 0);
   m.def("error_codes", &error_codes);
 }

@@ -1,6 +1,7 @@
 // bench/gate.cpp: the stop rules of DESIGN.md applied to proof rows, fail-closed (gate.h).
 #include "bench/gate.h"
 
+#include <array>
 #include <cmath>
 #include <fstream>
 #include <map>
@@ -37,6 +38,33 @@ bool is_real_work_kind(const std::string& kind) {
 bool values_equal(const nlohmann::json& want, const nlohmann::json& have) {
   if (want.is_number() && have.is_number()) return want.get<double>() == have.get<double>();
   return want == have;
+}
+
+/// Why a row's validation_scope contradicts the row, or "" when it does not.
+std::string validation_scope_problem(const ProofRow& r) {
+  const ValidationScope& v = r.metrics.validation_scope;
+  const bool ran = r.metrics.validation_ran;
+  if (v.kind == "unrecorded") return "";
+  if (v.kind == "none") return ran ? "validation ran but its scope is none" : "";
+  if (!ran) return "scope " + v.kind + " on a row that was not validated";
+  if (v.kind == "full") return "";
+  if (v.kind != "sampled") return "unknown scope kind " + v.kind;
+  const int64_t batch = r.problem.value("batch", int64_t{-1});
+  const int64_t heads = r.problem.value("heads_q", int64_t{-1});
+  if (v.slices.empty()) return "sampled without slices";
+  if (batch <= 0 || heads <= 0) return "sampled, but the problem has no batch / heads_q";
+  if (v.total_slices != batch * heads)
+    return "total_slices " + std::to_string(v.total_slices) + " != batch x heads_q " +
+           std::to_string(batch * heads);
+  std::set<std::array<int64_t, 2>> seen;
+  for (const auto& s : v.slices) {
+    if (s[0] < 0 || s[0] >= batch || s[1] < 0 || s[1] >= heads)
+      return "slice [" + std::to_string(s[0]) + "," + std::to_string(s[1]) + "] outside batch " +
+             std::to_string(batch) + " x heads_q " + std::to_string(heads);
+    if (!seen.insert(s).second)
+      return "slice [" + std::to_string(s[0]) + "," + std::to_string(s[1]) + "] listed twice";
+  }
+  return "";
 }
 
 }  // namespace
@@ -152,6 +180,10 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
   for (const auto& r : judged) {
     const Metrics& m = r.metrics;
     const std::string key = row_key(r);
+    const std::string scope_problem = validation_scope_problem(r);
+    if (!scope_problem.empty()) add("validation_scope", key, scope_problem);
+    if (m.validation_scope.kind == "unrecorded") ++g.unrecorded_scope_rows;
+    if (r.counts_for_status && m.validation_scope.kind == "sampled") ++g.sampled_rows;
     std::string bad;
     if (m.nan_count > 0) bad += "nan_count=" + std::to_string(m.nan_count) + " ";
     if (!finite_opt(m.median_ms)) bad += "median_ms ";

@@ -20,6 +20,15 @@
 //   memory             peak_memory_mib above (1 + memory_tolerance) x baseline (default 5%)
 //   claim_not_executed a claimed mode (config "claims": fwd, bwd, varlen, decode, paged) has no
 //                      execute row that counts for status
+//   validation_scope   metrics.validation_scope contradicts the row: "none" on a validated row,
+//                      "full" or "sampled" on a row that was not validated, or a sampled scope
+//                      whose slices are empty, repeated, outside the problem's batch x heads_q, or
+//                      whose total_slices is not batch x heads_q. "full" and "sampled" rows count
+//                      alike (a sampled row is validated, on the slices it names); "unrecorded"
+//                      (rows written before the field existed: free text or nothing there, as in
+//                      bench/results/2026-11-22-*, and real-work rows) is accepted and counted
+//                      in GateResult::unrecorded_scope_rows, as the gate accepts the other fields
+//                      older rows lack.
 // Baselines: rows of a baseline receipts file (matched by row_key; the last counting row of a
 // key wins), or config "baseline": [{"match": {selector}, "tflops": x, "peak_memory_mib": y}].
 #pragma once
@@ -65,6 +74,8 @@ struct GateResult {
   std::vector<Violation> violations;
   int rows = 0;
   int counting_rows = 0;
+  int sampled_rows = 0;           // counting rows validated on sampled (batch, head) slices
+  int unrecorded_scope_rows = 0;  // rows without a structured validation_scope (older rows)
 };
 
 /// True when every field of `selector` equals the row's selector field (numbers compared as

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -255,10 +257,13 @@ void fill_normal(std::vector<double>* out, size_t n, uint64_t seed, uint64_t str
   });
 }
 
-std::vector<uint8_t> to_bytes(const std::vector<double>& values, DType dtype) {
-  std::vector<uint8_t> bytes(values.size() * dtype_size(dtype));
+/// The values stored as `dtype`, in an uninitialized buffer (every byte is written here; a
+/// zero-filled vector would first touch hundreds of MiB on one thread).
+std::unique_ptr<uint8_t[]> to_bytes(const std::vector<double>& values, DType dtype) {
+  auto bytes = std::make_unique_for_overwrite<uint8_t[]>(std::max<size_t>(values.size() * dtype_size(dtype), 1));
+  uint8_t* dst = bytes.get();
   parallel_for(values.size(), [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) numeric::store(bytes.data(), dtype, i, values[i]);
+    for (size_t i = begin; i < end; ++i) numeric::store(dst, dtype, i, values[i]);
   });
   return bytes;
 }
@@ -398,15 +403,15 @@ Status build_tensors(const ProblemSpec& spec, const HostInputs& inputs, DType dt
       !(s = alloc(t->v, nv * es)).ok() || !(s = alloc(t->o, no * es)).ok() ||
       !(s = alloc(t->lse, nlse * 4)).ok())
     return s;
-  if (!(s = t->q.upload(to_bytes(inputs.q, dtype).data(), nq * es)).ok()) return s;
-  if (!(s = t->k.upload(to_bytes(inputs.k, dtype).data(), nk * es)).ok()) return s;
-  if (!(s = t->v.upload(to_bytes(inputs.v, dtype).data(), nv * es)).ok()) return s;
+  if (!(s = t->q.upload(to_bytes(inputs.q, dtype).get(), nq * es)).ok()) return s;
+  if (!(s = t->k.upload(to_bytes(inputs.k, dtype).get(), nk * es)).ok()) return s;
+  if (!(s = t->v.upload(to_bytes(inputs.v, dtype).get(), nv * es)).ok()) return s;
   if (backward) {
     if (inputs.dout.size() != no) return Status(ErrorCode::kInternal, "inputs lack dout");
     if (!(s = alloc(t->dout, no * es)).ok() || !(s = alloc(t->dq, nq * es)).ok() ||
         !(s = alloc(t->dk, nk * es)).ok() || !(s = alloc(t->dv, nv * es)).ok())
       return s;
-    if (!(s = t->dout.upload(to_bytes(inputs.dout, dtype).data(), no * es)).ok()) return s;
+    if (!(s = t->dout.upload(to_bytes(inputs.dout, dtype).get(), no * es)).ok()) return s;
   }
   AttentionProblem& p = t->problem;
   if (spec.varlen()) {
@@ -474,32 +479,61 @@ Status poison_outputs(ProblemTensors* t, Direction direction) {
   return t->dv.fill_bytes(0xff);
 }
 
-namespace {
-
-Status fetch(const Buffer& b, const TensorView& v, std::vector<double>* out) {
+Status fetch_tensor(const Buffer& b, const TensorView& v, std::vector<double>* out) {
   const size_t n = static_cast<size_t>(v.numel());
-  std::vector<uint8_t> bytes(n * dtype_size(v.dtype));
-  Status s = b.download(bytes.data(), bytes.size());
+  // Uninitialized staging (make_unique_for_overwrite): the copy writes every byte, and
+  // zero-filling hundreds of MiB on one thread first costs more than the copy itself.
+  const size_t nbytes = n * dtype_size(v.dtype);
+  std::unique_ptr<uint8_t[]> bytes = std::make_unique_for_overwrite<uint8_t[]>(std::max<size_t>(nbytes, 1));
+  Status s = b.download(bytes.get(), nbytes);
   if (!s.ok()) return s;
   out->resize(n);
   double* dst = out->data();
+  const uint8_t* src = bytes.get();
   parallel_for(n, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) dst[i] = numeric::load(bytes.data(), v.dtype, i);
+    for (size_t i = begin; i < end; ++i) dst[i] = numeric::load(src, v.dtype, i);
   });
   return Status::Ok();
 }
 
-}  // namespace
-
 Status fetch_outputs(const ProblemTensors& t, Direction direction, Outputs* out) {
   Status s;
   if (direction == Direction::kForward) {
-    if (!(s = fetch(t.o, t.problem.o, &out->o)).ok()) return s;
-    return fetch(t.lse, t.problem.lse, &out->lse);
+    if (!(s = fetch_tensor(t.o, t.problem.o, &out->o)).ok()) return s;
+    return fetch_tensor(t.lse, t.problem.lse, &out->lse);
   }
-  if (!(s = fetch(t.dq, t.problem.dq, &out->dq)).ok()) return s;
-  if (!(s = fetch(t.dk, t.problem.dk, &out->dk)).ok()) return s;
-  return fetch(t.dv, t.problem.dv, &out->dv);
+  if (!(s = fetch_tensor(t.dq, t.problem.dq, &out->dq)).ok()) return s;
+  if (!(s = fetch_tensor(t.dk, t.problem.dk, &out->dk)).ok()) return s;
+  return fetch_tensor(t.dv, t.problem.dv, &out->dv);
+}
+
+Status run_reference(const AttentionProblem& problem, DType dtype, bool backward, bool on_gpu) {
+  ProblemInfo info;
+  Status s;
+  if (!(s = validate(problem, Direction::kForward, &info)).ok()) return s;
+  // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp): the CPU
+  // forward and backward, and the GPU backward (P and dS rounded to the input dtype).
+  const bool lowp = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
+  const detail::ReferenceNumerics numerics =
+      lowp ? detail::ReferenceNumerics::kLowPrecision : detail::ReferenceNumerics::kFloat64;
+  if (on_gpu) {
+    if (!(s = detail::reference_cuda_forward(problem, info, nullptr)).ok()) return s;
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) return cuda_status(e, "reference_cuda forward");
+  } else {
+    if (!(s = detail::reference_cpu_forward(problem, info, numerics)).ok()) return s;
+  }
+  if (!backward) return Status::Ok();
+  ProblemInfo binfo;
+  if (!(s = validate(problem, Direction::kBackward, &binfo)).ok()) return s;
+  if (on_gpu) {
+    if (!(s = detail::reference_cuda_backward(problem, binfo, nullptr, numerics)).ok()) return s;
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e != cudaSuccess) return cuda_status(e, "reference_cuda backward");
+  } else {
+    if (!(s = detail::reference_cpu_backward(problem, binfo, numerics)).ok()) return s;
+  }
+  return Status::Ok();
 }
 
 Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DType dtype,
@@ -508,31 +542,9 @@ Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DTyp
   const Device device = on_gpu ? Device::cuda(0) : Device::cpu();
   Status s = build_tensors(spec, inputs, dtype, device, backward, &t);
   if (!s.ok()) return s;
-  ProblemInfo info;
-  if (!(s = validate(t.problem, Direction::kForward, &info)).ok()) return s;
-  // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp): the CPU
-  // forward and backward, and the GPU backward (P and dS rounded to the input dtype).
-  const bool lowp = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
-  const detail::ReferenceNumerics numerics =
-      lowp ? detail::ReferenceNumerics::kLowPrecision : detail::ReferenceNumerics::kFloat64;
-  if (on_gpu) {
-    if (!(s = detail::reference_cuda_forward(t.problem, info, nullptr)).ok()) return s;
-    cudaError_t e = cudaDeviceSynchronize();
-    if (e != cudaSuccess) return cuda_status(e, "reference_cuda forward");
-  } else {
-    if (!(s = detail::reference_cpu_forward(t.problem, info, numerics)).ok()) return s;
-  }
+  if (!(s = run_reference(t.problem, dtype, backward, on_gpu)).ok()) return s;
   if (!(s = fetch_outputs(t, Direction::kForward, out)).ok()) return s;
   if (!backward) return Status::Ok();
-  ProblemInfo binfo;
-  if (!(s = validate(t.problem, Direction::kBackward, &binfo)).ok()) return s;
-  if (on_gpu) {
-    if (!(s = detail::reference_cuda_backward(t.problem, binfo, nullptr, numerics)).ok()) return s;
-    cudaError_t e = cudaDeviceSynchronize();
-    if (e != cudaSuccess) return cuda_status(e, "reference_cuda backward");
-  } else {
-    if (!(s = detail::reference_cpu_backward(t.problem, binfo, numerics)).ok()) return s;
-  }
   return fetch_outputs(t, Direction::kBackward, out);
 }
 
@@ -558,12 +570,23 @@ ErrorFigure compare_tensor(const std::string& name, const std::vector<double>& o
     return f;
   }
   f.count = static_cast<int64_t>(out.size());
-  for (size_t i = 0; i < out.size(); ++i) {
-    const double a = out[i];
-    if (std::isnan(a) || (std::isinf(a) && (!is_lse || a > 0))) ++f.nan_count;
-    f.max_abs_diff = std::max(f.max_abs_diff, diff(a, ref64[i]));
-    f.ref_max_abs_diff = std::max(f.ref_max_abs_diff, diff(ref_lowp[i], ref64[i]));
-  }
+  // Chunks on several threads (a canonical cell compares ~1e8 elements per row); maxima and
+  // counts merge exactly, so the figures do not depend on the split.
+  std::mutex merge;
+  parallel_for(out.size(), [&](size_t begin, size_t end) {
+    int64_t nan_count = 0;
+    double max_diff = 0.0, ref_max_diff = 0.0;
+    for (size_t i = begin; i < end; ++i) {
+      const double a = out[i];
+      if (std::isnan(a) || (std::isinf(a) && (!is_lse || a > 0))) ++nan_count;
+      max_diff = std::max(max_diff, diff(a, ref64[i]));
+      ref_max_diff = std::max(ref_max_diff, diff(ref_lowp[i], ref64[i]));
+    }
+    std::lock_guard<std::mutex> lock(merge);
+    f.nan_count += nan_count;
+    f.max_abs_diff = std::max(f.max_abs_diff, max_diff);
+    f.ref_max_abs_diff = std::max(f.ref_max_abs_diff, ref_max_diff);
+  });
   f.tolerance = 2.0 * f.ref_max_abs_diff + kAbsTolerance;
   f.pass = f.nan_count == 0 && std::isfinite(f.max_abs_diff) && f.max_abs_diff <= f.tolerance;
   return f;

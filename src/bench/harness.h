@@ -130,6 +130,16 @@ struct Outputs {
 /// Copies the outputs of `direction` (forward: o, lse; backward: dq, dk, dv) to the host.
 Status fetch_outputs(const ProblemTensors& t, Direction direction, Outputs* out);
 
+/// Copies one tensor held in `buffer` (viewed as `view`, contiguous from the buffer's start) to
+/// the host as double.
+Status fetch_tensor(const Buffer& buffer, const TensorView& view, std::vector<double>* out);
+
+/// Runs a reference backend directly (no dispatcher, no receipt) on `problem`, whose tensors
+/// live on CUDA device 0 (on_gpu: reference_cuda) or the host (reference_cpu): the forward,
+/// then, when `backward`, the backward on the o and lse the forward wrote. Numerics as for
+/// reference_outputs() below (`dtype`: the problem's dtype). Synchronizes the device.
+Status run_reference(const AttentionProblem& problem, DType dtype, bool backward, bool on_gpu);
+
 /// Runs a reference backend directly (no dispatcher, no receipt) on a problem built from
 /// `inputs` in `dtype`: forward, then (when `backward`) the backward pass on its own o and lse.
 /// on_gpu: reference_cuda on CUDA device 0; otherwise reference_cpu. 16-bit `dtype` (ref_lowp):

@@ -53,6 +53,49 @@ bool read_opt(const nlohmann::json& j, const char* key, std::optional<double>* o
 
 }  // namespace
 
+nlohmann::json validation_scope_to_json(const ValidationScope& v) {
+  nlohmann::json j = {{"kind", v.kind}};
+  if (v.kind == "sampled") {
+    nlohmann::json slices = nlohmann::json::array();
+    for (const auto& s : v.slices) slices.push_back({s[0], s[1]});
+    j["slices"] = slices;
+    j["seed"] = v.seed;
+    j["total_slices"] = v.total_slices;
+    j["full_max_seqlen"] = v.full_max_seqlen;
+  }
+  return j;
+}
+
+bool validation_scope_from_json(const nlohmann::json& j, ValidationScope* out, std::string* why) {
+  auto fail = [&](const std::string& m) { if (why) *why = "metrics.validation_scope: " + m; return false; };
+  if (!j.is_object()) return fail("not an object");
+  if (!j.contains("kind") || !j["kind"].is_string()) return fail("no kind");
+  ValidationScope v;
+  v.kind = j["kind"].get<std::string>();
+  if (v.kind != "full" && v.kind != "sampled" && v.kind != "none")
+    return fail("unknown kind '" + v.kind + "' (full, sampled, none)");
+  if (v.kind == "sampled") {
+    for (const char* k : {"slices", "seed", "total_slices", "full_max_seqlen"})
+      if (!j.contains(k)) return fail(std::string("sampled without ") + k);
+    if (!j["slices"].is_array()) return fail("slices is not an array");
+    for (const auto& s : j["slices"]) {
+      if (!s.is_array() || s.size() != 2 || !s[0].is_number_integer() || !s[1].is_number_integer() ||
+          s[0].get<int64_t>() < 0 || s[1].get<int64_t>() < 0)
+        return fail("a slice is not a pair [batch, head] of non-negative integers");
+      v.slices.push_back({s[0].get<int64_t>(), s[1].get<int64_t>()});
+    }
+    if (!j["seed"].is_number_unsigned() && !(j["seed"].is_number_integer() && j["seed"].get<int64_t>() >= 0))
+      return fail("seed is not a non-negative integer");
+    if (!j["total_slices"].is_number_integer() || !j["full_max_seqlen"].is_number_integer())
+      return fail("total_slices / full_max_seqlen are not integers");
+    v.seed = j["seed"].get<uint64_t>();
+    v.total_slices = j["total_slices"].get<int64_t>();
+    v.full_max_seqlen = j["full_max_seqlen"].get<int64_t>();
+  }
+  *out = std::move(v);
+  return true;
+}
+
 Environment capture_environment() {
   Environment e;
   const DeviceInfo d = query_device(0);
@@ -142,8 +185,11 @@ nlohmann::json proof_row_to_json(const ProofRow& r) {
                   {"nan_count", m.nan_count},
                   {"validation_ran", m.validation_ran},
                   {"validation_passed", m.validation_passed},
-                  {"validation_scope", m.validation_scope},
+                  {"validation_method", m.validation_method},
                   {"errors", m.errors}};
+  // "unrecorded" (a row read from an older file) has no structured scope to write.
+  if (m.validation_scope.kind != "unrecorded")
+    j["metrics"]["validation_scope"] = validation_scope_to_json(m.validation_scope);
   nlohmann::json peers = nlohmann::json::array();
   for (const Peer& p : r.peers)
     peers.push_back({{"backend", p.backend},
@@ -211,7 +257,18 @@ bool proof_row_from_json(const nlohmann::json& j, ProofRow* out, std::string* wh
     r.metrics.nan_count = m.at("nan_count").get<int64_t>();
     r.metrics.validation_ran = m.value("validation_ran", false);
     r.metrics.validation_passed = m.value("validation_passed", false);
-    r.metrics.validation_scope = m.value("validation_scope", std::string());
+    // validation_scope: the structured object; rows written before it existed carry free text
+    // there (or nothing): read as "unrecorded", the words kept as validation_method.
+    r.metrics.validation_method = m.value("validation_method", std::string());
+    if (!m.contains("validation_scope") || m["validation_scope"].is_null()) {
+      r.metrics.validation_scope.kind = "unrecorded";
+    } else if (m["validation_scope"].is_string()) {
+      r.metrics.validation_scope.kind = "unrecorded";
+      if (r.metrics.validation_method.empty())
+        r.metrics.validation_method = m["validation_scope"].get<std::string>();
+    } else if (!validation_scope_from_json(m["validation_scope"], &r.metrics.validation_scope, why)) {
+      return false;
+    }
     r.metrics.errors = m.value("errors", nlohmann::json::array());
     if (j.contains("peer")) {
       for (const auto& p : j["peer"]) {

@@ -7,6 +7,7 @@
 // on a real GPU (sm > 0, gpu_lane.ran) and whose validation passed with no NaN/Inf.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -41,6 +42,26 @@ struct GpuLane {
   bool operator==(const GpuLane&) const = default;
 };
 
+/// What the validation of a row compared (metrics.validation_scope, docs/RECEIPTS.md):
+///   "full"        every element of every checked tensor;
+///   "sampled"     every element of the listed (batch, query head) slices only (the bench samples
+///                 problems above --full-validation-max-seqlen; src/bench/sampling.h);
+///   "none"        nothing was compared (validation_ran is false);
+///   "unrecorded"  read from a row written before the field existed (validation_scope was free
+///                 text then, kept in validation_method); never written.
+struct ValidationScope {
+  std::string kind = "none";
+  std::vector<std::array<int64_t, 2>> slices;  // sampled: (batch, query head), sorted, unique
+  uint64_t seed = 0;                           // sampled: the problem seed the choice derives from
+  int64_t total_slices = 0;                    // sampled: batch x heads_q of the problem
+  int64_t full_max_seqlen = 0;                 // sampled: the threshold the problem was above
+  bool operator==(const ValidationScope&) const = default;
+};
+nlohmann::json validation_scope_to_json(const ValidationScope& scope);
+/// Strict: an object with a known kind; sampled needs slices (pairs of non-negative integers),
+/// seed, total_slices and full_max_seqlen. False and *why otherwise.
+bool validation_scope_from_json(const nlohmann::json& j, ValidationScope* out, std::string* why);
+
 /// Measurements of one row. Optional fields are absent (JSON null) when not measured.
 struct Metrics {
   std::optional<double> median_ms;
@@ -56,7 +77,8 @@ struct Metrics {
   int64_t nan_count = 0;                   // non-finite outputs over all checked tensors
   bool validation_ran = false;
   bool validation_passed = false;
-  std::string validation_scope;  // what was checked and against what
+  ValidationScope validation_scope;  // what was compared: full, sampled slices, none
+  std::string validation_method;     // what was compared against what, in words
   nlohmann::json errors = nlohmann::json::array();  // per-tensor figures (figure_to_json)
   bool operator==(const Metrics&) const = default;
 };

@@ -21,6 +21,15 @@ const char* mask_type_name(MaskType mask) {
   return "unknown";
 }
 
+const char* kv_layout_name(KvLayout layout) {
+  switch (layout) {
+    case KvLayout::kDense: return "dense";
+    case KvLayout::kVarlenPacked: return "varlen_packed";
+    case KvLayout::kPaged: return "paged";
+  }
+  return "unknown";
+}
+
 bool parse_mask_type(const std::string& name, MaskType* out) {
   static constexpr MaskType kAll[] = {MaskType::kNoMask, MaskType::kCausal,
                                       MaskType::kCausalBottomRight};

@@ -25,6 +25,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kBackendInapplicable: return "backend_inapplicable";
     case ErrorCode::kNoApplicableBackend: return "no_applicable_backend";
     case ErrorCode::kCudaError: return "cuda_error";
+    case ErrorCode::kCudaErrorPending: return "cuda_error_pending";
     case ErrorCode::kInternal: return "internal";
   }
   return "unknown";

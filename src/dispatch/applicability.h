@@ -1,7 +1,16 @@
-// applicability.h: THE applicability table. One row per rule: (backend, tag, description,
-// predicate). A backend applies to a call when every one of its rules holds; the first rule that
-// fails names the reason (its tag). Selection (dispatch.cpp), `flashlane info`, `flashlane
-// matrix` and docs/applicability.md read only this table: no backend decision lives elsewhere.
+// applicability.h: THE applicability table. One row per rule: (backend, kind, tag, description,
+// predicate). The rows are the concatenation, in registry order, of the rules of the backends
+// registered in backend_registry.cpp (each backend is one file under src/dispatch/backends/).
+// Selection (dispatch.cpp), `flashlane info`, `flashlane matrix` and docs/applicability.md read
+// only this table: no backend decision lives elsewhere.
+//
+// Two kinds of rows:
+//   selection  a predicate over the validated problem and its device. A backend applies to a
+//              call when every one of its selection rows holds; the first that fails names the
+//              reason (its tag).
+//   execution  no predicate, never evaluated by selection: a tag that the backend can return
+//              after it was selected (a failed launch). Listed so that every tag a backend can
+//              return is in the table (tests/cpu/test_tag_coverage.cpp checks it).
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -20,17 +29,29 @@ struct RuleContext {
   const DeviceInfo& device;
 };
 
+enum class RuleKind : int { kSelection = 0, kExecution = 1 };
+
+/// "selection", "execution".
+const char* rule_kind_name(RuleKind kind);
+
 struct Rule {
-  Backend backend;
-  const char* tag;          // stable, namespaced by backend: "sm90.requires_sm90"
-  const char* description;  // what must hold, in words: "the device is sm_90 (Hopper)"
-  bool (*holds)(const RuleContext&);
+  Backend backend = Backend::kAuto;  // set by define_backend() from the backend's id
+  RuleKind kind = RuleKind::kSelection;
+  std::string tag;          // stable, namespaced by backend: "sm90.requires_sm90"
+  std::string description;  // selection: what must hold ("the device is sm_90 (H100, H200)");
+                            // execution: when the tag is returned
+  bool (*holds)(const RuleContext&) = nullptr;  // selection rows only; nullptr for execution
+  /// The description names what this build compiled (it differs between builds; the test of
+  /// docs/applicability.md compares such rows without their description).
+  bool build_dependent = false;
 };
 
-/// Every rule of every backend, in evaluation order within a backend.
+/// Every row of every registered backend: registry order, and within a backend its selection
+/// rows in evaluation order followed by its execution rows.
 const std::vector<Rule>& applicability_rules();
 
-/// The first rule of `backend` that does not hold, or nullptr when the backend applies.
+/// The first selection rule of `backend` that does not hold, or nullptr when the backend
+/// applies (or is not registered).
 const Rule* first_failing_rule(Backend backend, const RuleContext& ctx);
 
 /// The table as Markdown (docs/applicability.md is this text) and as JSON (`matrix --json`).

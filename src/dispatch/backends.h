@@ -51,9 +51,14 @@ Status sm90_forward(const AttentionProblem& p, const ProblemInfo& info, cudaStre
                     std::string* variant);
 Status sm90_backward(const AttentionProblem& p, const ProblemInfo& info, cudaStream_t stream,
                      std::string* variant);
-/// Head dims (and head_dim_v) the sm90 forward was compiled for in this build.
+/// (head_dim, head_dim_v) pairs of the sm90 kernel table (src/sm90/common/kernel_table.h) that
+/// this build compiled for the direction (FLASHLANE_SM90_HEAD_DIMS filters both alike).
 bool sm90_forward_supports(int64_t head_dim, int64_t head_dim_v);
-/// (head_dim, head_dim_v) pairs the sm90 backward has kernels for.
 bool sm90_backward_supports(int64_t head_dim, int64_t head_dim_v);
+/// The head-dim pairs of the table in words, and which of them this build compiled, for the
+/// description of the head-dim rows of the applicability table.
+std::string sm90_head_dims_text();
+/// Forward: the tile count (query tiles x heads_q x batch) fits the kernel's int32 tile index.
+bool sm90_forward_grid_fits(const ProblemInfo& info);
 
 }  // namespace flashlane::detail

@@ -1,40 +1,44 @@
 // dispatch.cpp: selection over the applicability table and the public entry points.
-// Every call, successful or not, leaves a receipt (receipt.cpp).
+// Every call, successful or not, leaves a receipt (receipt.cpp). The backends are lookups in
+// the registry (backend_registry.h): their rules decide, their run functions execute.
 #include "flashlane/dispatch.h"
 
 #include <cuda_runtime_api.h>
 
 #include "dispatch/applicability.h"
-#include "dispatch/backends.h"
+#include "dispatch/backend_registry.h"
+#include "dispatch/pending_error.h"
 #include "dispatch/receipt_sink.h"
 
 namespace flashlane {
 
-const char* backend_name(Backend backend) {
-  switch (backend) {
-    case Backend::kAuto: return "auto";
-    case Backend::kSm90: return "sm90";
-    case Backend::kReferenceCuda: return "reference_cuda";
-    case Backend::kReferenceCpu: return "reference_cpu";
-    case Backend::kSm100: return "sm100";
-    case Backend::kCudnn: return "cudnn";
+namespace detail {
+
+Status pending_cuda_error_status(cudaError_t peeked) {
+  switch (peeked) {
+    case cudaSuccess:
+    // The runtime cannot be used at all: not an error of the caller's work.
+    case cudaErrorInsufficientDriver:
+    case cudaErrorNoDevice:
+    case cudaErrorInitializationError:
+    case cudaErrorStubLibrary:
+    case cudaErrorCallRequiresNewerDriver:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorSystemNotReady:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice:
+      return Status::Ok();
+    default:
+      return Status(ErrorCode::kCudaErrorPending,
+                    std::string("a CUDA error from earlier work on this thread was pending when "
+                                "the call began: ") +
+                        cudaGetErrorName(peeked) + " (" + cudaGetErrorString(peeked) +
+                        "); nothing was launched and the error is left pending "
+                        "(cudaGetLastError() returns and clears it)");
   }
-  return "unknown";
 }
 
-bool parse_backend(const std::string& name, Backend* out) {
-  for (Backend b : {Backend::kAuto, Backend::kSm90, Backend::kReferenceCuda,
-                    Backend::kReferenceCpu, Backend::kSm100, Backend::kCudnn}) {
-    if (name == backend_name(b)) { *out = b; return true; }
-  }
-  return false;
-}
-
-const std::vector<Backend>& backend_priority() {
-  static const std::vector<Backend> kPriority = {Backend::kSm90, Backend::kReferenceCuda,
-                                                 Backend::kReferenceCpu};
-  return kPriority;
-}
+}  // namespace detail
 
 namespace {
 
@@ -51,6 +55,11 @@ SkippedBackend skip_entry(Backend b, const detail::Rule* rule) {
 
 Status select(const AttentionProblem& problem, Direction direction, const Request& request,
               Plan* plan, ProblemInfo* info_out) {
+  if (request.backend != Backend::kAuto && detail::find_backend(request.backend) == nullptr) {
+    return Status(ErrorCode::kInvalidArgument,
+                  "request.backend " + std::to_string(static_cast<int>(request.backend)) +
+                      " names no registered backend");
+  }
   ProblemInfo info;
   Status st = validate(problem, direction, &info);
   if (!st.ok()) return st;
@@ -103,6 +112,16 @@ const char* mode_name(Direction d, bool varlen) {
   return varlen ? "varlen_bwd" : "bwd";
 }
 
+/// True when any tensor the caller gave is described as a CUDA device tensor (validation, which
+/// talks to the CUDA runtime for such tensors, has not run yet).
+bool names_cuda_tensors(const AttentionProblem& p) {
+  for (const TensorView* t : {&p.q, &p.k, &p.v, &p.o, &p.lse, &p.dout, &p.dq, &p.dk, &p.dv,
+                              &p.cu_seqlens_q, &p.cu_seqlens_k, &p.seqused_k}) {
+    if (t->defined() && t->device.kind == DeviceKind::kCUDA) return true;
+  }
+  return false;
+}
+
 /// Makes the tensors' CUDA device current for the duration of a launch.
 class DeviceGuard {
  public:
@@ -123,22 +142,14 @@ class DeviceGuard {
 
 Status run_backend(Backend b, Direction d, const AttentionProblem& p, const ProblemInfo& info,
                    cudaStream_t stream, std::string* variant) {
-  const bool fwd = d == Direction::kForward;
-  switch (b) {
-    case Backend::kReferenceCpu:
-      *variant = "reference_cpu_f64acc";
-      return fwd ? detail::reference_cpu_forward(p, info) : detail::reference_cpu_backward(p, info);
-    case Backend::kReferenceCuda:
-      *variant = "reference_cuda_f32acc";
-      return fwd ? detail::reference_cuda_forward(p, info, stream)
-                 : detail::reference_cuda_backward(p, info, stream);
-    case Backend::kSm90:
-      return fwd ? detail::sm90_forward(p, info, stream, variant)
-                 : detail::sm90_backward(p, info, stream, variant);
-    default:
-      return Status(ErrorCode::kInternal,
-                    std::string("selected backend without an implementation: ") + backend_name(b));
+  const detail::BackendDef* def = detail::find_backend(b);
+  const detail::RunFn run =
+      def == nullptr ? nullptr : (d == Direction::kForward ? def->forward : def->backward);
+  if (run == nullptr) {
+    return Status(ErrorCode::kInternal,
+                  std::string("selected backend without an implementation: ") + backend_name(b));
   }
+  return run(p, info, stream, variant);
 }
 
 Status execute(const AttentionProblem& problem, Direction direction, const Request& request,
@@ -149,25 +160,32 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.deterministic = direction == Direction::kBackward && problem.deterministic;
   r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined());
 
-  Plan plan;
-  ProblemInfo info;
-  Status st = select(problem, direction, request, &plan, &info);
-  r.skipped = plan.skipped;
-  r.fallback_reason = plan.fallback_reason;
+  // Before anything touches the CUDA runtime (validation reads pointer attributes and clears
+  // the errors it provokes; the launch code checks cudaGetLastError): a pending error is the
+  // caller's (pending_error.h).
+  Status st;
+  if (names_cuda_tensors(problem)) st = detail::pending_cuda_error_status(cudaPeekAtLastError());
   if (st.ok()) {
-    const Device& dev = info.device;
-    if (dev.kind == DeviceKind::kCUDA) {
-      const DeviceInfo di = query_device(dev.index);
-      r.device_name = di.name;
-      r.sm = di.sm;
-    } else {
-      r.device_name = "cpu";
+    Plan plan;
+    ProblemInfo info;
+    st = select(problem, direction, request, &plan, &info);
+    r.skipped = plan.skipped;
+    r.fallback_reason = plan.fallback_reason;
+    if (st.ok()) {
+      const Device& dev = info.device;
+      if (dev.kind == DeviceKind::kCUDA) {
+        const DeviceInfo di = query_device(dev.index);
+        r.device_name = di.name;
+        r.sm = di.sm;
+      } else {
+        r.device_name = "cpu";
+      }
+      DeviceGuard guard(dev);
+      std::string variant;
+      st = run_backend(plan.backend, direction, problem, info, stream, &variant);
+      r.variant = variant;
+      if (st.ok()) r.actual_backend = backend_name(plan.backend);
     }
-    DeviceGuard guard(dev);
-    std::string variant;
-    st = run_backend(plan.backend, direction, problem, info, stream, &variant);
-    r.variant = variant;
-    if (st.ok()) r.actual_backend = backend_name(plan.backend);
   }
   r.status = error_code_name(st.code());
   r.error_reason = st.reason_tag();

@@ -13,5 +13,7 @@ Status sm90_backward(const AttentionProblem&, const ProblemInfo&, cudaStream_t, 
 }
 bool sm90_forward_supports(int64_t, int64_t) { return false; }
 bool sm90_backward_supports(int64_t, int64_t) { return false; }
+std::string sm90_head_dims_text() { return "none: this build has no sm90 kernels"; }
+bool sm90_forward_grid_fits(const ProblemInfo&) { return false; }
 }  // namespace flashlane::detail
 #endif

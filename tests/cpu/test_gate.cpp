@@ -1,6 +1,8 @@
 // tests/cpu/test_gate.cpp: the gate (src/bench/gate.h) and proof rows (src/bench/proof.h).
 // Rows that must pass, then one test per stop rule with rows that must fail, malformed and empty
-// inputs, counts_for_status derivation, and the proof-row JSON round trip (object and file).
+// inputs, counts_for_status derivation, the proof-row JSON round trip (object and file), and the
+// committed receipts of bench/results (older format) still parsing and passing. The
+// validation_scope field (sampled validation) has its own tests in test_bench_sampling.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -72,7 +74,8 @@ fb::ProofRow good_row(int64_t head_dim = 128, bool causal = false, int64_t seqle
   r.metrics.checked_tensor = "o";
   r.metrics.validation_ran = true;
   r.metrics.validation_passed = true;
-  r.metrics.validation_scope = "every element of o and lse";
+  r.metrics.validation_scope.kind = "full";
+  r.metrics.validation_method = "every element of o and lse";
   fb::ErrorFigure f;
   f.tensor = "o";
   f.max_abs_diff = 0.0015;
@@ -300,8 +303,37 @@ TEST(GateTest, ProofRowJsonRoundTrip) {
                         "problem", "receipt", "metrics", "peer", "gpu_lane"})
     EXPECT_TRUE(j.contains(k)) << k;
   for (const char* k : {"median_ms", "tflops", "peak_memory_mib", "max_abs_diff",
-                        "ref_max_abs_diff", "nan_count"})
+                        "ref_max_abs_diff", "nan_count", "validation_scope", "validation_method"})
     EXPECT_TRUE(j["metrics"].contains(k)) << k;
+  EXPECT_EQ(j["metrics"]["validation_scope"], nlohmann::json({{"kind", "full"}}));
+}
+
+TEST(GateTest, CommittedReceiptsWithoutStructuredScopeStillParseAndPass) {
+  // bench/results/2026-11-22-*: written before metrics.validation_scope became an object (it
+  // held words then). They parse, their scope reads as "unrecorded", and the forward grid still
+  // passes the default gate, as docs/PERF.md says.
+  const std::string dir = std::string(FLASHLANE_SOURCE_DIR) + "/bench/results/";
+  for (const char* name : {"2026-11-22-h200-fwd-canonical.jsonl", "2026-11-22-h200-bwd-wgmma-canonical.jsonl",
+                           "2026-11-22-h200-fwd-bwd-subset.jsonl"}) {
+    std::vector<fb::ProofRow> rows;
+    std::string why;
+    ASSERT_TRUE(fb::read_proof_rows(dir + name, &rows, &why)) << why;
+    ASSERT_FALSE(rows.empty()) << name;
+    for (const auto& r : rows) {
+      EXPECT_EQ(r.metrics.validation_scope.kind, "unrecorded") << name;
+      EXPECT_EQ(r.metrics.validation_method.rfind("every element of", 0), 0u) << name;
+    }
+  }
+  std::vector<fb::ProofRow> rows;
+  std::string why;
+  ASSERT_TRUE(fb::read_proof_rows(dir + "2026-11-22-h200-fwd-canonical.jsonl", &rows, &why)) << why;
+  fb::GateConfig c;
+  ASSERT_TRUE(fb::load_gate_config(std::string(FLASHLANE_SOURCE_DIR) + "/bench/gate_default.json", &c, &why))
+      << why;
+  const fb::GateResult g = fb::run_gate(rows, c, {});
+  EXPECT_TRUE(g.pass) << dump(g);
+  EXPECT_EQ(g.unrecorded_scope_rows, 72);
+  EXPECT_EQ(g.sampled_rows, 0);
 }
 
 TEST(GateTest, ProofRowFileRoundTripAndNonFiniteSurvives) {

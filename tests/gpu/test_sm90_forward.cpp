@@ -19,7 +19,7 @@
 #include "flashlane/dispatch.h"
 #include "flashlane/flashlane.h"
 #include "flashlane/receipt.h"
-#include "sm90/sm90_forward.h"
+#include "sm90/common/params_builder.h"
 #include "support/host_problem.h"
 
 namespace fl = flashlane;

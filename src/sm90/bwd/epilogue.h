@@ -8,7 +8,7 @@
 #include "sm90/bwd/kernel_traits.h"
 #include "sm90/bwd/params.h"
 #include "sm90/bwd/work.h"
-#include "sm90/fwd/utils.h"
+#include "sm90/common/wgmma.h"
 
 namespace flashlane::sm90::bwd {
 
@@ -32,7 +32,8 @@ struct BwdEpilogue {
     }
     auto out = convert_fragment<Element>(acc);
     Tensor out_rc = rowcol_view(out);
-    const int64_t batch_term = p.varlen ? 0 : int64_t(w.b) * batch_stride;
+    const int64_t batch_term =
+        p.kv_layout == KvLayout::kVarlenPacked ? 0 : int64_t(w.b) * batch_stride;
     Element* o = static_cast<Element*>(base) + batch_term + int64_t(w.h_kv) * head_stride +
                  (w.k_start + w.n0) * row_stride;
     CUTE_UNROLL

@@ -2,8 +2,8 @@
 // Grid (key tiles, KV heads, batch), 3 warpgroups per CTA, one CTA per SM:
 //   warpgroup 0: warp 0 issues the TMA loads (mainloop_load.h), warp 1 adds dQ into the global
 //                accumulator (dq_writer.h), warps 2-3 exit; registers handed to the consumers.
-//   warpgroups 1-2: consumers (mainloop_compute.h: 64 keys each; mainloop_compute_wide.h for
-//                head_dim 192/256: half of head_dim each), then the dK/dV epilogue.
+//   warpgroups 1-2: consumers (mainloop_compute.h; the split of the kernel-table row decides
+//                what each owns: split_keys.h, split_head_dim.h), then the dK/dV epilogue.
 // All roles derive the same iteration sequence from work.h.
 #pragma once
 
@@ -16,9 +16,10 @@
 #include "sm90/bwd/epilogue.h"
 #include "sm90/bwd/kernel_traits.h"
 #include "sm90/bwd/mainloop_compute.h"
-#include "sm90/bwd/mainloop_compute_wide.h"
 #include "sm90/bwd/mainloop_load.h"
 #include "sm90/bwd/params.h"
+#include "sm90/bwd/split_head_dim.h"
+#include "sm90/bwd/split_keys.h"
 #include "sm90/bwd/work.h"
 
 namespace flashlane::sm90::bwd {
@@ -75,7 +76,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
     const int thread_idx = int(threadIdx.x) - Traits::kThreadsPerWarpgroup;
-    using Compute = std::conditional_t<Traits::kWide, BwdComputeWide<Traits>, BwdCompute<Traits>>;
+    using Compute = BwdCompute<Traits>;
     Tensor tdKrdK = partition_fragment_C(typename Traits::TiledMmaDK{},
                                          Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{});
     Tensor tdVrdV = partition_fragment_C(typename Traits::TiledMmaDV{},

@@ -1,6 +1,6 @@
-// launch.h: host side of one WGMMA backward instantiation (included only by the per-dtype
-// instantiation files). One workspace allocation on the stream (cudaMallocAsync, graph-
-// capturable): LSE (log2) and delta per query row, the fp32 dQ accumulator and, in deterministic
+// launch.h: host side of one WGMMA backward instantiation (included only by the generated
+// instantiation files of the kernel table). One workspace allocation on the stream
+// (cudaMallocAsync, graph-capturable): LSE (log2) and delta per query row, the fp32 dQ accumulator and, in deterministic
 // mode, one counter per accumulator tile. Launch sequence, all on `stream`, every launch checked:
 //   memset(dQ accumulator, counters) -> preprocess -> bwd_kernel -> postprocess [-> zero tails]
 #pragma once
@@ -15,7 +15,6 @@
 
 #include "flashlane/status.h"
 #include "sm90/bwd/kernel.h"
-#include "sm90/bwd/kernel_traits_wide.h"
 #include "sm90/bwd/launch_decl.h"
 #include "sm90/bwd/pre_post.h"
 
@@ -33,27 +32,29 @@ inline Status launch_error(cudaError_t err, const char* what) {
 
 namespace bwd {
 
-/// The traits of (D, DV): keys split (kernel_traits.h) up to head_dim 128, head_dim split
-/// (kernel_traits_wide.h) above.
-template <int D, int DV, class Element, bool kWide = (D > 128)>
-struct SelectTraits {
-  using type = BwdTraits<D, BwdConfig<D>::kBlockM, BwdConfig<D>::kStages, Element>;
-};
-template <int D, int DV, class Element>
-struct SelectTraits<D, DV, Element, true> {
-  using type = BwdTraitsWide<D, DV, Element>;
-};
-
-/// Varlen: dQ, dK, dV rows after the last sequence written as zeros (three small launches).
+/// Packed (varlen) gradients: rows after the last sequence written as zeros (a small launch per
+/// packed tensor: dQ when q is packed, dK and dV when the KV layout is).
 template <class Element, int D, int DV>
 void zero_varlen_tails(const BwdParams& p, cudaStream_t stream) {
   const dim3 tail_grid(64);
-  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-      p.dq, p.cu_seqlens_q + p.batch, p.rows_q, p.heads_q, D, p.dq_row_stride, p.dq_head_stride);
-  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-      p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride, p.dk_head_stride);
-  bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
-      p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, DV, p.dv_row_stride, p.dv_head_stride);
+  if (p.varlen_q) {
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dq, p.cu_seqlens_q + p.batch, p.rows_q, p.heads_q, D, p.dq_row_stride,
+        p.dq_head_stride);
+  }
+  if (p.kv_layout == KvLayout::kVarlenPacked) {
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dk, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, D, p.dk_row_stride,
+        p.dk_head_stride);
+    bwd_zero_tail_kernel<Element><<<tail_grid, kRowThreads, 0, stream>>>(
+        p.dv, p.cu_seqlens_k + p.batch, p.rows_k, p.heads_kv, DV, p.dv_row_stride,
+        p.dv_head_stride);
+  }
+}
+
+/// True when some gradient is packed and has tail rows to zero.
+inline bool has_packed_gradients(const BwdParams& p) {
+  return p.varlen_q || p.kv_layout == KvLayout::kVarlenPacked;
 }
 
 }  // namespace bwd
@@ -63,22 +64,23 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   using namespace cute;
   using namespace bwd;
   using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
-  using Traits = typename SelectTraits<D, DV, Element>::type;
+  using Traits = BwdTraits<D, DV, Element>;  // kernel_traits.h: by the row's split
   constexpr int BM = Traits::kBlockM, BN = Traits::kBlockN;
-  static_assert(BM == bwd_wgmma_block_m(D) && BN == bwd_wgmma_block_n(D),
-                "the variant string (launch_decl.h) must name the tiles that run");
+  static_assert(BM == BwdConfig<D, DV>::kBlockM && BN == BwdConfig<D, DV>::kBlockN &&
+                    Traits::kStages == BwdConfig<D, DV>::kStages,
+                "the traits must run the kernel table's tiles (the variant name reads them)");
 
   // An empty problem (batch 0 or no query heads, which validation accepts) has nothing to
   // compute; only varlen padding rows, if any, are written (as zeros). The forward returns Ok
   // the same way.
   if (p.batch == 0 || p.heads_q == 0) {
-    if (!p.varlen) return Status::Ok();
+    if (!has_packed_gradients(p)) return Status::Ok();
     zero_varlen_tails<Element, D, DV>(p, stream);
     const cudaError_t e = cudaGetLastError();
     return e == cudaSuccess ? Status::Ok() : launch_error(e, "tail zero launch");
   }
   p.block_m = BM;
-  p.ws_tiles = p.varlen ? (p.rows_q + int64_t(p.batch) * BM) / BM + 1
+  p.ws_tiles = p.varlen_q ? (p.rows_q + int64_t(p.batch) * BM) / BM + 1
                         : int64_t(p.batch) * ((p.seqlen_q + BM - 1) / BM);
   const int64_t stat_floats = int64_t(p.heads_q) * p.ws_tiles * BM;
   const int64_t accum_floats = stat_floats * D;
@@ -108,31 +110,24 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   }
 
   if (st.ok() && p.seqlen_k > 0 && p.rows_k > 0) {
-    // TMA views (row, dim, head, batch); a mode of extent 1 still needs a legal stride.
-    const int batches = p.varlen ? 1 : p.batch;
-    auto view = [&](const void* ptr, int64_t rows, int dim, int heads, int64_t row_stride,
-                    int64_t head_stride, int64_t batch_stride) {
-      if (batches == 1) batch_stride = row_stride;
-      if (heads == 1) head_stride = row_stride;
-      return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                         make_layout(make_shape(int(rows), dim, heads, batches),
-                                     make_stride(row_stride, _1{}, head_stride, batch_stride)));
-    };
+    // TMA views (common/tma_views.h): q and dO by varlen_q, k and v by the KV layout.
+    const int qb = view_batches(p.varlen_q, p.batch);
+    const int kvb = view_batches(p.kv_layout == KvLayout::kVarlenPacked, p.batch);
     // Without queries no tile is ever loaded, but the kernel still takes Q descriptors (and
     // writes dK = dV = 0): describe K instead of a possibly empty Q.
     const bool no_q = p.rows_q == 0;
-    auto mQ = no_q ? view(p.k, p.rows_k, D, p.heads_kv, p.k_row_stride, p.k_head_stride,
-                          p.k_batch_stride)
-                   : view(p.q, p.rows_q, D, p.heads_q, p.q_row_stride, p.q_head_stride,
-                          p.q_batch_stride);
-    auto mdO = no_q ? view(p.v, p.rows_k, DV, p.heads_kv, p.v_row_stride, p.v_head_stride,
-                           p.v_batch_stride)
-                    : view(p.dout, p.rows_q, DV, p.heads_q, p.do_row_stride, p.do_head_stride,
-                           p.do_batch_stride);
-    auto mK = view(p.k, p.rows_k, D, p.heads_kv, p.k_row_stride, p.k_head_stride,
-                   p.k_batch_stride);
-    auto mV = view(p.v, p.rows_k, DV, p.heads_kv, p.v_row_stride, p.v_head_stride,
-                   p.v_batch_stride);
+    auto mQ = no_q ? gmem_view<Element>(p.k, p.rows_k, D, p.heads_kv, kvb, p.k_row_stride,
+                                        p.k_head_stride, p.k_batch_stride)
+                   : gmem_view<Element>(p.q, p.rows_q, D, p.heads_q, qb, p.q_row_stride,
+                                        p.q_head_stride, p.q_batch_stride);
+    auto mdO = no_q ? gmem_view<Element>(p.v, p.rows_k, DV, p.heads_kv, kvb, p.v_row_stride,
+                                         p.v_head_stride, p.v_batch_stride)
+                    : gmem_view<Element>(p.dout, p.rows_q, DV, p.heads_q, qb, p.do_row_stride,
+                                         p.do_head_stride, p.do_batch_stride);
+    auto mK = gmem_view<Element>(p.k, p.rows_k, D, p.heads_kv, kvb, p.k_row_stride,
+                                 p.k_head_stride, p.k_batch_stride);
+    auto mV = gmem_view<Element>(p.v, p.rows_k, DV, p.heads_kv, kvb, p.v_row_stride,
+                                 p.v_head_stride, p.v_batch_stride);
     BwdKernelArgs<Traits> args{
         p,
         {make_tma_copy(SM90_TMA_LOAD{}, mQ, take<0, 2>(typename Traits::SmemLayoutQ{}),
@@ -160,7 +155,7 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
     bwd_postprocess_kernel<Traits><<<q_grid, postprocess_threads<Traits>(), 0, stream>>>(p);
     check("postprocess launch");
   }
-  if (st.ok() && p.varlen) {
+  if (st.ok() && has_packed_gradients(p)) {
     zero_varlen_tails<Element, D, DV>(p, stream);
     check("tail zero launch");
   }
@@ -171,6 +166,7 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
 
 }  // namespace flashlane::sm90
 
-#define FLASHLANE_SM90_BWD_WGMMA_INSTANTIATE(D, DV, BF16)                             \
+// One instantiation of the kernel table (generated files, cmake/sm90_kernels.cmake).
+#define FLASHLANE_SM90_BWD_INSTANTIATE(D, DV, BF16)                             \
   template flashlane::Status flashlane::sm90::launch_bwd_wgmma<D, DV, BF16>(          \
       flashlane::sm90::BwdParams, cudaStream_t);

@@ -37,12 +37,16 @@ struct BwdLoad {
                              Pipeline& pipe_q, Pipeline& pipe_do, const KeyTileWork& w,
                              bool issue) {
     using BarrierType = cutlass::arch::ClusterTransactionBarrier::ValueType;
-    const int batch_coord = p.varlen ? 0 : w.b;
-    const int batches = p.varlen ? 1 : p.batch;
-    Tensor mQ = tma.tma_q.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDim), p.heads_q, batches));
-    Tensor mdO = tma.tma_do.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDimV), p.heads_q, batches));
-    Tensor mK = tma.tma_k.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDim), p.heads_kv, batches));
-    Tensor mV = tma.tma_v.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDimV), p.heads_kv, batches));
+    // Packed (varlen) tensors are one batch entry; sequences start at a row offset.
+    const bool packed_kv = p.kv_layout == KvLayout::kVarlenPacked;
+    const int q_batch = p.varlen_q ? 0 : w.b;
+    const int kv_batch = packed_kv ? 0 : w.b;
+    const int q_batches = p.varlen_q ? 1 : p.batch;
+    const int kv_batches = packed_kv ? 1 : p.batch;
+    Tensor mQ = tma.tma_q.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDim), p.heads_q, q_batches));
+    Tensor mdO = tma.tma_do.get_tma_tensor(make_shape(int(p.rows_q), int(kHeadDimV), p.heads_q, q_batches));
+    Tensor mK = tma.tma_k.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDim), p.heads_kv, kv_batches));
+    Tensor mV = tma.tma_v.get_tma_tensor(make_shape(int(p.rows_k), int(kHeadDimV), p.heads_kv, kv_batches));
 
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sdO = make_tensor(make_smem_ptr(ss.dout.data()), typename Traits::SmemLayoutDo{});
@@ -51,9 +55,9 @@ struct BwdLoad {
 
     // Key tile: rows past the tensor are zero-filled by TMA; rows of the next sequence or past
     // seqused_k are zeroed by the consumers before use.
-    Tensor gK = local_tile(domain_offset(make_coord(w.k_start, _0{}), mK(_, _, w.h_kv, batch_coord)),
+    Tensor gK = local_tile(domain_offset(make_coord(w.k_start, _0{}), mK(_, _, w.h_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(w.n_block, _0{}));
-    Tensor gV = local_tile(domain_offset(make_coord(w.k_start, _0{}), mV(_, _, w.h_kv, batch_coord)),
+    Tensor gV = local_tile(domain_offset(make_coord(w.k_start, _0{}), mV(_, _, w.h_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kHeadDimV>>{}, make_coord(w.n_block, _0{}));
     auto [tKgK, tKsK] = tma_partition(tma.tma_k, _0{}, Layout<_1>{}, group_modes<0, 2>(sK),
                                       group_modes<0, 2>(gK));
@@ -68,9 +72,9 @@ struct BwdLoad {
     PipelineState state = cutlass::make_producer_start_state<Pipeline>();
     for (int t = 0; t < w.count; ++t) {
       const int hq = w.head_q(t), m = w.m_block(t);
-      Tensor gQ = local_tile(domain_offset(make_coord(w.q_start, _0{}), mQ(_, _, hq, batch_coord)),
+      Tensor gQ = local_tile(domain_offset(make_coord(w.q_start, _0{}), mQ(_, _, hq, q_batch)),
                              Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(m, _0{}));
-      Tensor gdO = local_tile(domain_offset(make_coord(w.q_start, _0{}), mdO(_, _, hq, batch_coord)),
+      Tensor gdO = local_tile(domain_offset(make_coord(w.q_start, _0{}), mdO(_, _, hq, q_batch)),
                               Shape<Int<kBlockM>, Int<kHeadDimV>>{}, make_coord(m, _0{}));
       auto [tQgQ, tQsQ] = tma_partition(tma.tma_q, _0{}, Layout<_1>{}, group_modes<0, 2>(sQ),
                                         group_modes<0, 2>(gQ));

@@ -11,23 +11,24 @@
 #include <cute/tensor.hpp>
 
 #include "sm90/bwd/kernel_traits.h"
-#include "sm90/bwd/kernel_traits_wide.h"
 #include "sm90/bwd/params.h"
-#include "sm90/fwd/utils.h"
+#include "sm90/common/score_math.h"
+#include "sm90/common/seqlen.h"
+#include "sm90/common/wgmma.h"
 
 namespace flashlane::sm90::bwd {
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kRowThreads = 256;
 
+/// First row and length of query sequence b (common/seqlen.h).
 struct QuerySeq {
   int64_t q_start;
   int len_q;
 };
 
 __device__ inline QuerySeq query_seq(const BwdParams& p, int b) {
-  if (p.varlen) return {p.cu_seqlens_q[b], int(p.cu_seqlens_q[b + 1] - p.cu_seqlens_q[b])};
-  return {0, p.seqlen_q};
+  const SeqInfo s = SeqInfo::load_q(p, b);
+  return {s.offset_q, s.len_q};
 }
 
 template <class Element, int kHeadDimV, int kBlockM>
@@ -37,9 +38,9 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
   if (m * kBlockM >= s.len_q) return;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t ws = int64_t(h) * p.ws_tiles * kBlockM + (q_tile_base(p, b) + m) * kBlockM;
-  const int64_t batch_o = p.varlen ? 0 : int64_t(b) * p.o_batch_stride;
-  const int64_t batch_do = p.varlen ? 0 : int64_t(b) * p.do_batch_stride;
-  const int64_t batch_lse = p.varlen ? 0 : int64_t(b) * p.lse_batch_stride;
+  const int64_t batch_o = p.varlen_q ? 0 : int64_t(b) * p.o_batch_stride;
+  const int64_t batch_do = p.varlen_q ? 0 : int64_t(b) * p.do_batch_stride;
+  const int64_t batch_lse = p.varlen_q ? 0 : int64_t(b) * p.lse_batch_stride;
   constexpr int kVec = 8;  // 16 bytes of 16-bit elements
   for (int r = warp; r < kBlockM; r += kRowThreads / 32) {
     const int i = m * kBlockM + r;
@@ -61,7 +62,7 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
       CUTE_UNROLL
       for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
       const float lse = p.lse[batch_lse + int64_t(h) * p.lse_head_stride + row * p.lse_row_stride];
-      lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2e;
+      lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2eF;
     }
     if (lane == 0) {
       p.delta[ws + r] = i < s.len_q ? sum : 0.f;
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(postprocess_threads<Traits>()) bwd_postprocess
   const int t = threadIdx.x;
   const float* src = p.dq_accum +
                      (int64_t(h) * p.ws_tiles + q_tile_base(p, b) + m) * Traits::kDqTileFloats;
-  const int64_t batch_term = p.varlen ? 0 : int64_t(b) * p.dq_batch_stride;
+  const int64_t batch_term = p.varlen_q ? 0 : int64_t(b) * p.dq_batch_stride;
   Element* dq = static_cast<Element*>(p.dq) + batch_term + int64_t(h) * p.dq_head_stride +
                 s.q_start * p.dq_row_stride;
   if constexpr (Traits::kWide) {

@@ -10,6 +10,7 @@
 
 #include "core/attention_rules.h"
 #include "sm90/bwd/params.h"
+#include "sm90/common/seqlen.h"
 
 namespace flashlane::sm90::bwd {
 
@@ -50,16 +51,12 @@ __device__ inline KeyTileWork key_tile_work(const BwdParams& p, int n_block, int
   w.h_kv = h_kv;
   w.n_block = n_block;
   w.n0 = n_block * kBlockN;
-  if (p.varlen) {
-    w.q_start = p.cu_seqlens_q[b];
-    w.k_start = p.cu_seqlens_k[b];
-    w.len_q = int(p.cu_seqlens_q[b + 1] - w.q_start);
-    w.len_k = int(p.cu_seqlens_k[b + 1] - w.k_start);
-  } else {
-    w.len_q = p.seqlen_q;
-    w.len_k = p.seqlen_k;
-  }
-  w.used_k = p.seqused_k != nullptr ? min(int(p.seqused_k[b]), w.len_k) : w.len_k;
+  const SeqInfo seq = SeqInfo::load(p, b);
+  w.q_start = seq.offset_q;
+  w.k_start = seq.offset_k;
+  w.len_q = seq.len_q;
+  w.len_k = seq.len_k;
+  w.used_k = seq.used_k;
   w.tile_base = q_tile_base(p, b);
   w.group = p.heads_q / p.heads_kv;
   if (w.n0 >= w.len_k) return w;  // no key of this sequence in the tile: nothing at all

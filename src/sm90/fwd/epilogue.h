@@ -10,9 +10,9 @@
 #include <cute/tensor.hpp>
 
 #include "sm90/fwd/kernel_traits.h"
-#include "sm90/fwd/params.h"
+#include "sm90/common/params.h"
 #include "sm90/fwd/tile_scheduler.h"
-#include "sm90/fwd/utils.h"
+#include "sm90/common/wgmma.h"
 
 namespace flashlane::sm90 {
 
@@ -35,7 +35,7 @@ struct FwdEpilogue {
     static_assert(decltype(size<0>(tOut_rc))::value == kRows);
 
     const int m0 = tile.m_block * kBlockM;
-    const int64_t batch_term = p.varlen ? 0 : int64_t(tile.batch) * p.o_batch_stride;
+    const int64_t batch_term = p.varlen_q ? 0 : int64_t(tile.batch) * p.o_batch_stride;
     Element* o_base = static_cast<Element*>(p.o) + batch_term +
                       int64_t(tile.head) * p.o_head_stride +
                       int64_t(seq.offset_q) * p.o_row_stride;
@@ -56,7 +56,7 @@ struct FwdEpilogue {
     }
     // One thread of each quad owns the row statistics (they are quad-uniform).
     if (p.lse != nullptr && (thread_idx % 4) == 0) {
-      const int64_t lse_batch = p.varlen ? 0 : int64_t(tile.batch) * p.lse_batch_stride;
+      const int64_t lse_batch = p.varlen_q ? 0 : int64_t(tile.batch) * p.lse_batch_stride;
       float* lse_base = p.lse + lse_batch + int64_t(tile.head) * p.lse_head_stride;
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {

@@ -14,8 +14,8 @@
 #include "sm90/fwd/epilogue.h"
 #include "sm90/fwd/kernel_traits.h"
 #include "sm90/fwd/mainloop_tma_wgmma.h"
-#include "sm90/fwd/mask.h"
-#include "sm90/fwd/params.h"
+#include "sm90/common/mask.h"
+#include "sm90/common/params.h"
 #include "sm90/fwd/softmax.h"
 #include "sm90/fwd/tile_scheduler.h"
 
@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const SeqInfo seq = SeqInfo::load(p, tile.batch);
       if (tile.m_block * kBlockM >= seq.len_q) continue;
       const KeyBlockRange range =
-          key_block_range<kBlockM, kBlockN>(p.mask, tile.m_block, seq.len_q, seq.len_k);
+          key_block_range<kBlockM, kBlockN>(p.mask, tile.m_block, seq.len_q, seq.used_k);
       if (range.empty()) continue;
       if (!first_q) {
         // The previous tile's Q must be fully consumed before TMA overwrites it.
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const SeqInfo seq = SeqInfo::load(p, tile.batch);
       if (tile.m_block * kBlockM >= seq.len_q) continue;
       const KeyBlockRange range =
-          key_block_range<kBlockM, kBlockN>(p.mask, tile.m_block, seq.len_q, seq.len_k);
+          key_block_range<kBlockM, kBlockN>(p.mask, tile.m_block, seq.len_q, seq.used_k);
       Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<Traits::kHeadDimV>>{});
       constexpr int kRows = decltype(size<0>(rowcol_view(tOrO)))::value;
       float inv_sum[kRows], lse[kRows];

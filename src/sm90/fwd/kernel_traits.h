@@ -12,6 +12,8 @@
 #include <cutlass/pipeline/pipeline.hpp>
 #include <cutlass/gemm/collective/builders/sm90_common.inl>
 
+#include "sm90/common/tma_views.h"
+
 namespace flashlane::sm90 {
 
 using namespace cute;
@@ -77,10 +79,8 @@ struct FwdTraits {
       SmemLayoutV{}, make_ordered_layout(Shape<Int<kHeadDimV>, Int<kBlockN>, Int<kStages>>{},
                                          Step<_2, _1, _3>{})));
 
-  // Global views for TMA: (row, dim, head, batch), dim contiguous, 64-bit strides.
-  using GmemShape = Shape<int32_t, int32_t, int32_t, int32_t>;
-  using GmemStride = Stride<int64_t, _1, int64_t, int64_t>;
-  using GmemLayout = Layout<GmemShape, GmemStride>;
+  // Global views for TMA (common/tma_views.h).
+  using GmemLayout = GmemViewLayout;
   using TmaQ = decltype(make_tma_copy(
       SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
       SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));

@@ -9,6 +9,7 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
+#include "sm90/common/tma_views.h"
 #include "sm90/fwd/kernel.h"
 #include "sm90/fwd/launch_decl.h"
 
@@ -19,19 +20,9 @@ Status launch_fwd(FwdParams p, cudaStream_t stream) {
   using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
   using Traits = FwdTraits<kHeadDim, kHeadDimV, kBlockN, kStages, Element>;
   using namespace cute;
+  static_assert(Traits::kBlockM == kFwdBlockM, "the variant name (kernel_table.h) names kBlockM");
 
   if (p.num_tiles == 0) return Status::Ok();
-  // TMA views (row, dim, head, batch). A varlen view has one "batch" of packed rows; a mode of
-  // extent 1 still needs a legal (16-byte multiple, nonzero) stride, so it borrows the row's.
-  const int batches = p.varlen ? 1 : p.batch;
-  auto view = [&](const void* ptr, int rows, int dim, int heads, int64_t row_stride,
-                  int64_t head_stride, int64_t batch_stride) {
-    if (batches == 1) batch_stride = row_stride;
-    if (heads == 1) head_stride = row_stride;
-    return make_tensor(make_gmem_ptr(static_cast<Element const*>(ptr)),
-                       make_layout(make_shape(rows, dim, heads, batches),
-                                   make_stride(row_stride, _1{}, head_stride, batch_stride)));
-  };
   // With no keys at all every tile is empty and K/V are never loaded, but the kernel still takes
   // descriptors: describe the (non-empty) Q tensor instead of a possibly null, empty K/V.
   if (p.rows_k == 0) {
@@ -42,12 +33,15 @@ Status launch_fwd(FwdParams p, cudaStream_t stream) {
     p.k_batch_stride = p.v_batch_stride = p.q_batch_stride;
     p.heads_kv = p.heads_q;  // GQA mapping is unused: no tile loads K/V
   }
-  auto mQ = view(p.q, p.rows_q, kHeadDim, p.heads_q, p.q_row_stride, p.q_head_stride,
-                 p.q_batch_stride);
-  auto mK = view(p.k, p.rows_k, kHeadDim, p.heads_kv, p.k_row_stride, p.k_head_stride,
-                 p.k_batch_stride);
-  auto mV = view(p.v, p.rows_k, kHeadDimV, p.heads_kv, p.v_row_stride, p.v_head_stride,
-                 p.v_batch_stride);
+  // TMA views (common/tma_views.h): q by varlen_q, k/v by the KV layout.
+  const int q_batches = view_batches(p.varlen_q, p.batch);
+  const int kv_batches = view_batches(p.kv_layout == KvLayout::kVarlenPacked, p.batch);
+  auto mQ = gmem_view<Element>(p.q, p.rows_q, kHeadDim, p.heads_q, q_batches, p.q_row_stride,
+                               p.q_head_stride, p.q_batch_stride);
+  auto mK = gmem_view<Element>(p.k, p.rows_k, kHeadDim, p.heads_kv, kv_batches, p.k_row_stride,
+                               p.k_head_stride, p.k_batch_stride);
+  auto mV = gmem_view<Element>(p.v, p.rows_k, kHeadDimV, p.heads_kv, kv_batches, p.v_row_stride,
+                               p.v_head_stride, p.v_batch_stride);
 
   FwdKernelArgs<Traits> args{
       p,
@@ -83,6 +77,7 @@ Status launch_fwd(FwdParams p, cudaStream_t stream) {
 
 }  // namespace flashlane::sm90
 
+// One instantiation of the kernel table (generated files, cmake/sm90_kernels.cmake).
 #define FLASHLANE_SM90_FWD_INSTANTIATE(D, DV, BF16)                                  \
   template flashlane::Status flashlane::sm90::launch_fwd<                            \
       D, DV, BF16, flashlane::sm90::FwdConfig<D, DV>::kBlockN,                       \

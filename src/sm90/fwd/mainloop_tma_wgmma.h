@@ -24,11 +24,11 @@
 #include <cutlass/arch/reg_reconfig.h>
 
 #include "sm90/fwd/kernel_traits.h"
-#include "sm90/fwd/mask.h"
-#include "sm90/fwd/params.h"
+#include "sm90/common/mask.h"
+#include "sm90/common/params.h"
 #include "sm90/fwd/softmax.h"
 #include "sm90/fwd/tile_scheduler.h"
-#include "sm90/fwd/utils.h"
+#include "sm90/common/wgmma.h"
 
 namespace flashlane::sm90 {
 
@@ -54,22 +54,29 @@ struct FwdMainloop {
                               PipelineKV& pipe_k, PipelineKV& pipe_v, PipelineState& state,
                               const TileCoord& tile, const SeqInfo& seq,
                               const KeyBlockRange& range, bool issue) {
-    const int batch_coord = p.varlen ? 0 : tile.batch;
-    const int batches = p.varlen ? 1 : p.batch;
+    // Packed (varlen) tensors are one batch entry; the sequence starts at a row offset and TMA
+    // coordinates are shifted there.
+    const bool packed_kv = p.kv_layout == KvLayout::kVarlenPacked;
+    const int q_batch = p.varlen_q ? 0 : tile.batch;
+    const int kv_batch = packed_kv ? 0 : tile.batch;
+    const int q_batches = p.varlen_q ? 1 : p.batch;
+    const int kv_batches = packed_kv ? 1 : p.batch;
     const int head_kv = tile.head / (p.heads_q / p.heads_kv);
 
-    Tensor mQ = tma.tma_q.get_tma_tensor(make_shape(p.rows_q, int(kHeadDim), p.heads_q, batches));
-    Tensor mK = tma.tma_k.get_tma_tensor(make_shape(p.rows_k, int(kHeadDim), p.heads_kv, batches));
-    Tensor mV = tma.tma_v.get_tma_tensor(make_shape(p.rows_k, int(kHeadDimV), p.heads_kv, batches));
-    // Varlen: the sequence starts at a packed row offset; TMA coordinates are shifted there.
+    Tensor mQ = tma.tma_q.get_tma_tensor(
+        make_shape(int(p.rows_q), int(kHeadDim), p.heads_q, q_batches));
+    Tensor mK = tma.tma_k.get_tma_tensor(
+        make_shape(int(p.rows_k), int(kHeadDim), p.heads_kv, kv_batches));
+    Tensor mV = tma.tma_v.get_tma_tensor(
+        make_shape(int(p.rows_k), int(kHeadDimV), p.heads_kv, kv_batches));
     Tensor gQ = local_tile(domain_offset(make_coord(seq.offset_q, _0{}),
-                                         mQ(_, _, tile.head, batch_coord)),
+                                         mQ(_, _, tile.head, q_batch)),
                            Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(tile.m_block, _0{}));
     Tensor gK = local_tile(domain_offset(make_coord(seq.offset_k, _0{}),
-                                         mK(_, _, head_kv, batch_coord)),
+                                         mK(_, _, head_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
     Tensor gV = local_tile(domain_offset(make_coord(seq.offset_k, _0{}),
-                                         mV(_, _, head_kv, batch_coord)),
+                                         mV(_, _, head_kv, kv_batch)),
                            Shape<Int<kBlockN>, Int<kHeadDimV>>{}, make_coord(_, _0{}));
 
     Tensor sQ = make_tensor(make_smem_ptr(ss.q.data()), typename Traits::SmemLayoutQ{});
@@ -147,7 +154,7 @@ struct FwdMainloop {
     if (p.has_softcap) apply_softcap(tSrS, p.softcap_prescale);
     Tensor tS_rc = rowcol_view(tSrS);
     if (range.template needs_mask<kBlockN>(n)) {
-      apply_mask(tS_rc, tScS_rc, p.mask, m0, n * kBlockN, seq.len_q, seq.len_k);
+      apply_mask(tS_rc, tScS_rc, p.mask, m0, n * kBlockN, seq.len_q, seq.used_k);
     }
     softmax.template step<kFirst>(tS_rc, correction);
   }
@@ -187,7 +194,7 @@ struct FwdMainloop {
     // V rows past the used keys are zeroed before the GEMM that reads them; both warpgroups
     // meet on a barrier inside, so this runs outside the pingpong-ordered section.
     auto prepare_v = [&](int n, const PipelineState& v_state) {
-      const int valid_rows = seq.len_k - n * kBlockN;
+      const int valid_rows = seq.used_k - n * kBlockN;
       if (valid_rows < kBlockN) {
         pipe_v.consumer_wait(v_state);
         zero_invalid_v_rows(ss, v_state.index(), valid_rows, thread_idx);

@@ -3,11 +3,11 @@
 // Each thread holds kRows rows (2 per 64-row WGMMA) and a quarter of each row's columns; the
 // row maximum is reduced over the quad of threads sharing a row, the row sum is kept per thread
 // and reduced only once, in finalize(). p = exp2(s * score_to_log2 - max * score_to_log2) is
-// one FFMA + one MUFU.EX2 per score.
+// one FFMA + one exp2 (common/score_math.h) per score.
 //
 // Extension points for the performance work (FlashAttention-4's softmax):
-//  - exp2_scores(): the place for a partly emulated exp2 (a polynomial on the FMA units for a
-//    fraction of the columns) to offload MUFU;
+//  - score_exp2() (common/score_math.h): the place for a partly emulated exp2 (a polynomial on
+//    the FMA units for a fraction of the columns) to offload MUFU;
 //  - rescale decision in step(): conditional rescaling (keep the stale maximum unless the new
 //    one exceeds it by more than a threshold) changes only the `correction` computed there.
 #pragma once
@@ -15,6 +15,8 @@
 #include <cmath>
 
 #include <cute/tensor.hpp>
+
+#include "sm90/common/score_math.h"
 
 namespace flashlane::sm90 {
 
@@ -27,21 +29,14 @@ __device__ __forceinline__ float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffffu, x, 1);
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
-// ln(2), to turn the log2-domain row statistics into the natural-log LSE.
-constexpr float kLn2 = 0.6931471805599453f;
 }  // namespace softmax_detail
 
-/// Gemma-2 softcap: s <- tanh(s * prescale); the factor c of c * tanh is folded into
-/// score_to_log2. tanh(x) = 1 - 2 / (exp2(2 log2(e) x) + 1): absolute error ~1e-7 (what the
-/// score needs), saturates to +-1 without NaN for large |x|.
+/// Gemma-2 softcap: s <- tanh(s * prescale) (common/score_math.h); the factor c of c * tanh is
+/// folded into score_to_log2.
 template <class Tensor>
 __device__ void apply_softcap(Tensor& tS, float prescale) {
-  constexpr float kTwoLog2e = 2.0f * 1.4426950408889634f;
   CUTE_UNROLL
-  for (int i = 0; i < cute::size(tS); ++i) {
-    const float e = exp2f(tS(i) * (prescale * kTwoLog2e));
-    tS(i) = 1.0f - 2.0f * __frcp_rn(e + 1.0f);
-  }
+  for (int i = 0; i < cute::size(tS); ++i) tS(i) = softcap_tanh<Reciprocal::kIeee>(tS(i), prescale);
 }
 
 template <int kRows>
@@ -79,7 +74,7 @@ struct OnlineSoftmax {
       // base's rounding error, about 1e-7: a factor 1 + 1e-7 applied on every K/V block biased
       // the row sum by blocks * 1e-7, 2e-5 of LSE at seqlen 16k.) A row with no visible key so
       // far (m = -inf) keeps factor 1: its sum and output are still 0.
-      correction[r] = (kFirst || m == -INFINITY) ? 1.f : exp2f((row_max[r] - m) * score_to_log2);
+      correction[r] = (kFirst || m == -INFINITY) ? 1.f : score_exp2((row_max[r] - m) * score_to_log2);
       row_max[r] = m;
       // The tile's sum goes into kSumLanes independent partials, added pairwise and then into
       // the running sum: shorter dependency chains than one running sum over every column, and
@@ -88,7 +83,7 @@ struct OnlineSoftmax {
       float part[kSumLanes] = {};
       CUTE_UNROLL
       for (int c = 0; c < size<1>(tS); ++c) {
-        const float p = exp2f(fmaf(tS(r, c), score_to_log2, -base));
+        const float p = score_exp2(fmaf(tS(r, c), score_to_log2, -base));
         tS(r, c) = p;
         part[c % kSumLanes] += p;
       }
@@ -117,7 +112,7 @@ struct OnlineSoftmax {
       const bool empty = !(sum > 0.f);
       inv_sum[r] = empty ? 0.f : 1.f / sum;
       lse[r] = empty ? -INFINITY
-                     : (row_max[r] * score_to_log2 + __log2f(sum)) * softmax_detail::kLn2;
+                     : (row_max[r] * score_to_log2 + __log2f(sum)) * kLn2F;
     }
   }
 };

@@ -1,5 +1,5 @@
-// tile_scheduler.h: which (m_block, head, batch) tile each CTA works on, and the per-sequence
-// lengths and offsets of that tile (bshd or varlen, seqused_k).
+// tile_scheduler.h: which (m_block, head, batch) tile each CTA of the forward works on (the
+// sequence's lengths and offsets come from common/seqlen.h).
 //
 // One linear index space over all tiles (a 1D grid, so batch * heads is never bounded by a
 // grid dimension). Within one (batch, head) the M-blocks run from the last to the first: under
@@ -14,7 +14,8 @@
 
 #include <cstdint>
 
-#include "sm90/fwd/params.h"
+#include "sm90/common/params.h"
+#include "sm90/common/seqlen.h"
 
 namespace flashlane::sm90 {
 
@@ -42,31 +43,6 @@ struct FwdTileScheduler {
     const int m_rev = tile % num_m_blocks;
     const int bh = tile / num_m_blocks;
     return TileCoord{num_m_blocks - 1 - m_rev, bh % heads, bh / heads};
-  }
-};
-
-/// Lengths and packed offsets of one sequence of the batch.
-struct SeqInfo {
-  int offset_q;  // first row of the sequence in the q/o TMA view (varlen) or 0 (bshd)
-  int offset_k;
-  int len_q;
-  int len_k;  // keys actually used (seqused_k when given)
-
-  __device__ static SeqInfo load(const FwdParams& p, int batch) {
-    SeqInfo s;
-    if (p.varlen) {
-      s.offset_q = p.cu_seqlens_q[batch];
-      s.len_q = p.cu_seqlens_q[batch + 1] - s.offset_q;
-      s.offset_k = p.cu_seqlens_k[batch];
-      s.len_k = p.cu_seqlens_k[batch + 1] - s.offset_k;
-    } else {
-      s.offset_q = 0;
-      s.offset_k = 0;
-      s.len_q = p.seqlen_q;
-      s.len_k = p.seqlen_k;
-    }
-    if (p.seqused_k != nullptr) s.len_k = p.seqused_k[batch];
-    return s;
   }
 };
 

@@ -1,0 +1,25 @@
+# check_sm90_symbols.cmake: a ctest check that a build contains sm90 kernels for exactly the
+# head dims it was configured with (FLASHLANE_SM90_HEAD_DIMS), forward and backward.
+#   cmake -DNM=<nm> -DLIB=<libflashlane.a> -DHEAD_DIMS="64;128" -P check_sm90_symbols.cmake
+execute_process(COMMAND ${NM} -C --defined-only ${LIB} OUTPUT_VARIABLE _syms
+                RESULT_VARIABLE _rc ERROR_QUIET)
+if(NOT _rc EQUAL 0)
+  message(FATAL_ERROR "nm failed on ${LIB}")
+endif()
+foreach(_kind launch_fwd launch_bwd_wgmma)
+  string(REGEX MATCHALL "flashlane::sm90::${_kind}<([0-9]+)," _found "${_syms}")
+  set(_dims)
+  foreach(_m IN LISTS _found)
+    string(REGEX REPLACE ".*<([0-9]+),$" "\\1" _d "${_m}")
+    list(APPEND _dims ${_d})
+  endforeach()
+  list(REMOVE_DUPLICATES _dims)
+  list(SORT _dims COMPARE NATURAL)
+  set(_want ${HEAD_DIMS})
+  list(REMOVE_DUPLICATES _want)
+  list(SORT _want COMPARE NATURAL)
+  if(NOT "${_dims}" STREQUAL "${_want}")
+    message(FATAL_ERROR "${_kind}: the library has head dims [${_dims}], configured [${_want}]")
+  endif()
+  message(STATUS "${_kind}: head dims [${_dims}] as configured")
+endforeach()

@@ -1,0 +1,30 @@
+// params_builder.h: the validated problem -> kernel parameters, for both directions. The
+// backward's builder runs the forward's and adds the gradients, so shapes, strides, layouts,
+// score scale and mask are translated in one place.
+#pragma once
+
+#include "flashlane/problem.h"
+#include "flashlane/status.h"
+#include "sm90/common/params.h"
+
+namespace flashlane::sm90 {
+
+/// Fills every field of FwdParams the problem determines (tensors, strides, shapes, layouts,
+/// score scale, mask) and the forward tile grid. Errors: kInternal with tag
+/// "sm90.grid_too_large" when the tile count exceeds int32 (the applicability table refuses
+/// such problems first, sm90_forward_grid_fits), "sm90.kv_layout_unsupported" for a paged KV
+/// layout (no sm90 kernel reads one yet).
+Status build_fwd_params(const AttentionProblem& problem, const ProblemInfo& info, FwdParams* p);
+
+/// build_fwd_params' fields (without the forward tile grid) plus dout, dq, dk, dv, their
+/// strides, softmax_scale and the deterministic flag. The workspace fields are the launch's
+/// (bwd/launch.h). Errors as build_fwd_params.
+Status build_bwd_params(const AttentionProblem& problem, const ProblemInfo& info, BwdParams* p);
+
+/// Forward tile schedule of the next launches: kAuto picks per problem; the others force it.
+enum class ScheduleOverride : int { kAuto = 0, kOneTilePerCta = 1, kPersistent = 2 };
+void set_schedule_override(ScheduleOverride mode);
+/// Pingpong between the forward's two consumer warpgroups (default on); for A/B measurements.
+void set_pingpong(bool enabled);
+
+}  // namespace flashlane::sm90

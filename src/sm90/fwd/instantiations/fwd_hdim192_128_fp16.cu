@@ -1,3 +1,0 @@
-// Instantiation: sm90 forward, head_dim 192 with head_dim_v 128, fp16.
-#include "sm90/fwd/launch.h"
-FLASHLANE_SM90_FWD_INSTANTIATE(192, 128, false)

@@ -1,3 +1,0 @@
-// Instantiation: sm90 forward, head_dim 96, fp16.
-#include "sm90/fwd/launch.h"
-FLASHLANE_SM90_FWD_INSTANTIATE(96, 96, false)
