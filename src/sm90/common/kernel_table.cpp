@@ -49,9 +49,9 @@ std::string sm90_head_dims_text() {
     all += (all.empty() ? "" : ", ") + sm90::pair_text(c);
     if (sm90::row_compiled(c)) compiled += (compiled.empty() ? "" : ", ") + sm90::pair_text(c);
   }
-  return "(head_dim, head_dim_v) is a row of the sm90 kernel table that this build compiled: " +
-         all + "; compiled here: " + (compiled.empty() ? std::string("none") : compiled) +
-         " (FLASHLANE_SM90_HEAD_DIMS)";
+  return "(head_dim, head_dim_v) is a row of the sm90 kernel table compiled into this build "
+         "(FLASHLANE_SM90_HEAD_DIMS); table rows: " +
+         all + "; compiled here: " + (compiled.empty() ? std::string("none") : compiled);
 }
 
 }  // namespace flashlane::detail
