@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: the checks that decide whether a change to the sm90 kernels may land.
-# Carried (scripts/device/pack.sh, FLASHLANE_BUILD_DIR=<new build>): .gpu_carry/build, plus
-# .gpu_carry/ab/kernel_timing_{old,new} (bench/ab/kernel_timing.cpp linked against the build
-# before the change and the build after it, bench/ab/README.md).
+# In .gpu_carry/, the folder copied to the GPU machine with the checkout (scripts/device/pack.sh,
+# FLASHLANE_BUILD_DIR=<new build>): .gpu_carry/build, plus .gpu_carry/ab/kernel_timing_{old,new}
+# (bench/ab/kernel_timing.cpp linked against the build before the change and the build after it,
+# bench/ab/README.md).
 #   1. gpu ctest of the new build
 #   2. A/B timing of the canonical grid, old and new alternately (AB_PASSES passes of each)
 #   3. compute-sanitizer memcheck and racecheck on a small sweep of both directions
-# Usage: scripts/device/ab_check.sh <build dir the carried build was made in>
+# Usage: scripts/device/ab_check.sh <build dir the copied build was made in>
 # Environment: AB_PASSES (3), AB_REPS (20), SKIP_SANITIZERS (set: skip step 3).
 # Logs and JSON lines to $OUT; a summary is printed last.
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/out}"; mkdir -p "$out"
-made_in="${1:?build folder the carried build was configured in}"
-# The carried build's ctest files name the folders it was made in.
+made_in="${1:?build folder the copied build was configured in}"
+# The copied build's ctest files name the folders it was made in.
 mkdir -p "$(dirname "$made_in")" /work
 [[ -e "$made_in" ]] || ln -sfn "$root/.gpu_carry/build" "$made_in"
 [[ "$root" == /work/main ]] || { rm -rf /work/main; ln -sfn "$root" /work/main; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copies the runnable parts of build/ (binaries and ctest files, no object files) into
-# .gpu_carry/build, the folder that travels to the GPU machine with the device tool's `carry`.
+# .gpu_carry/build, inside .gpu_carry/, the folder copied to the GPU machine with the checkout.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 src="${FLASHLANE_BUILD_DIR:-$root/build}"

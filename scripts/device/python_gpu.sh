@@ -3,8 +3,9 @@
 # scikit-build-core, numpy, pytest already installed): builds the Python package from this
 # checkout with the sm90 kernels, installs it, and runs the gpu-marked pytest suite
 # (FLASHLANE_PY_CPU_TESTS=1: then the other tests too).
-# Headers come from .gpu_carry/pyheaders (scripts/device/python_pack.sh here, then
-# carry=[".gpu_carry/pyheaders"]). Logs go to $OUT (or out/); a short summary is printed last.
+# Headers come from .gpu_carry/pyheaders (made by scripts/device/python_pack.sh on the build
+# machine, copied to the GPU machine with the checkout). Logs go to $OUT (or out/); a short
+# summary is printed last.
 #   FLASHLANE_SM90_HEAD_DIMS="64;128"   head dims compiled (the tests use 64 and 128)
 #   FLASHLANE_BUILD_SM90=ON             OFF builds the reference backends only (fast)
 set -uo pipefail

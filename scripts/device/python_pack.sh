@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepares what the Python package needs to build on the GPU machine (it has no nlohmann_json,
-# and CUTLASS only if carried): copies the nlohmann/json and CUTLASS/CuTe headers into
-# .gpu_carry/pyheaders (about 28 MB, ignored by git). Name that folder in the device tool's
-# `carry` and run scripts/device/python_gpu.sh there. Run scripts/setup.sh first (CUTLASS).
+# and CUTLASS only if copied there): copies the nlohmann/json and CUTLASS/CuTe headers into
+# .gpu_carry/pyheaders (about 28 MB, ignored by git). Copy that folder to the GPU machine with
+# the checkout and run scripts/device/python_gpu.sh there. Run scripts/setup.sh first (CUTLASS).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 dst="$root/.gpu_carry/pyheaders"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real-work validation (issue 6, docs/VALIDATION.md), one command on the GPU machine:
+# The real-work validation (docs/VALIDATION.md), one command on the GPU machine:
 #   1. builds and installs the Python package with the sm90 kernels (as scripts/device/python_gpu.sh:
 #      pip into a venv that sees the machine's torch/transformers, else a plain CMake build staged
 #      on PYTHONPATH), headers from .gpu_carry/pyheaders (scripts/device/python_pack.sh);
@@ -13,12 +13,13 @@
 #      on each) and prints their loss table (diagnostics: no proof rows, no effect on the exit code);
 #   4. `flashlane gate $OUT/real_work_rows.jsonl --config bench/gate_real_work.json`;
 # and prints a short summary last. Exit 0 only when the run's rows all count and the gate passes.
-# The logs are bundled into $OUT/logs.tar.gz at the end (the device tool returns at most 8 files).
+# The logs are bundled into $OUT/logs.tar.gz at the end, so that $OUT holds at most 8 files.
 #
-# The gate needs the flashlane tool, which needs CLI11 (absent on the GPU machine): build it here
-# and carry it (it links the CUDA runtime statically):
+# The gate needs the flashlane tool, which needs CLI11 (absent on the GPU machine): build it on
+# the build machine and copy it there (it links the CUDA runtime statically):
 #   ninja -C build flashlane_cli && mkdir -p .gpu_carry/tool && cp build/tools/flashlane .gpu_carry/tool/
-#   device: carry [".gpu_carry/pyheaders", ".gpu_carry/tool"], command scripts/device/real_work.sh
+#   then copy the checkout with .gpu_carry/pyheaders and .gpu_carry/tool to the GPU machine and
+#   run scripts/device/real_work.sh there
 # Environment: FLASHLANE_TOOL (the tool), FLASHLANE_SM90_HEAD_DIMS (default "64;128"),
 # REAL_WORK_ARGS (extra arguments for realwork_run.py), REAL_WORK_BUDGET_S (default 570: the
 # training run is given what is left of it after the build), DIAGNOSE_HD64_STEPS (default 0: off;
@@ -57,14 +58,14 @@ if ! "$py" -c "import flashlane, torch; print(flashlane.__file__, flashlane.comp
   echo "=== summary"; printf '%s\n' "${summary[@]}" "import flashlane: FAILED"; exit 1
 fi
 
-# ---- the gate tool (carried; see the header)
+# ---- the gate tool (copied in .gpu_carry/tool; see the header)
 tool=""
 for t in "${FLASHLANE_TOOL:-}" "$root/.gpu_carry/tool/flashlane" "$root/build/tools/flashlane"; do
   if [[ -n "$t" && -x "$t" ]] && "$t" gate --help > /dev/null 2>&1; then tool="$t"; break; fi
 done
-if [[ -n "$tool" ]]; then summary+=("gate tool: $tool"); else summary+=("gate tool: NOT FOUND (carry .gpu_carry/tool, see the header): the gate did not run"); fi
+if [[ -n "$tool" ]]; then summary+=("gate tool: $tool"); else summary+=("gate tool: NOT FOUND (copy it to .gpu_carry/tool, see the header): the gate did not run"); fi
 
-# ---- 2. CPU tests of the validation code (and the gate's fail cases with the carried tool)
+# ---- 2. CPU tests of the validation code (and the gate's fail cases with the copied tool)
 FLASHLANE_TOOL="$tool" timeout 180 "$py" -m pytest tests/python/test_real_work.py -rs -q -p no:cacheprovider \
   --junitxml="$out/pytest-real-work.xml" > "$out/pytest-real-work.log" 2>&1
 rc_test=$?
@@ -98,7 +99,7 @@ if (( diag_steps > 0 )); then
   "$py" bench/real_work/realwork_run.py --print-diagnose "$out/real_work_results.json" 2>&1 | head -60
 fi
 [[ -f "$out/gate.txt" ]] && grep -v "^PASS$\|^FAIL$" "$out/gate.txt" | head -20
-# Bundle the logs: the device tool returns at most 8 files from $OUT.
+# Bundle the logs, so that $OUT holds at most 8 files.
 logs=()
 for f in python-venv.log python-build.log python-import.log pytest-real-work.log pytest-real-work.xml real_work.log real_work.tail; do
   [[ -f "$out/$f" ]] && logs+=("$f")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine over a carried build (scripts/device/pack.sh): makes the build's
-# absolute paths resolve, then runs the gpu-labelled tests, the CLI checks and the benchmark.
+# Runs on the GPU machine with binaries built on another machine and copied there in
+# .gpu_carry/build (scripts/device/pack.sh): makes the build's absolute paths resolve, then runs
+# the gpu-labelled tests, the CLI checks and the benchmark.
 # Logs and receipts go to $OUT. Usage: scripts/device/run_gpu_checks.sh [tests|cli|bench|all]...
 # BENCH_ARGS (environment) adds flags to `flashlane bench`, e.g. "--dirs fwd --budget-s 200".
 set -uo pipefail

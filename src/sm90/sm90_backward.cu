@@ -35,23 +35,15 @@ Status sm90_backward(const AttentionProblem& pb, const ProblemInfo& info, cudaSt
   sm90::BwdParams p;
   if (Status st = sm90::build_bwd_params(pb, info, &p); !st.ok()) return st;
 
-  const bool bf16 = info.dtype == DType::kBFloat16;
-  Status st = sm90::with_compiled_row(
-      info.head_dim, info.head_dim_v, "sm90.bwd_head_dim_unsupported", [&](auto d, auto dv) {
-        constexpr int D = decltype(d)::value, DV = decltype(dv)::value;
-        return bf16 ? sm90::launch_bwd_wgmma<D, DV, true>(p, stream)
-                    : sm90::launch_bwd_wgmma<D, DV, false>(p, stream);
+  Status st = sm90::with_compiled_kernel(
+      info, "sm90.bwd_head_dim_unsupported", [&](auto d, auto dv, auto bf16) {
+        return sm90::launch_bwd_wgmma<decltype(d)::value, decltype(dv)::value,
+                                      decltype(bf16)::value>(p, stream);
       });
   if (!st.ok()) return st;
   if (variant != nullptr) {
-    std::string name = sm90::bwd_variant_name(*row, info.dtype);
-    if (info.is_causal()) name += "+causal";
-    if (info.has_window()) name += "+window";
-    if (p.has_softcap) name += "+softcap";
-    if (info.varlen) name += "+varlen";
-    if (info.heads_q != info.heads_kv) name += "+gqa";
-    name += info.deterministic ? "+deterministic" : "+atomic_dq";
-    *variant = name;
+    *variant = sm90::bwd_variant_name(*row, info.dtype) + sm90::variant_features(info) +
+               (info.deterministic ? "+deterministic" : "+atomic_dq");
   }
   return Status::Ok();
 }

@@ -303,3 +303,15 @@ TEST(Sm90ParamsBuilder, ForwardGridLimit) {
   info.batch = int64_t(1) << 40;
   EXPECT_FALSE(fl::detail::sm90_forward_grid_fits(info));
 }
+
+TEST(Sm90KernelTable, VariantFeatures) {
+  fl::ProblemInfo info;
+  info.heads_q = info.heads_kv = 4;
+  EXPECT_EQ(sm90::variant_features(info), "");
+  info.mask = fl::MaskType::kCausalBottomRight;
+  info.window_left = 64;
+  info.softcap = 30.0;
+  info.varlen = true;
+  info.heads_kv = 1;
+  EXPECT_EQ(sm90::variant_features(info), "+causal+window+softcap+varlen+gqa");
+}

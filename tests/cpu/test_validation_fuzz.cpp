@@ -963,13 +963,11 @@ std::string not_runnable(const Case& c, const ProblemInfo& info) {
   return "";
 }
 
-/// Known discrepancy, tolerated (counted and printed, not failed): validate() ignores dout, dq,
-/// dk and dv in the forward direction whatever their device (tests/cpu/test_validation.cpp,
-/// ForwardIgnoresGradientTensors), but reference_cpu's forward (check_host in
-/// src/reference/reference_cpu.cpp checks all twelve tensors) refuses a host problem with
-/// kInternal when one of them is given on another device. Set to false once check_host checks
-/// only the tensors of the direction.
-constexpr bool kTolerateForwardUnusedTensorNotHost = true;
+/// validate() ignores dout, dq, dk and dv in the forward direction whatever their device
+/// (tests/cpu/test_validation.cpp, ForwardIgnoresGradientTensors), and so does reference_cpu's
+/// forward (check_host in src/reference/reference_cpu.cpp checks the direction's tensors only).
+/// Set to true only to tolerate (count, not fail) a reference that refuses such a problem.
+constexpr bool kTolerateForwardUnusedTensorNotHost = false;
 
 bool forward_unused_tensor_not_host(const Case& c) {
   if (c.dir != Direction::kForward) return false;

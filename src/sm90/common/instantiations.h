@@ -65,6 +65,16 @@ Status with_compiled_row(int64_t d, int64_t dv, const char* tag, Fn&& fn) {
                 tag);
 }
 
+/// with_compiled_row with the dtype as well: fn(integral_constant<D>, integral_constant<DV>,
+/// bool_constant<kBf16>) for the compiled row of the problem's head dims (bf16 or fp16).
+template <class Fn>
+Status with_compiled_kernel(const ProblemInfo& info, const char* tag, Fn&& fn) {
+  const bool bf16 = info.dtype == DType::kBFloat16;
+  return with_compiled_row(info.head_dim, info.head_dim_v, tag, [&](auto d, auto dv) {
+    return bf16 ? fn(d, dv, std::true_type{}) : fn(d, dv, std::false_type{});
+  });
+}
+
 /// "_bf16" / "_fp16", the dtype part of a variant name.
 inline const char* dtype_suffix(DType dtype) {
   return dtype == DType::kBFloat16 ? "_bf16" : "_fp16";
@@ -73,5 +83,8 @@ inline const char* dtype_suffix(DType dtype) {
 /// Variant names of the receipts, from the row: the tile and dtype of the launch.
 std::string fwd_variant_name(const KernelConfig& c, DType dtype);
 std::string bwd_variant_name(const KernelConfig& c, DType dtype);
+/// The features of a launch in a variant name: "+causal", "+window", "+softcap", "+varlen",
+/// "+gqa", in that order, those that apply.
+std::string variant_features(const ProblemInfo& info);
 
 }  // namespace flashlane::sm90

@@ -30,6 +30,16 @@ std::string bwd_variant_name(const KernelConfig& c, DType dtype) {
          tile_dims(c) + dtype_suffix(dtype) + "_wgmma";
 }
 
+std::string variant_features(const ProblemInfo& info) {
+  std::string s;
+  if (info.is_causal()) s += "+causal";
+  if (info.has_window()) s += "+window";
+  if (info.softcap > 0.0) s += "+softcap";
+  if (info.varlen) s += "+varlen";
+  if (info.heads_q != info.heads_kv) s += "+gqa";
+  return s;
+}
+
 }  // namespace flashlane::sm90
 
 namespace flashlane::detail {

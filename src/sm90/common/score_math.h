@@ -44,9 +44,9 @@ __device__ __forceinline__ float score_exp2(float x) { return exp2f(x); }
 ///   kIeee: __frcp_rn, correctly rounded; its slow path is a subroutine called out of line.
 ///   kFast: __fdividef, within 2 ulp, inline.
 /// Which one leaves a kernel's non-softcap path as it was depends on that kernel's register
-/// allocation (the softcap code shares the kernel with it): measured A/B on an H200
-/// (docs/sm90_kernels.md), the forward keeps its speed with kIeee (kFast: head_dim 64 3-5%
-/// slower, head_dim 96 spills) and the backward with kFast (kIeee: more spills, up to 10%
+/// allocation (the softcap code shares the kernel with it). Measured A/B on an H200
+/// (docs/PERF.md, "One kernel family"): the forward keeps its speed with kIeee (kFast: head_dim
+/// 64 3-5% slower, head_dim 96 spills), the backward with kFast (kIeee: more spills, up to 10%
 /// slower at head_dim 128/256).
 enum class Reciprocal { kIeee, kFast };
 
