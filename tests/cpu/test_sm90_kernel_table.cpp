@@ -287,9 +287,14 @@ TEST(Sm90ParamsBuilder, PagedKvIsRefusedWithATag) {
   ASSERT_TRUE(fl::validate(hp.problem(), fl::Direction::kForward, &info).ok());
   info.kv_layout = fl::KvLayout::kPaged;  // no entry point produces it yet
   sm90::FwdParams f;
-  const fl::Status st = sm90::build_fwd_params(hp.problem(), info, &f);
+  fl::Status st = sm90::build_fwd_params(hp.problem(), info, &f);
   EXPECT_EQ(st.code(), fl::ErrorCode::kInternal);
   EXPECT_EQ(st.reason_tag(), "sm90.kv_layout_unsupported");
+  // Dense q with packed k/v: the kernels read q and k/v packed alike.
+  info.kv_layout = fl::KvLayout::kVarlenPacked;
+  sm90::BwdParams b;
+  st = sm90::build_bwd_params(hp.problem(), info, &b);
+  EXPECT_EQ(st.reason_tag(), "sm90.kv_layout_unsupported") << st.to_string();
 }
 
 TEST(Sm90ParamsBuilder, ForwardGridLimit) {

@@ -11,7 +11,11 @@ constexpr bool kSm90Compiled = FLASHLANE_HAS_SM90 != 0;
 
 bool compiled(const RuleContext&) { return kSm90Compiled; }
 bool sm_90(const RuleContext& c) { return c.device.sm == 90; }
-bool kv_layout_read(const RuleContext& c) { return c.info.kv_layout != KvLayout::kPaged; }
+bool kv_layout_read(const RuleContext& c) {
+  // Dense k/v with dense q, packed with packed (common/seqlen.h); no paged KV cache yet.
+  const KvLayout with_q = c.info.varlen ? KvLayout::kVarlenPacked : KvLayout::kDense;
+  return c.info.kv_layout == with_q;
+}
 bool fwd_head_dims(const RuleContext& c) {
   return c.info.direction != Direction::kForward ||
          sm90_forward_supports(c.info.head_dim, c.info.head_dim_v);
@@ -48,8 +52,8 @@ const BackendDef& sm90_backend() {
               selection_rule("sm90.dtype_unsupported", "dtype is bfloat16 or float16",
                              rules::half_dtype),
               selection_rule("sm90.kv_layout_unsupported",
-                             "the KV layout is dense or varlen_packed (no sm90 kernel reads a "
-                             "paged KV cache)",
+                             "the KV layout is q's: dense with dense q, varlen_packed with "
+                             "packed q (no sm90 kernel reads a paged KV cache)",
                              kv_layout_read),
               selection_rule("sm90.head_dim_unsupported", "forward: " + sm90_head_dims_text(),
                              fwd_head_dims, /*build_dependent=*/true),

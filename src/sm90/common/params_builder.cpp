@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <string>
 
 #include "sm90/common/kernel_table.h"
 #include "sm90/common/score_math.h"
@@ -31,6 +32,13 @@ void strides_of(const TensorView& t, bool packed, int64_t* row, int64_t* head, i
 Status fill_common(const AttentionProblem& pb, const ProblemInfo& info, FwdParams* out) {
   if (info.kv_layout == KvLayout::kPaged) {
     return Status(ErrorCode::kInternal, "sm90 has no kernel for a paged KV layout",
+                  "sm90.kv_layout_unsupported");
+  }
+  // The kernels pack k/v exactly when they pack q (common/seqlen.h reads both in one branch).
+  if (info.varlen != (info.kv_layout == KvLayout::kVarlenPacked)) {
+    return Status(ErrorCode::kInternal,
+                  std::string("sm90 has no kernel for q ") + (info.varlen ? "packed" : "dense") +
+                      " with a " + kv_layout_name(info.kv_layout) + " KV layout",
                   "sm90.kv_layout_unsupported");
   }
   FwdParams& p = *out;

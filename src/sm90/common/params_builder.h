@@ -13,7 +13,8 @@ namespace flashlane::sm90 {
 /// score scale, mask) and the forward tile grid. Errors: kInternal with tag
 /// "sm90.grid_too_large" when the tile count exceeds int32 (the applicability table refuses
 /// such problems first, sm90_forward_grid_fits), "sm90.kv_layout_unsupported" for a paged KV
-/// layout (no sm90 kernel reads one yet).
+/// layout (no sm90 kernel reads one yet) or a KV layout that is not q's (dense with dense,
+/// packed with packed).
 Status build_fwd_params(const AttentionProblem& problem, const ProblemInfo& info, FwdParams* p);
 
 /// build_fwd_params' fields (without the forward tile grid) plus dout, dq, dk, dv, their
