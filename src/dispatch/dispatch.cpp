@@ -8,6 +8,7 @@
 #include "dispatch/applicability.h"
 #include "dispatch/backend_registry.h"
 #include "dispatch/pending_error.h"
+#include "core/problem_tensors.h"
 #include "dispatch/receipt_sink.h"
 
 namespace flashlane {
@@ -115,8 +116,7 @@ const char* mode_name(Direction d, bool varlen) {
 /// True when any tensor the caller gave is described as a CUDA device tensor (validation, which
 /// talks to the CUDA runtime for such tensors, has not run yet).
 bool names_cuda_tensors(const AttentionProblem& p) {
-  for (const TensorView* t : {&p.q, &p.k, &p.v, &p.o, &p.lse, &p.dout, &p.dq, &p.dk, &p.dv,
-                              &p.cu_seqlens_q, &p.cu_seqlens_k, &p.seqused_k}) {
+  for (const TensorView* t : detail::problem_tensors(p)) {
     if (t->defined() && t->device.kind == DeviceKind::kCUDA) return true;
   }
   return false;

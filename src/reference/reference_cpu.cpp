@@ -42,6 +42,7 @@
 
 #include "core/attention_rules.h"
 #include "core/numeric.h"
+#include "core/problem_tensors.h"
 #include "dispatch/backends.h"
 
 namespace flashlane::detail {
@@ -200,13 +201,9 @@ Status parallel_for(int64_t tasks, double work, Fn&& fn) {
 /// Every tensor the direction reads or writes is on the host (validation ignores the gradient
 /// tensors of a forward call, so they are not checked there either).
 Status check_host(const AttentionProblem& p, Direction direction) {
-  const TensorView* tensors[] = {&p.q,    &p.k,  &p.v,  &p.o,          &p.lse,        &p.dout,
-                                 &p.dq,   &p.dk, &p.dv, &p.cu_seqlens_q, &p.cu_seqlens_k,
-                                 &p.seqused_k};
   const bool backward = direction == Direction::kBackward;
-  for (const TensorView* t : tensors) {
-    const bool gradient = t == &p.dout || t == &p.dq || t == &p.dk || t == &p.dv;
-    if (gradient && !backward) continue;
+  for (const TensorView* t : problem_tensors(p)) {
+    if (!backward && is_gradient_tensor(p, t)) continue;
     if (t->defined() && t->device.kind != DeviceKind::kCPU) {
       return Status(ErrorCode::kInternal, "reference_cpu called with a tensor not on the host");
     }

@@ -1,7 +1,8 @@
 // launch.h: host side of one WGMMA backward instantiation (included only by the generated
 // instantiation files of the kernel table). One workspace allocation on the stream
-// (cudaMallocAsync, graph-capturable): LSE (log2) and delta per query row, the fp32 dQ accumulator and, in deterministic
-// mode, one counter per accumulator tile. Launch sequence, all on `stream`, every launch checked:
+// (cudaMallocAsync, graph-capturable): LSE (log2) and delta per query row, the fp32 dQ
+// accumulator and, in deterministic mode, one counter per accumulator tile. Launch sequence,
+// all on `stream`, every launch checked:
 //   memset(dQ accumulator, counters) -> preprocess -> bwd_kernel -> postprocess [-> zero tails]
 #pragma once
 

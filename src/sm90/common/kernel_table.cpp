@@ -53,7 +53,7 @@ bool sm90_backward_supports(int64_t head_dim, int64_t head_dim_v) {
 }
 
 std::string sm90_head_dims_text() {
-  // "(head_dim, head_dim_v) is one of (64, 64), ..., (256, 256); this build compiled (128, 128)"
+  // "... (FLASHLANE_SM90_HEAD_DIMS); table rows: (64, 64), ...; compiled here: (128, 128)"
   std::string all, compiled;
   for (const sm90::KernelConfig& c : sm90::kKernelTable) {
     all += (all.empty() ? "" : ", ") + sm90::pair_text(c);
