@@ -39,5 +39,6 @@ void add_matrix_command(CLI::App& app, int* exit_code);
 void add_run_command(CLI::App& app, int* exit_code);
 void add_bench_command(CLI::App& app, int* exit_code);
 void add_gate_command(CLI::App& app, int* exit_code);
+void add_status_command(CLI::App& app, int* exit_code);
 
 }  // namespace flashlane::cli

@@ -1,4 +1,4 @@
-// tools/main.cpp: the `flashlane` command-line tool: info, matrix, run, bench, gate.
+// tools/main.cpp: the `flashlane` command-line tool: info, matrix, run, bench, gate, status.
 // Each subcommand lives in its own cmd_*.cpp and registers itself through cli_common.h.
 #include <cstdio>
 
@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   flashlane::cli::add_run_command(app, &exit_code);
   flashlane::cli::add_bench_command(app, &exit_code);
   flashlane::cli::add_gate_command(app, &exit_code);
+  flashlane::cli::add_status_command(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

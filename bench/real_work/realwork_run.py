@@ -118,11 +118,13 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------------------------------------
 
-def environment(torch, flashlane):
+def environment(torch, flashlane, backend="sm90"):
     env = {"device": "cpu", "sm": 0, "driver": "none",
            "cuda_runtime": str(torch.version.cuda or "none"),
            "library_version": flashlane.version(), "git_commit": flashlane.git_commit(),
-           "compiled_archs": flashlane.compiled_architectures()}
+           "compiled_archs": flashlane.compiled_architectures(),
+           # The kernels of the backend every row requests: the rows are stale when they change.
+           "kernel_fingerprint": flashlane.kernel_fingerprint(backend)}
     lane = {"ran": False, "reason": ""}
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability(0)
@@ -881,7 +883,7 @@ def main(argv=None):
     if device == "cpu" and args.backend == "sm90":
         args.backend = "reference_cpu"  # the CPU smoke run: what can run there
     impl = fl_hf.register(backend=args.backend, strict=False)  # fallbacks are recorded, not hidden
-    env, lane = environment(torch, flashlane)
+    env, lane = environment(torch, flashlane, args.backend)
     if device != "cuda":
         lane = {"ran": False, "reason": f"device {device}: host run"}
 

@@ -33,6 +33,9 @@ struct Receipt {
   bool deterministic = false;
   std::string status;       // "ok" or the error code name
   std::string error_reason; // reason tag of a refusal, empty otherwise
+  /// kernel_fingerprint(actual_backend) of the build that ran the call; empty when nothing ran
+  /// (or the backend has no kernel sources). Receipts written before the field read as empty.
+  std::string kernel_fingerprint;
 
   bool operator==(const Receipt& o) const;
 };
@@ -40,6 +43,7 @@ struct Receipt {
 /// One-line JSON object (no trailing newline).
 std::string receipt_to_json(const Receipt& receipt);
 /// Parses receipt_to_json's output; returns false (leaving *out unspecified) on malformed input.
+/// kernel_fingerprint is optional (older receipts lack it: read as empty, i.e. stale).
 bool receipt_from_json(const std::string& json, Receipt* out);
 
 /// The receipt of the last forward/backward call made on this thread (empty before any call).

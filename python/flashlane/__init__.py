@@ -27,7 +27,7 @@ __version__ = _C.version()
 __all__ = [
     "FlashlaneError", "ERROR_CODES", "attention", "flash_attn_func", "flash_attn_varlen_func",
     "last_receipt", "receipt_log", "version", "git_commit", "compiled_architectures",
-    "backend_priority", "device_info",
+    "kernel_fingerprint", "backend_priority", "device_info",
 ]
 
 
@@ -44,6 +44,12 @@ def git_commit() -> str:
 def compiled_architectures() -> str:
     """CUDA architectures compiled into this build, e.g. "sm_80,sm_90a"."""
     return _C.compiled_architectures()
+
+
+def kernel_fingerprint(backend: str) -> str:
+    """The build's kernel fingerprint of `backend` (16 hex digits over its kernel sources; ""
+    for a backend without kernel sources). Receipts of other fingerprints are stale."""
+    return _C.kernel_fingerprint(backend)
 
 
 def backend_priority() -> list:

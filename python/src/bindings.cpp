@@ -245,6 +245,7 @@ nb::dict receipt_dict(const flashlane::Receipt& r) {
   out["device"] = device;
   out["error_reason"] = r.error_reason;
   out["fallback_reason"] = r.fallback_reason;
+  out["kernel_fingerprint"] = r.kernel_fingerprint;
   out["requested_backend"] = r.requested_backend;
   out["runtime_mode"] = r.runtime_mode;
   out["skipped"] = skipped;
@@ -310,6 +311,9 @@ NB_MODULE(_C, m) {
         "json"_a, "Parses a receipt with receipt_from_json and prints it again (None if malformed).");
   m.def("version", []() { return std::string(flashlane::version()); });
   m.def("git_commit", []() { return std::string(flashlane::git_commit()); });
+  m.def("kernel_fingerprint",
+        [](const std::string& backend) { return std::string(flashlane::kernel_fingerprint(backend.c_str())); },
+        "backend"_a, "The build's kernel fingerprint of a backend (\"\" when it has no kernel sources).");
   m.def("compiled_architectures", []() { return std::string(flashlane::compiled_architectures()); });
   m.def("backend_priority", []() {
     std::vector<std::string> out;

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "bench/harness.h"
+#include "flashlane/version.h"
 
 namespace flashlane::bench {
 
@@ -68,6 +69,12 @@ std::string validation_scope_problem(const ProofRow& r) {
 }
 
 }  // namespace
+
+std::map<std::string, std::string> build_kernel_fingerprints() {
+  std::map<std::string, std::string> out;
+  for (const char* b : {"sm90", "reference_cuda", "reference_cpu"}) out[b] = kernel_fingerprint(b);
+  return out;
+}
 
 bool gate_config_from_json(const nlohmann::json& j, GateConfig* out, std::string* why) {
   auto fail = [&](const std::string& m) { if (why) *why = m; return false; };
@@ -157,6 +164,20 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
               ", the row's fields say " + (derived_rows[i].counts_for_status ? "true" : "false") +
               (derived_rows[i].not_counted_reason.empty() ? "" : " (" + derived_rows[i].not_counted_reason + ")"));
   }
+  // Stale rows (kernels other than the current build's) are shown and do not count.
+  if (!config.current_fingerprints.empty()) {
+    for (auto& r : derived_rows) {
+      if (!r.counts_for_status) continue;
+      const auto it = config.current_fingerprints.find(r.requested_backend);
+      const std::string current = it == config.current_fingerprints.end() ? "" : it->second;
+      std::string why;
+      if (row_is_fresh(r, current, &why)) continue;
+      add("stale_fingerprint", row_key(r), why);
+      ++g.stale_rows;
+      r.counts_for_status = false;
+      r.not_counted_reason = "stale: " + why;
+    }
+  }
   const std::vector<ProofRow>& judged = derived_rows;
   for (const auto& r : judged) g.counting_rows += r.counts_for_status ? 1 : 0;
   if (!rows.empty() && g.counting_rows == 0)
@@ -180,6 +201,30 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
   for (const auto& r : judged) {
     const Metrics& m = r.metrics;
     const std::string key = row_key(r);
+    // A row claiming execution must carry the receipt of that execution.
+    if (r.proof_class == "execute") {
+      if (!r.has_receipt)
+        add("mode_not_executed", key, "claims " + r.runtime_mode + " without a per-call receipt");
+      else if (r.receipt.actual_backend.empty())
+        add("mode_not_executed", key, "claims " + r.runtime_mode + " but nothing ran (" +
+                                          (r.receipt.error_reason.empty() ? r.receipt.status
+                                                                          : r.receipt.error_reason) + ")");
+      else if (r.receipt.runtime_mode != r.runtime_mode)
+        add("mode_not_executed", key, "claims " + r.runtime_mode + " but the receipt ran " +
+                                          r.receipt.runtime_mode);
+    }
+    if (r.artifact_kind == "short_train") {
+      std::string failed;
+      if (r.status != "ok") failed += "status " + r.status + "; ";
+      if (m.nan_count > 0) failed += "nan_count " + std::to_string(m.nan_count) + "; ";
+      if (m.errors.is_array())
+        for (const auto& f : m.errors)
+          if (f.is_object() && f.contains("criterion") &&
+              !(f.contains("pass") && f["pass"].is_boolean() && f["pass"].get<bool>()))
+            failed += "criterion " + f["criterion"].dump() + " not passed; ";
+      if (failed.empty() && !m.validation_passed) failed = "validation not passed; ";
+      if (!failed.empty()) add("train_failed", key + " [" + r.preset + "]", failed.substr(0, failed.size() - 2));
+    }
     const std::string scope_problem = validation_scope_problem(r);
     if (!scope_problem.empty()) add("validation_scope", key, scope_problem);
     if (m.validation_scope.kind == "unrecorded") ++g.unrecorded_scope_rows;

@@ -20,6 +20,15 @@
 //   memory             peak_memory_mib above (1 + memory_tolerance) x baseline (default 5%)
 //   claim_not_executed a claimed mode (config "claims": fwd, bwd, varlen, decode, paged) has no
 //                      execute row that counts for status
+//   stale_fingerprint  (when GateConfig::current_fingerprints is set) a row that would count
+//                      for status, but whose environment.kernel_fingerprint (or its receipt's) is
+//                      not the current build's for its backend: it is shown, and treated as not
+//                      counting (required rows, claims and no_counting_row see it as such)
+//   train_failed       a short_train row whose run failed: status not ok, a pass criterion not
+//                      passed, validation not passed, or non-finite outputs (counting or not)
+//   mode_not_executed  an execute row whose receipt did not execute the mode the row claims:
+//                      no receipt, nothing ran (actual_backend empty), or the receipt's
+//                      runtime_mode is not the row's
 //   validation_scope   metrics.validation_scope contradicts the row: "none" on a validated row,
 //                      "full" or "sampled" on a row that was not validated, or a sampled scope
 //                      whose slices are empty, repeated, outside the problem's batch x heads_q, or
@@ -30,9 +39,11 @@
 //                      in GateResult::unrecorded_scope_rows, as the gate accepts the other fields
 //                      older rows lack.
 // Baselines: rows of a baseline receipts file (matched by row_key; the last counting row of a
-// key wins), or config "baseline": [{"match": {selector}, "tflops": x, "peak_memory_mib": y}].
+// key wins), or config "baseline": [{"match": {selector}, "tflops": x, "peak_memory_mib": y}]
+// (the rollout manifest's per-row baselines join these: manifest.h gate_baselines()).
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,7 +66,15 @@ struct GateConfig {
   std::vector<BaselineEntry> baseline;
   double throughput_tolerance = 0.10;
   double memory_tolerance = 0.05;
+  /// backend -> the current build's kernel fingerprint (build_kernel_fingerprints()). Empty: the
+  /// stale_fingerprint rule is off (library callers judging rows of a known build); the
+  /// `flashlane gate` command always sets it.
+  std::map<std::string, std::string> current_fingerprints;
 };
+
+/// backend -> kernel_fingerprint() of this build, for every backend with kernel sources
+/// (sm90, reference_cuda, reference_cpu).
+std::map<std::string, std::string> build_kernel_fingerprints();
 
 /// Parses a gate configuration; unknown top-level keys are an error (a typo must not disable a
 /// rule). Keys: required, claims, baseline, throughput_tolerance, memory_tolerance, description.
@@ -76,13 +95,15 @@ struct GateResult {
   int counting_rows = 0;
   int sampled_rows = 0;           // counting rows validated on sampled (batch, head) slices
   int unrecorded_scope_rows = 0;  // rows without a structured validation_scope (older rows)
+  int stale_rows = 0;             // rows that would count but are not of the current kernels
 };
 
 /// True when every field of `selector` equals the row's selector field (numbers compared as
 /// numbers; the key "seqlen" means seqlen_q).
 bool selector_matches(const nlohmann::json& selector, const ProofRow& row);
 
-/// Applies every rule. `baseline_rows` may be empty.
+/// Applies every rule. Inputs: the rows to judge, the configuration, and baseline rows (may be
+/// empty). Output: pass (no violation) and one Violation per failed rule and row; never throws.
 GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
                     const std::vector<ProofRow>& baseline_rows);
 

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "dispatch/surfaces.h"
 #include "flashlane/dispatch.h"
 #include "flashlane/version.h"
 
@@ -111,7 +112,7 @@ Environment capture_environment() {
   e.library_version = version();
   e.git_commit = git_commit();
   e.compiled_archs = compiled_architectures();
-  return e;
+  return e;  // kernel_fingerprint is the row's backend's: set where the row is made
 }
 
 void compute_counts_for_status(ProofRow* row) {
@@ -155,6 +156,7 @@ nlohmann::json proof_row_to_json(const ProofRow& r) {
   j["requested_backend"] = r.requested_backend;
   j["runtime_mode"] = r.runtime_mode;
   j["direction"] = r.direction;
+  j["surface"] = r.surface;
   j["status"] = r.status;
   const Environment& e = r.environment;
   j["environment"] = {{"device", e.device},
@@ -163,7 +165,8 @@ nlohmann::json proof_row_to_json(const ProofRow& r) {
                       {"cuda_runtime", e.cuda_runtime},
                       {"library_version", e.library_version},
                       {"git_commit", e.git_commit},
-                      {"compiled_archs", e.compiled_archs}};
+                      {"compiled_archs", e.compiled_archs},
+                      {"kernel_fingerprint", e.kernel_fingerprint}};
   j["gpu_lane"] = {{"ran", r.gpu_lane.ran}, {"reason", r.gpu_lane.reason}};
   j["problem"] = r.problem;
   if (r.has_receipt) {
@@ -220,6 +223,7 @@ bool proof_row_from_json(const nlohmann::json& j, ProofRow* out, std::string* wh
     r.requested_backend = j.at("requested_backend").get<std::string>();
     r.runtime_mode = j.at("runtime_mode").get<std::string>();
     r.direction = j.value("direction", std::string());
+    r.surface = j.value("surface", std::string());
     r.status = j.value("status", std::string("ok"));
     const auto& e = j.at("environment");
     r.environment.device = e.at("device").get<std::string>();
@@ -229,6 +233,7 @@ bool proof_row_from_json(const nlohmann::json& j, ProofRow* out, std::string* wh
     r.environment.library_version = e.value("library_version", std::string());
     r.environment.git_commit = e.value("git_commit", std::string());
     r.environment.compiled_archs = e.value("compiled_archs", std::string());
+    r.environment.kernel_fingerprint = e.value("kernel_fingerprint", std::string());
     const auto& g = j.at("gpu_lane");
     r.gpu_lane.ran = g.at("ran").get<bool>();
     r.gpu_lane.reason = g.value("reason", std::string());
@@ -358,6 +363,10 @@ nlohmann::json row_selector_fields(const ProofRow& r) {
   f["proof_class"] = r.proof_class;
   f["artifact_kind"] = r.artifact_kind;
   f["preset"] = r.preset;
+  {
+    const std::vector<std::string> surfaces = surfaces_of_row(r);
+    f["surface"] = surfaces.empty() ? std::string() : surfaces.front();
+  }
   for (const char* k : {"dtype", "mask"}) f[k] = field<std::string>(p, k, "");
   for (const char* k : {"batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv", "head_dim",
                         "head_dim_v", "window_left", "window_right"})
@@ -385,6 +394,35 @@ std::string row_key(const ProofRow& r) {
   if (f["softcap"].get<double>() > 0) s << " softcap" << f["softcap"].get<double>();
   if (f["varlen"].get<bool>()) s << " varlen";
   return s.str();
+}
+
+std::string bench_surface(const std::string& direction, bool varlen) {
+  return std::string(varlen ? "varlen_" : "dense_") + (direction == "bwd" ? "bwd" : "fwd");
+}
+
+std::vector<std::string> surfaces_of_row(const ProofRow& r) {
+  if (!r.surface.empty()) return {r.surface};
+  if (r.artifact_kind == "short_train") return {"dense_fwd", "dense_bwd"};
+  // The mode the receipt says ran wins over the row's own claim.
+  const std::string mode =
+      r.has_receipt && !r.receipt.runtime_mode.empty() ? r.receipt.runtime_mode : r.runtime_mode;
+  const std::string s = detail::surface_for_mode(mode);
+  if (!s.empty()) return {s};
+  if (r.direction == "fwd" || r.direction == "bwd")
+    return {bench_surface(r.direction, field<bool>(r.problem, "varlen", false))};
+  return {};
+}
+
+bool row_is_fresh(const ProofRow& r, const std::string& current, std::string* why) {
+  auto no = [&](const std::string& m) { if (why) *why = m; return false; };
+  const std::string& fp = r.environment.kernel_fingerprint;
+  if (current.empty()) return no("the build has no kernel fingerprint for " + r.requested_backend);
+  if (fp.empty()) return no("no kernel fingerprint (row written before fingerprints)");
+  if (fp != current) return no("kernel fingerprint " + fp + " != current " + current);
+  if (r.has_receipt && !r.receipt.kernel_fingerprint.empty() && r.receipt.kernel_fingerprint != current)
+    return no("receipt kernel fingerprint " + r.receipt.kernel_fingerprint + " != current " + current);
+  if (why) why->clear();
+  return true;
 }
 
 std::string utc_timestamp() {

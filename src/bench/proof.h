@@ -30,6 +30,9 @@ struct Environment {
   std::string library_version;
   std::string git_commit;
   std::string compiled_archs;
+  /// kernel_fingerprint() of the row's requested backend in the build that produced the row
+  /// (flashlane/version.h); empty in rows written before the field existed: such rows are stale.
+  std::string kernel_fingerprint;
   bool operator==(const Environment&) const = default;
 };
 /// The environment of this process (device 0).
@@ -104,6 +107,10 @@ struct ProofRow {
   std::string requested_backend;
   std::string runtime_mode;        // the receipt's, or "fwd"/"bwd" when nothing ran
   std::string direction;           // "fwd" | "bwd"
+  /// The surface the row measures (src/dispatch/surfaces.h): "dense_fwd", "varlen_bwd", ...
+  /// Written by the bench from the problem (varlen or not) and the direction; rows without the
+  /// field read it as surface_of_row() derives it.
+  std::string surface;
   std::string status = "ok";       // Status::to_string() of the call, "ok" when it succeeded
   Environment environment;
   GpuLane gpu_lane;
@@ -135,8 +142,27 @@ std::string row_key(const ProofRow& row);
 /// Flat view of a row's identifying fields, matched by the gate's required-row selectors:
 /// runtime_mode, direction, backend (requested), actual_backend, dtype, batch, seqlen (= seqlen_q),
 /// seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v, mask, causal, window_left,
-/// window_right, softcap, varlen, proof_class, artifact_kind, preset.
+/// window_right, softcap, varlen, proof_class, artifact_kind, preset, surface (the first of
+/// surfaces_of_row).
 nlohmann::json row_selector_fields(const ProofRow& row);
+
+/// The surface a row speaks for: its `surface` field when set, else derived: real-work rows
+/// (artifact_kind short_train, prefill, decode) from the modes their receipts ran, microbench
+/// rows from runtime_mode (or direction + problem.varlen when the mode names no surface).
+/// Returns one id, or several for short_train ({"dense_fwd", "dense_bwd"}: a training step
+/// runs both); empty when nothing can be derived.
+std::vector<std::string> surfaces_of_row(const ProofRow& row);
+
+/// The bench's surface id for a direction ("fwd" / "bwd") and layout: dense_fwd, dense_bwd,
+/// varlen_fwd, varlen_bwd.
+std::string bench_surface(const std::string& direction, bool varlen);
+
+/// Whether a row's kernels are the current build's: environment.kernel_fingerprint is set and
+/// equals `current` (the build's kernel_fingerprint of the row's requested backend), and the
+/// receipt's kernel_fingerprint, when present, agrees. `why` (optional) receives the reason in
+/// words when it is not ("no kernel fingerprint (row written before fingerprints)",
+/// "kernel fingerprint 1234 != current abcd"). `current` empty: nothing is current (false).
+bool row_is_fresh(const ProofRow& row, const std::string& current, std::string* why);
 
 std::string utc_timestamp();
 

@@ -2,6 +2,7 @@
 // Every call, successful or not, leaves a receipt (receipt.cpp). The backends are lookups in
 // the registry (backend_registry.h): their rules decide, their run functions execute.
 #include "flashlane/dispatch.h"
+#include "flashlane/version.h"
 
 #include <cuda_runtime_api.h>
 
@@ -184,7 +185,10 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
       std::string variant;
       st = run_backend(plan.backend, direction, problem, info, stream, &variant);
       r.variant = variant;
-      if (st.ok()) r.actual_backend = backend_name(plan.backend);
+      if (st.ok()) {
+        r.actual_backend = backend_name(plan.backend);
+        r.kernel_fingerprint = kernel_fingerprint(r.actual_backend.c_str());
+      }
     }
   }
   r.status = error_code_name(st.code());

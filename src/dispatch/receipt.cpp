@@ -21,7 +21,8 @@ bool Receipt::operator==(const Receipt& o) const {
          runtime_mode == o.runtime_mode && strict == o.strict &&
          fallback_reason == o.fallback_reason && skipped == o.skipped && variant == o.variant &&
          device_name == o.device_name && sm == o.sm && deterministic == o.deterministic &&
-         status == o.status && error_reason == o.error_reason;
+         status == o.status && error_reason == o.error_reason &&
+         kernel_fingerprint == o.kernel_fingerprint;
 }
 
 nlohmann::json receipt_json(const Receipt& r) {
@@ -37,7 +38,8 @@ nlohmann::json receipt_json(const Receipt& r) {
           {"device", {{"name", r.device_name}, {"sm", r.sm}}},
           {"deterministic", r.deterministic},
           {"status", r.status},
-          {"error_reason", r.error_reason}};
+          {"error_reason", r.error_reason},
+          {"kernel_fingerprint", r.kernel_fingerprint}};
 }
 
 std::string receipt_to_json(const Receipt& r) { return receipt_json(r).dump(); }
@@ -61,6 +63,7 @@ bool receipt_from_json(const std::string& text, Receipt* out) {
     r.deterministic = j.at("deterministic").get<bool>();
     r.status = j.at("status").get<std::string>();
     r.error_reason = j.at("error_reason").get<std::string>();
+    r.kernel_fingerprint = j.value("kernel_fingerprint", std::string());
     *out = std::move(r);
     return true;
   } catch (const nlohmann::json::exception&) {

@@ -501,7 +501,7 @@ TEST(SamplingScopeTest, RoundTripsThroughTheProofRowJson) {
 }
 
 TEST(SamplingScopeTest, RowsWithoutAStructuredScopeStillParse) {
-  // Rows written before the field: free text in validation_scope (bench/results/2026-11-22-*),
+  // Rows written before the field: free text in validation_scope (bench/results/archive/2026-11-22-*),
   // or nothing. They parse as "unrecorded", the words kept as validation_method.
   nlohmann::json j = fb::proof_row_to_json(sampled_row());
   j["metrics"]["validation_scope"] = "every element of o and lse against ref64 = reference_cuda ...";

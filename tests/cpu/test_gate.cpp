@@ -309,10 +309,11 @@ TEST(GateTest, ProofRowJsonRoundTrip) {
 }
 
 TEST(GateTest, CommittedReceiptsWithoutStructuredScopeStillParseAndPass) {
-  // bench/results/2026-11-22-*: written before metrics.validation_scope became an object (it
-  // held words then). They parse, their scope reads as "unrecorded", and the forward grid still
-  // passes the default gate, as docs/PERF.md says.
-  const std::string dir = std::string(FLASHLANE_SOURCE_DIR) + "/bench/results/";
+  // bench/results/archive/2026-11-22-*: written before metrics.validation_scope became an object
+  // (it held words then) and before kernel fingerprints. They parse, their scope reads as
+  // "unrecorded", and the forward grid still passes the default gate judged as rows of their own
+  // build, as docs/PERF.md says; against this build's fingerprints every row is stale.
+  const std::string dir = std::string(FLASHLANE_SOURCE_DIR) + "/bench/results/archive/";
   for (const char* name : {"2026-11-22-h200-fwd-canonical.jsonl", "2026-11-22-h200-bwd-wgmma-canonical.jsonl",
                            "2026-11-22-h200-fwd-bwd-subset.jsonl"}) {
     std::vector<fb::ProofRow> rows;
@@ -334,6 +335,13 @@ TEST(GateTest, CommittedReceiptsWithoutStructuredScopeStillParseAndPass) {
   EXPECT_TRUE(g.pass) << dump(g);
   EXPECT_EQ(g.unrecorded_scope_rows, 72);
   EXPECT_EQ(g.sampled_rows, 0);
+  c.current_fingerprints = fb::build_kernel_fingerprints();
+  const fb::GateResult stale = fb::run_gate(rows, c, {});
+  EXPECT_FALSE(stale.pass);
+  EXPECT_EQ(stale.stale_rows, 72);
+  EXPECT_EQ(stale.counting_rows, 0);
+  EXPECT_TRUE(has_rule(stale, "stale_fingerprint"));
+  EXPECT_TRUE(has_rule(stale, "required_not_counted"));
 }
 
 TEST(GateTest, ProofRowFileRoundTripAndNonFiniteSurvives) {

@@ -290,9 +290,11 @@ def test_receipt_round_trip_and_schema():
     r = flashlane.last_receipt()
     assert set(r) == {"requested_backend", "actual_backend", "runtime_mode", "strict",
                       "fallback_reason", "skipped", "variant", "device", "deterministic",
-                      "status", "error_reason"}
+                      "status", "error_reason", "kernel_fingerprint"}
     assert r["requested_backend"] == "reference_cpu" and r["actual_backend"] == "reference_cpu"
     assert r["device"] == {"name": "cpu", "sm": 0} and r["variant"]
+    assert r["kernel_fingerprint"] == _C.kernel_fingerprint("reference_cpu")
+    assert len(r["kernel_fingerprint"]) == 16
     # C++ parses what Python hands back, and prints the same receipt.
     again = _C.receipt_roundtrip(json.dumps(r))
     assert again is not None and json.loads(again) == r

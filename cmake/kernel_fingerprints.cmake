@@ -1,0 +1,50 @@
+# Kernel fingerprints: one hash per backend over the source files that make up its kernels, so
+# that a receipt can say which kernels produced it and `flashlane status` can tell a receipt of
+# the current kernels from a stale one (docs/RECEIPTS.md, "Kernel fingerprint").
+#
+# flashlane_kernel_fingerprints(<source dir> <output header>) writes a header defining
+# FLASHLANE_KERNEL_FINGERPRINT_<BACKEND> for sm90, reference_cuda and reference_cpu. Each value is
+# the first 16 hex digits of SHA-256 over "<path relative to the source dir>\n<SHA-256 of the
+# file>\n" for every file of the backend, in sorted path order. Only file contents and relative
+# paths enter: the value is the same in every checkout, build folder and build configuration
+# (head-dim filter, fast math and compiler are not part of it). Every hashed file is a configure
+# dependency, so an edit re-runs the configure step and the header follows; the header is
+# rewritten only when a value changes.
+function(flashlane_kernel_fingerprints source_dir output)
+  # backend name -> globs (relative to source_dir)
+  set(_sets
+    "sm90|src/sm90/*|src/dispatch/backends/sm90.cpp|cmake/sm90_kernels.cmake"
+    "reference_cuda|src/reference/reference_cuda.cu|src/dispatch/backends/reference_cuda.cpp"
+    "reference_cpu|src/reference/reference_cpu.cpp|src/dispatch/backends/reference_cpu.cpp")
+  set(_content "// Generated at configure time by cmake/kernel_fingerprints.cmake; do not edit.\n#pragma once\n")
+  foreach(_set IN LISTS _sets)
+    string(REPLACE "|" ";" _parts "${_set}")
+    list(POP_FRONT _parts _backend)
+    set(_files)
+    foreach(_glob IN LISTS _parts)
+      file(GLOB_RECURSE _found LIST_DIRECTORIES false CONFIGURE_DEPENDS
+           RELATIVE "${source_dir}" "${source_dir}/${_glob}")
+      list(APPEND _files ${_found})
+    endforeach()
+    list(REMOVE_DUPLICATES _files)
+    list(SORT _files)
+    set(_manifest "")
+    foreach(_f IN LISTS _files)
+      file(SHA256 "${source_dir}/${_f}" _h)
+      string(APPEND _manifest "${_f}\n${_h}\n")
+      set_property(DIRECTORY "${source_dir}" APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${source_dir}/${_f}")
+    endforeach()
+    string(SHA256 _all "${_manifest}")
+    string(SUBSTRING "${_all}" 0 16 _short)
+    list(LENGTH _files _n)
+    string(TOUPPER "${_backend}" _upper)
+    string(APPEND _content "#define FLASHLANE_KERNEL_FINGERPRINT_${_upper} \"${_short}\"  // ${_n} files\n")
+  endforeach()
+  set(_old "")
+  if(EXISTS "${output}")
+    file(READ "${output}" _old)
+  endif()
+  if(NOT _old STREQUAL _content)
+    file(WRITE "${output}" "${_content}")
+  endif()
+endfunction()

@@ -1,0 +1,135 @@
+// surfaces.cpp: the surface catalog (surfaces.h), built from the backend registry.
+#include "dispatch/surfaces.h"
+
+#include "dispatch/backend_registry.h"
+
+namespace flashlane::detail {
+
+namespace {
+
+constexpr bool kSm90Compiled = FLASHLANE_HAS_SM90 != 0;
+
+/// Tag of a variant no backend serves: the library has no fp8 dtype (include/flashlane/tensor.h),
+/// and sm90's dtype rule (sm90.dtype_unsupported) admits bfloat16 and float16 only.
+constexpr const char* kFp8Unsupported = "surface.dtype_fp8_unsupported";
+
+struct SurfaceSpec {
+  const char* id;
+  const char* description;
+  std::vector<std::string> modes;
+  bool has_code;
+  bool backward;  // which run function of a backend it needs
+  std::vector<std::string> kinds;
+};
+
+/// The first selection rule of a backend that can never hold (a reserved backend), or nullptr.
+const Rule* never_rule(const BackendDef& d) {
+  for (const Rule& r : d.rules)
+    if (r.kind == RuleKind::kSelection && r.holds == &rules::never) return &r;
+  return nullptr;
+}
+
+SurfaceBackend judge(const BackendDef& d, const SurfaceSpec& s) {
+  SurfaceBackend b;
+  b.backend = d.name;
+  const RunFn run = s.backward ? d.backward : d.forward;
+  if (const Rule* never = never_rule(d); never != nullptr || run == nullptr) {
+    b.reason_tag = never != nullptr ? never->tag : std::string(d.name) + ".not_implemented";
+    return b;
+  }
+  if (!s.has_code) {
+    b.reason_tag = kSurfaceNotImplemented;
+    return b;
+  }
+  if (d.id == Backend::kSm90 && !kSm90Compiled) {
+    b.reason_tag = "sm90.not_compiled";
+    return b;
+  }
+  b.applies = true;
+  return b;
+}
+
+}  // namespace
+
+const std::vector<Surface>& surface_catalog() {
+  static const std::vector<Surface> kCatalog = [] {
+    const std::vector<SurfaceSpec> specs = {
+        {"dense_fwd", "forward over dense [batch, seqlen, heads, head_dim] q, k, v", {"fwd"}, true,
+         false, {"contract_test", "microbench_case", "profile", "short_train", "prefill"}},
+        {"dense_bwd", "backward (dq, dk, dv) over dense tensors", {"bwd"}, true, true,
+         {"contract_test", "microbench_case", "profile", "short_train"}},
+        {"varlen_fwd", "forward over packed varlen tokens (cu_seqlens, seqused_k)", {"varlen_fwd"},
+         true, false, {"contract_test", "microbench_case", "profile"}},
+        {"varlen_bwd", "backward over packed varlen tokens", {"varlen_bwd"}, true, true,
+         {"contract_test", "microbench_case", "profile"}},
+        {"decode", "KV-cache decode (split-KV + combine) over a dense cache", {"decode"}, false,
+         false, {"contract_test", "microbench_case", "profile", "decode"}},
+        {"paged_decode", "decode over a paged KV cache (page table)", {"paged_decode"}, false,
+         false, {"contract_test", "microbench_case", "profile", "decode"}},
+        {"append_decode", "decode that appends new k/v to the cache in the same call",
+         {"append_decode"}, false, false, {"contract_test", "microbench_case", "decode"}},
+        {"attention_sinks", "forward and backward with learned sink logits per head",
+         {"sinks_fwd", "sinks_bwd"}, false, false,
+         {"contract_test", "microbench_case", "short_train"}},
+        {"context_parallel", "attention over a sequence split across devices (ring / all-gather)",
+         {"cp_fwd", "cp_bwd"}, false, false, {"contract_test", "microbench_case", "short_train"}},
+    };
+    std::vector<Surface> out;
+    for (const SurfaceSpec& s : specs) {
+      Surface f;
+      f.id = s.id;
+      f.description = s.description;
+      f.runtime_modes = s.modes;
+      f.has_code = s.has_code;
+      f.reason_tag = s.has_code ? "" : kSurfaceNotImplemented;
+      for (const BackendDef* d : backend_registry()) f.backends.push_back(judge(*d, s));
+      f.artifact_kinds = s.kinds;
+      f.exclusions.push_back({"dtype fp8", kFp8Unsupported});
+      out.push_back(std::move(f));
+    }
+    return out;
+  }();
+  return kCatalog;
+}
+
+const Surface* find_surface(std::string_view id) {
+  for (const Surface& s : surface_catalog())
+    if (s.id == id) return &s;
+  return nullptr;
+}
+
+std::string surface_for_mode(std::string_view runtime_mode) {
+  for (const Surface& s : surface_catalog())
+    for (const std::string& m : s.runtime_modes)
+      if (m == runtime_mode) return s.id;
+  return "";
+}
+
+const SurfaceBackend* surface_backend(const Surface& surface, std::string_view backend) {
+  for (const SurfaceBackend& b : surface.backends)
+    if (b.backend == backend) return &b;
+  return nullptr;
+}
+
+nlohmann::json surfaces_json() {
+  nlohmann::json list = nlohmann::json::array();
+  for (const Surface& s : surface_catalog()) {
+    nlohmann::json backends = nlohmann::json::array();
+    for (const SurfaceBackend& b : s.backends)
+      backends.push_back({{"backend", b.backend}, {"applies", b.applies}, {"reason_tag", b.reason_tag}});
+    nlohmann::json excl = nlohmann::json::array();
+    for (const SurfaceExclusion& e : s.exclusions)
+      excl.push_back({{"what", e.what}, {"reason_tag", e.reason_tag}});
+    list.push_back({{"id", s.id},
+                    {"description", s.description},
+                    {"runtime_modes", s.runtime_modes},
+                    {"has_code", s.has_code},
+                    {"reason_tag", s.reason_tag},
+                    {"backends", backends},
+                    {"artifact_kinds", s.artifact_kinds},
+                    {"exclusions", excl}});
+  }
+  return {{"surfaces", list}};
+}
+
+}  // namespace flashlane::detail
