@@ -38,7 +38,10 @@ AttentionProblem representative_problem(Device device) {
 int run_info(bool as_json) {
   nlohmann::json j;
   j["library"] = {{"version", version()}, {"git_commit", git_commit()},
-                  {"compiled_architectures", compiled_architectures()}};
+                  {"compiled_architectures", compiled_architectures()},
+                  {"kernel_fingerprints", {{"sm90", kernel_fingerprint("sm90")},
+                                           {"reference_cuda", kernel_fingerprint("reference_cuda")},
+                                           {"reference_cpu", kernel_fingerprint("reference_cpu")}}}};
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   std::string driver_error;
@@ -90,6 +93,9 @@ int run_info(bool as_json) {
   }
   std::cout << "flashlane " << version() << " (commit " << git_commit() << ")\n"
             << "compiled architectures: " << compiled_architectures() << "\n"
+            << "kernel fingerprints: sm90 " << kernel_fingerprint("sm90") << ", reference_cuda "
+            << kernel_fingerprint("reference_cuda") << ", reference_cpu "
+            << kernel_fingerprint("reference_cpu") << "\n"
             << "CUDA driver "
             << (driver > 0 ? std::to_string(driver / 1000) + "." + std::to_string((driver % 1000) / 10)
                            : std::string("none"))

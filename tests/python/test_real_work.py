@@ -12,6 +12,7 @@ the diagnosis writes none.
 """
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -125,10 +126,22 @@ def test_real_license_texts():
 # ------------------------------------------------------------------------------------------------
 # Proof rows and the gate.
 
-def env(gpu=True):
+@functools.lru_cache(maxsize=None)
+def tool_fingerprint(backend="sm90"):
+    """The kernel fingerprint of the built tool (`flashlane info --json`), "" without the tool:
+    the gate counts only rows of its own build's kernels."""
+    tool = gate_tool()
+    if tool is None:
+        return ""
+    p = subprocess.run([tool, "info", "--json"], capture_output=True, text=True, timeout=60)
+    return json.loads(p.stdout)["library"]["kernel_fingerprints"][backend]
+
+
+def env(gpu=True, fingerprint=None):
     return {"device": "NVIDIA H200" if gpu else "cpu", "sm": 90 if gpu else 0, "driver": "x",
             "cuda_runtime": "13.0", "library_version": "0.1.0", "git_commit": "abc",
-            "compiled_archs": "sm_90a"}
+            "compiled_archs": "sm_90a",
+            "kernel_fingerprint": tool_fingerprint() if fingerprint is None else fingerprint}
 
 
 def receipt(backend="sm90", mode="fwd", sm=90):
@@ -211,6 +224,16 @@ def run_gate(tmp_path, rows):
 def test_gate_passes_on_the_complete_set(tmp_path):
     rc, out, rules = run_gate(tmp_path, full_set())
     assert rc == 0 and out["pass"] and out["counting_rows"] == 8, out
+
+
+def test_gate_fails_on_rows_of_other_kernels(tmp_path):
+    rows = full_set()
+    for r in rows[:2]:
+        r["environment"]["kernel_fingerprint"] = "0123456789abcdef"
+    rows[2]["environment"].pop("kernel_fingerprint")  # written before fingerprints
+    rc, out, rules = run_gate(tmp_path, rows)
+    assert rc == 1 and "stale_fingerprint" in rules and "required_not_counted" in rules, out
+    assert out["stale_rows"] == 3 and out["counting_rows"] == 5, out
 
 
 def test_gate_fails_when_a_required_row_is_missing(tmp_path):
