@@ -425,6 +425,16 @@ StatusReport compute_status(const Manifest& manifest, const std::vector<SourcedR
     int stood = -1;           // index of the highest rung of the unbroken run
     int first_receipts = -1;  // index of the first rung that needs receipts
     if (plan) {
+      // Where the stale receipts would put the surface if they were of the current kernels.
+      std::vector<Judged> as_current = judged;
+      for (auto& j : as_current) j.fresh = true;
+      for (const Rung& rung : plan->rungs) {
+        bool met = true;
+        for (const auto& q : rung.requires_)
+          met = met && judge_requirement(q, *plan, surface, manifest, as_current, {}).met;
+        if (!met) break;
+        st.rung_if_current = rung.id;
+      }
       bool unbroken = true;
       for (size_t i = 0; i < plan->rungs.size(); ++i) {
         const Rung& rung = plan->rungs[i];
@@ -530,7 +540,8 @@ nlohmann::json status_to_json(const StatusReport& rep, bool with_fingerprints) {
     surfaces.push_back({{"surface", s.surface}, {"description", s.description},
                         {"has_code", s.has_code}, {"reason_tag", s.reason_tag},
                         {"in_manifest", s.in_manifest}, {"target_backend", s.target_backend},
-                        {"rung", s.rung}, {"rung_title", s.rung_title}, {"next_rung", s.next_rung},
+                        {"rung", s.rung}, {"rung_title", s.rung_title},
+                        {"rung_if_current", s.rung_if_current}, {"next_rung", s.next_rung},
                         {"next_title", s.next_title}, {"next_missing", s.next_missing},
                         {"rungs", rungs}, {"cells", cells}});
   }
@@ -560,6 +571,8 @@ std::string status_to_text(const StatusReport& rep) {
   for (const auto& s : rep.surfaces) {
     o << s.surface << ": rung " << (s.rung.empty() ? "-" : s.rung);
     if (!s.next_rung.empty()) o << ", next " << s.next_rung;
+    if (s.rung_if_current != s.rung)
+      o << " (stale receipts would reach " << (s.rung_if_current.empty() ? "-" : s.rung_if_current) << ")";
     o << "\n";
     for (const auto& c : s.cells) {
       o << "  " << c.backend << ": " << light_word(c);
@@ -612,7 +625,12 @@ std::string status_to_markdown(const StatusReport& rep, const std::string& manif
       md << "Target backend " << s.target_backend << "; stands on "
          << (s.rung.empty() ? "no rung" : "**" + s.rung + "** (" + s.rung_title + ")");
       if (!s.next_rung.empty()) md << "; next **" << s.next_rung << "** (" << s.next_title << ")";
-      md << ".\n";
+      md << ".";
+      if (s.rung_if_current != s.rung)
+        md << " Were the stale receipts of the current kernels, it would stand on "
+           << (s.rung_if_current.empty() ? std::string("no rung") : "**" + s.rung_if_current + "**")
+           << ".";
+      md << "\n";
       if (!s.next_missing.empty()) {
         md << "\nOwed for " << s.next_rung << ":\n";
         for (const auto& m : s.next_missing) md << "- " << m << "\n";

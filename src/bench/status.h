@@ -147,6 +147,9 @@ struct SurfaceStatus {
   bool in_manifest = false;
   std::string rung;        // highest rung stood on ("" none)
   std::string rung_title;
+  /// The rung the receipts would reach if the stale ones were of the current kernels (shows
+  /// what re-running them would restore); equals `rung` when nothing is stale.
+  std::string rung_if_current;
   std::string next_rung;   // "" when the top is reached
   std::string next_title;
   std::vector<std::string> next_missing;  // the next rung's unmet requirements, with detail

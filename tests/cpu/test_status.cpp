@@ -527,6 +527,7 @@ TEST(StatusTest, StaleReceiptsAreShownButDoNotCount) {
   const fb::StatusReport rep = status_of(rows);
   const auto& s = surface(rep, "dense_fwd");
   EXPECT_EQ(s.rung, "L1");
+  EXPECT_EQ(s.rung_if_current, "R7");  // shown, not counted
   const auto& c = cell_of(rep, "dense_fwd", "sm90");
   EXPECT_EQ(c.light, "yellow");
   EXPECT_EQ(c.stale_rows, 2);
