@@ -17,6 +17,9 @@ when it is imported (with torch >= 2.11) and activates nothing: only ``activate(
 
 PyTorch still decides which SDPA calls are flash-eligible (fp16/bf16 CUDA tensors, no attn_mask,
 ...); calls it sends to another backend never reach flashlane and leave no flashlane receipt.
+While active, the flash backend is first in SDPA's priority order (on sm90 PyTorch otherwise puts
+cuDNN first, and flash-eligible calls would go there); the previous order comes back with the
+kernels' removal.
 Every call that reaches flashlane leaves one: the forward and (on autograd's thread) the
 backward, each naming what ran (``flashlane.receipt_log()`` collects both).
 
@@ -72,15 +75,19 @@ class _Handle:
     """What the register function returns (torch's FlashAttentionHandle): remove() takes the
     kernels out of the dispatcher again (PyTorch's own flash kernels are back)."""
 
-    def __init__(self, library, keys: Sequence[str]):
+    def __init__(self, library, keys: Sequence[str], saved_priority=None):
         self.library = library
         self.keys = tuple(keys)
+        self.saved_priority = saved_priority
 
     def remove(self) -> None:
         global _handle
         if self.library is not None:
             self.library._destroy()
             self.library = None
+        if self.saved_priority is not None:
+            torch._C._set_sdp_priority_order(self.saved_priority)
+            self.saved_priority = None
         if _handle is self:
             _handle = None
 
@@ -290,8 +297,28 @@ def _register_kernels(dispatch_keys: Sequence[str] = _DEFAULT_KEYS) -> _Handle:
         for key in dispatch_keys:
             for op, fn in _KERNELS:
                 lib.impl(op, fn, key)
-    _handle = _Handle(lib, dispatch_keys)
+    _handle = _Handle(lib, dispatch_keys, _flash_first() if "CUDA" in dispatch_keys else None)
     return _handle
+
+
+def _flash_first():
+    """Puts SDPA's flash backend first in PyTorch's priority order and returns the previous order
+    (None when unchanged). On sm90 / sm100 with a recent cuDNN, PyTorch initializes the order
+    with cuDNN first (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp, priority_order and
+    check_prefer_cudnn_attention), which would hand flash-eligible calls to cuDNN; reading the
+    order initializes it, so the order set here is the one SDPA uses. Calls the flash backend
+    does not take still go to the next backend of the previous order."""
+    get = getattr(torch._C, "_get_sdp_priority_order", None)
+    set_ = getattr(torch._C, "_set_sdp_priority_order", None)
+    if get is None or set_ is None:
+        return None
+    previous = [int(b) for b in get()]
+    flash = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
+    order = [flash] + [b for b in previous if b != flash]
+    if order == previous:
+        return None
+    set_(order)
+    return previous
 
 
 def _torch_registry():

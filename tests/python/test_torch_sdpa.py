@@ -69,6 +69,23 @@ def test_registered_by_name_and_activated_through_torch():
 
 
 @pytest.mark.torch
+@needs_registry
+def test_activation_puts_flash_first_in_sdpa_priority_and_restores_it():
+    B = tna.SDPBackend
+    original = list(torch._C._get_sdp_priority_order())
+    cudnn_first = [int(b) for b in (B.CUDNN_ATTENTION, B.FLASH_ATTENTION, B.EFFICIENT_ATTENTION,
+                                    B.MATH, B.OVERRIDEABLE)]
+    try:
+        torch._C._set_sdp_priority_order(cudnn_first)  # what PyTorch sets on sm90
+        tna.activate_flash_attention_impl("flashlane")
+        assert list(torch._C._get_sdp_priority_order())[0] == int(B.FLASH_ATTENTION)
+        tna.restore_flash_attention_impl()
+        assert list(torch._C._get_sdp_priority_order()) == cudnn_first
+    finally:
+        torch._C._set_sdp_priority_order(original)
+
+
+@pytest.mark.torch
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2)])
 def test_sdpa_flash_op_forward_backward_on_flashlane(is_causal, heads):
