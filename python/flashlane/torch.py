@@ -305,13 +305,18 @@ def _flash_first():
     """Puts SDPA's flash backend first in PyTorch's priority order and returns the previous order
     (None when unchanged). On sm90 / sm100 with a recent cuDNN, PyTorch initializes the order
     with cuDNN first (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp, priority_order and
-    check_prefer_cudnn_attention), which would hand flash-eligible calls to cuDNN; reading the
-    order initializes it, so the order set here is the one SDPA uses. Calls the flash backend
-    does not take still go to the next backend of the previous order."""
+    check_prefer_cudnn_attention), which would hand flash-eligible calls to cuDNN. It does so
+    lazily, at the first backend selection (reading the order does not), and would then overwrite
+    an order set before: one selection on a tiny CUDA problem (torch._fused_sdp_choice, which
+    launches nothing) initializes it first. Calls the flash backend does not take still go to the
+    next backend of the previous order."""
     get = getattr(torch._C, "_get_sdp_priority_order", None)
     set_ = getattr(torch._C, "_set_sdp_priority_order", None)
     if get is None or set_ is None:
         return None
+    if torch.cuda.is_available() and hasattr(torch, "_fused_sdp_choice"):
+        t = torch.zeros((1, 1, 1, 8), dtype=torch.float16, device="cuda")
+        torch._fused_sdp_choice(t, t, t)
     previous = [int(b) for b in get()]
     flash = int(torch.nn.attention.SDPBackend.FLASH_ATTENTION)
     order = [flash] + [b for b in previous if b != flash]
