@@ -7,6 +7,9 @@
 PyTorch tensors (CUDA, or CPU on reference_cpu) go through the custom ops flashlane::fwd /
 flashlane::bwd (autograd, torch.compile, CUDA graphs); NumPy arrays run on reference_cpu.
 Errors raise FlashlaneError (a RuntimeError) with .code (stable name) and .reason_tag.
+FlashAttention 2's and 3's exact signatures: flashlane.flash_attn, flashlane.flash_attn_interface.
+PyTorch SDPA: flashlane.torch.activate() (or torch.nn.attention.activate_flash_attention_impl(
+"flashlane")); importing flashlane activates nothing.
 Hugging Face transformers: flashlane.integrations.transformers.register().
 See docs/PYTHON.md.
 """
@@ -21,6 +24,7 @@ from . import _C
 from ._core import (ERROR_CODES, FlashlaneError, last_receipt, receipt_log,
                     record_python_receipt)
 from .interface import attention, flash_attn_func, flash_attn_varlen_func
+from . import flash_attn, flash_attn_interface  # noqa: E402  FlashAttention 2 / 3 signatures
 
 __version__ = _C.version()
 
@@ -70,6 +74,11 @@ def _register_torch_ops() -> None:
     from . import _ops, interface
 
     interface._attention_op = _ops.attention_op
+    # The name "flashlane" in torch's flash-attention registry (torch >= 2.11): registration
+    # only; activate_flash_attention_impl("flashlane") or flashlane.torch.activate() activates.
+    from . import torch as _sdpa_provider
+
+    _sdpa_provider._register_provider()
 
 
 _register_torch_ops()
