@@ -5,16 +5,19 @@
 // the sm90 kernels, including one configured with -DFLASHLANE_SM90_HEAD_DIMS=128.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 
 #include "dispatch/applicability.h"
 #include "dispatch/backends.h"
 #include "sm90/common/instantiations.h"
 #include "sm90/common/kernel_table.h"
 #include "sm90/common/params_builder.h"
+#include "sm90/common/tile_order.h"
 #include "support/host_problem.h"
 
 namespace fl = flashlane;
@@ -86,6 +89,11 @@ TEST(Sm90KernelTable, RowsAreUniqueAndWellFormed) {
     EXPECT_LE(c.head_dim, 256);
     EXPECT_EQ(c.fwd.block_n % 16, 0);
     EXPECT_GE(c.fwd.stages, 1);
+    // fwd/softmax.h's static_asserts, checked here for every row (compiled or not).
+    EXPECT_GE(c.fwd.exp2_emulated_per16, 0);
+    EXPECT_LE(c.fwd.exp2_emulated_per16, 16);
+    EXPECT_GE(c.fwd.rescale_threshold, 0);
+    EXPECT_LE(c.fwd.rescale_threshold, 32);
     EXPECT_GE(c.bwd.stages, 1);
     EXPECT_EQ(sm90::find_row(c.head_dim, c.head_dim_v), size_t(&c - sm90::kKernelTable));
     // The keys split keeps dK and dV of its 64 keys in registers: head_dim <= 128 only.
@@ -172,6 +180,25 @@ TEST(Sm90KernelTable, VariantNames) {
             "fwd_m128_n64_d192_dv128_bf16_ws2_stages2");
   EXPECT_EQ(sm90::bwd_variant_name(d192, fl::DType::kBFloat16),
             "bwd_m64_n64_d192_dv128_bf16_wgmma");
+}
+
+// The forward's softmax choices appear in its variant name exactly when a row makes them.
+TEST(Sm90KernelTable, VariantNamesCarryTheSoftmaxChoices) {
+  using sm90::BwdSplit;
+  using sm90::BwdTile;
+  using sm90::FwdTile;
+  const auto plain = sm90::row(64, 64, FwdTile{192, 3}, BwdTile{128, 128, 2, BwdSplit::kKeys});
+  const auto emulated =
+      sm90::row(64, 64, FwdTile{192, 3, 4, 0}, BwdTile{128, 128, 2, BwdSplit::kKeys});
+  const auto both = sm90::row(64, 64, FwdTile{192, 3, 4, 8}, BwdTile{128, 128, 2, BwdSplit::kKeys});
+  const auto rescale_only =
+      sm90::row(64, 64, FwdTile{192, 3, 0, 8}, BwdTile{128, 128, 2, BwdSplit::kKeys});
+  const auto bf = fl::DType::kBFloat16;
+  EXPECT_EQ(sm90::fwd_variant_name(plain, bf), "fwd_m128_n192_d64_bf16_ws2_stages3");
+  EXPECT_EQ(sm90::fwd_variant_name(emulated, bf), "fwd_m128_n192_d64_bf16_ws2_stages3_exp2fma4of16");
+  EXPECT_EQ(sm90::fwd_variant_name(both, bf),
+            "fwd_m128_n192_d64_bf16_ws2_stages3_exp2fma4of16_rescale8");
+  EXPECT_EQ(sm90::fwd_variant_name(rescale_only, bf), "fwd_m128_n192_d64_bf16_ws2_stages3_rescale8");
 }
 
 // The params builder: one translation for both directions; the backward's extends the
@@ -319,4 +346,67 @@ TEST(Sm90KernelTable, VariantFeatures) {
   info.varlen = true;
   info.heads_kv = 1;
   EXPECT_EQ(sm90::variant_features(info), "+causal+window+softcap+varlen+gqa");
+}
+
+// The forward's tile order (common/tile_order.h): every (m_block, head, batch) exactly once, for
+// every group size; within a group the longest M-block (the last) of each pair comes first.
+TEST(Sm90TileOrder, EveryTileOnceLongestFirstPerGroup) {
+  for (int m_blocks : {1, 3, 16}) {
+    for (int heads : {1, 5, 8}) {
+      for (int batch : {1, 3}) {
+        const int pairs = heads * batch;
+        const int tiles = m_blocks * pairs;
+        for (int group : {1, 2, 4, 7, pairs}) {
+          if (group > pairs) continue;
+          std::set<std::tuple<int, int, int>> seen;
+          for (int t = 0; t < tiles; ++t) {
+            const sm90::TileCoord c = sm90::decode_tile(t, m_blocks, heads, tiles, group);
+            ASSERT_GE(c.m_block, 0);
+            ASSERT_LT(c.m_block, m_blocks);
+            ASSERT_GE(c.head, 0);
+            ASSERT_LT(c.head, heads);
+            ASSERT_GE(c.batch, 0);
+            ASSERT_LT(c.batch, batch);
+            EXPECT_TRUE(seen.insert({c.m_block, c.head, c.batch}).second)
+                << "tile " << t << " group " << group;
+            // The first tiles of each group are the last M-block of its pairs.
+            const int first_pair = (t / (group * m_blocks)) * group;
+            const int in_group = std::min(group, pairs - first_pair);
+            if (t % (group * m_blocks) < in_group) EXPECT_EQ(c.m_block, m_blocks - 1) << t;
+          }
+          EXPECT_EQ(int(seen.size()), tiles);
+        }
+      }
+    }
+  }
+  // group 1 is the order of one pair's M-blocks in a row, last first.
+  const sm90::TileCoord c = sm90::decode_tile(5, 4, 3, 24, 1);
+  EXPECT_EQ(c.m_block, 2);  // pair 1, second tile
+  EXPECT_EQ(c.head, 1);
+  EXPECT_EQ(c.batch, 0);
+}
+
+// The forward's tile group (params_builder.h): 1 for persistent problems; otherwise as many
+// (batch, head) pairs as keep their K/V within 16 MiB, at most 8 and at most batch * heads.
+TEST(Sm90TileOrder, GroupFollowsTheL2Budget) {
+  fl::ProblemInfo info;
+  info.dtype = fl::DType::kBFloat16;
+  info.mask = fl::MaskType::kCausal;
+  auto cell = [&](int64_t seqlen, int64_t d, int64_t batch, int64_t heads, int64_t heads_kv) {
+    info.seqlen_q = info.seqlen_k = seqlen;
+    info.head_dim = info.head_dim_v = d;
+    info.batch = batch;
+    info.heads_q = heads;
+    info.heads_kv = heads_kv;
+    return sm90::fwd_tile_group(info, /*persistent=*/false);
+  };
+  EXPECT_EQ(cell(2048, 128, 8, 16, 16), 8);   // 1 MiB of K/V per head: the cap
+  EXPECT_EQ(cell(8192, 128, 2, 16, 16), 4);   // 4 MiB
+  EXPECT_EQ(cell(16384, 128, 1, 16, 16), 2);  // 8 MiB
+  EXPECT_EQ(cell(16384, 256, 1, 8, 8), 1);    // 16 MiB
+  EXPECT_EQ(cell(16384, 64, 1, 32, 32), 4);
+  EXPECT_EQ(cell(16384, 128, 1, 16, 4), 8);   // GQA 4:1: four query heads share one K/V
+  EXPECT_EQ(cell(512, 64, 1, 3, 3), 3);       // no more than the pairs
+  EXPECT_EQ(cell(1 << 20, 256, 1, 4, 4), 1);  // beyond the budget alone: still 1
+  EXPECT_EQ(sm90::fwd_tile_group(info, /*persistent=*/true), 1);
 }

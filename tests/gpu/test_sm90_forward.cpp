@@ -11,11 +11,16 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "dispatch/backends.h"
+#if defined(FLASHLANE_TEST_SOFTMAX_VARIANTS)
+#include "gpu/sm90_softmax_variants.h"
+#include "sm90/common/params_builder.h"
+#endif
 #include "flashlane/dispatch.h"
 #include "flashlane/flashlane.h"
 #include "flashlane/receipt.h"
@@ -120,6 +125,7 @@ void copy_inputs(const HostProblem& src, HostProblem& dst) {
 
 struct Errors {
   double o = 0, o_ref = 0, lse = 0, lse_ref = 0;
+  double lse_magnitude = 0;  // max |LSE| of the float64 reference over finite rows
   int64_t lse_inf_mismatch = 0, nonfinite = 0;
 };
 
@@ -153,6 +159,7 @@ void compare(const HostProblem& got, const HostProblem& low, const HostProblem& 
         }
         e->lse = std::max(e->lse, std::fabs(g - r));
         e->lse_ref = std::max(e->lse_ref, std::fabs(l - r));
+        e->lse_magnitude = std::max(e->lse_magnitude, std::fabs(r));
       }
     }
   }
@@ -174,16 +181,32 @@ std::string describe(const HostProblemConfig& c) {
   return buf;
 }
 
-enum class Path { kDirect, kDispatcherStrict };
+// kSoftmaxVariant: the kernel of sm90_softmax_variants.cu (emulated exp2 and conditional rescaling
+// at head_dim 64 and 128, bf16), launched on the same parameters as the library's.
+enum class Path { kDirect, kDispatcherStrict, kSoftmaxVariant };
+
+/// Rewrites the random inputs of a problem (the same way for every copy of it).
+using InputShaper = std::function<void(HostProblem&)>;
 
 /// Runs one problem on the sm90 kernel and checks it against the references.
+/// lse_ulps: extra LSE tolerance in units of 2^-24 |LSE|, for inputs whose scores are large: the
+/// kernel accumulates S = Q K^T in fp32 (the float64 references do not), and a dot product of
+/// head_dim terms accumulated in fp32 is within head_dim * 2^-24 * sum |q_i k_i| of the exact
+/// one (the standard bound for recursive summation, Higham, "Accuracy and Stability of Numerical
+/// Algorithms", sec. 3.1). LSE inherits that error of the row's largest scores; with |LSE| ~ 300
+/// it is 1e-4 and more, beyond the rule's absolute 1e-5. 0 elsewhere.
 void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
-                fl::sm90::ScheduleOverride schedule = fl::sm90::ScheduleOverride::kAuto) {
+                fl::sm90::ScheduleOverride schedule = fl::sm90::ScheduleOverride::kAuto,
+                const InputShaper& shape_inputs = {}, double lse_ulps = 0.0) {
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = false;
   cfg.nan_unused_kv = true;
   HostProblem low(cfg);  // low-precision inputs; ref_lowp output
   HostProblem got(cfg);  // same inputs; receives the kernel's output
+  if (shape_inputs) {
+    shape_inputs(low);
+    shape_inputs(got);
+  }
   HostProblemConfig cfg64 = cfg;
   cfg64.dtype = DType::kFloat64;
   HostProblem ref(cfg64);
@@ -204,6 +227,17 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   if (path == Path::kDirect) {
     const fl::Status st = fl::detail::sm90_forward(dev.problem(), info, nullptr, &variant);
     ASSERT_TRUE(st.ok()) << st.to_string();
+  } else if (path == Path::kSoftmaxVariant) {
+#if defined(FLASHLANE_TEST_SOFTMAX_VARIANTS)
+    fl::sm90::FwdParams params;
+    fl::Status st = fl::sm90::build_fwd_params(dev.problem(), info, &params);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    st = fl::test_support::launch_fwd_softmax_variant(int(cfg.head_dim), params, nullptr);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    variant = "fwd_m128_softmax_variant";
+#else
+    FAIL() << "built without the softmax variants";
+#endif
   } else {
     fl::Request req;
     req.backend = fl::Backend::kSm90;
@@ -232,8 +266,9 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   EXPECT_EQ(e.lse_inf_mismatch, 0);
   EXPECT_LE(e.o, 2 * e.o_ref + 1e-5) << "O error " << e.o << " vs low-precision reference " << e.o_ref
                                      << " (" << variant << ")";
-  EXPECT_LE(e.lse, 2 * e.lse_ref + 1e-5) << "LSE error " << e.lse << " vs " << e.lse_ref << " ("
-                                         << variant << ")";
+  EXPECT_LE(e.lse, 2 * e.lse_ref + 1e-5 + lse_ulps * 0x1p-24 * e.lse_magnitude)
+      << "LSE error " << e.lse << " vs " << e.lse_ref << ", |LSE| up to " << e.lse_magnitude
+      << " (" << variant << ")";
 }
 
 HostProblemConfig base(DType dt, int64_t d, int64_t dv, uint64_t seed) {
@@ -413,6 +448,125 @@ TEST(Sm90Forward, ThroughTheDispatcherInStrictMode) {
   c.seqlen_q = c.seqlen_k = 257;
   c.mask = MaskType::kCausal;
   check_case(c, Path::kDispatcherStrict);
+}
+
+// Scores built against the conditional rescaling and the emulated exp2 (fwd/softmax.h): the kernel
+// visits key blocks from the last to the first, so keys whose score grows towards key 0 raise the
+// running maximum on every block, by less than the rescaling threshold (8 in log2 units) on some
+// problems and by more on others; one huge logit (its neighbours' exp2 arguments fall below the
+// emulated exp2's clamp); rows that see no key at all (bottom-right causal with more queries than
+// keys); and softcap on top of growing scores.
+namespace {
+// Score of (query i, key j) = softmax_scale * q_i . k_j with component 0 of every q_i set to 1 and
+// component 0 of k_j to ramp(j) (in log2 units, divided by the log2-domain scale): every query sees
+// the same profile on top of the random rest.
+InputShaper growing_scores(double growth_log2, int64_t huge_key, double huge_log2) {
+  return [=](HostProblem& hp) {
+    const HostProblemConfig& c = hp.config();
+    const double to_log2 = 1.4426950408889634 / std::sqrt(double(c.head_dim));
+    for (int64_t b = 0; b < hp.batch(); ++b) {
+      for (int64_t h = 0; h < c.heads_q; ++h) {
+        for (int64_t i = 0; i < hp.seqlen_q(b); ++i) hp.q.set(hp.row_offset(hp.q, b, i, h, false), 1.0);
+      }
+      const int64_t n = hp.seqlen_k(b);
+      for (int64_t h = 0; h < c.heads_kv; ++h) {
+        for (int64_t j = 0; j < n; ++j) {
+          // Growing towards key 0 by growth_log2 over the sequence.
+          double s_log2 = growth_log2 * double(n - j) / double(std::max<int64_t>(n, 1));
+          if (j == huge_key) s_log2 += huge_log2;
+          hp.k.set(hp.row_offset(hp.k, b, j, h, true), s_log2 / to_log2);
+        }
+      }
+    }
+  };
+}
+
+struct AdversarialShape {
+  int64_t sq, sk;
+  MaskType mask;
+  double growth, huge;
+  int64_t huge_key;
+  double softcap;
+};
+// The kernel visits key blocks from the last to the first, so these maxima grow on every block.
+constexpr AdversarialShape kAdversarialShapes[] = {
+    {256, 1000, MaskType::kNoMask, 40.0, 0.0, -1, 0.0},    // ~8 per 192-key block: around it
+    {256, 4097, MaskType::kNoMask, 30.0, 0.0, -1, 0.0},    // ~1 per block: stays stale long
+    {200, 1536, MaskType::kNoMask, 400.0, 0.0, -1, 0.0},   // ~50 per block: always rescales
+    {256, 700, MaskType::kNoMask, 0.0, 200.0, 0, 0.0},     // one huge logit, visited last
+    {256, 700, MaskType::kNoMask, 0.0, 200.0, 650, 0.0},   // one huge logit, visited first
+    {300, 200, MaskType::kCausalBottomRight, 40.0, 60.0, 0, 0.0},  // 100 rows see no key
+    {256, 1000, MaskType::kCausal, 60.0, 0.0, -1, 30.0},   // softcap on growing scores
+};
+
+void check_adversarial(DType dt, int64_t d, int64_t dv, Path path) {
+  for (const AdversarialShape& sh : kAdversarialShapes) {
+    HostProblemConfig c = base(dt, d, dv, fresh_seed());
+    c.seqlen_q = sh.sq;
+    c.seqlen_k = sh.sk;
+    c.heads_q = 2;
+    c.heads_kv = 1;
+    c.mask = sh.mask;
+    c.softcap = sh.softcap;
+    SCOPED_TRACE("growth " + std::to_string(sh.growth) + " huge " + std::to_string(sh.huge) +
+                 " at key " + std::to_string(sh.huge_key));
+    // Scores up to ~400 in log2 units, LSE up to ~280, and one term of each score dominates
+    // (sum |q_i k_i| ~ |s|): the fp32 accumulation bound is head_dim ulps of |LSE|.
+    check_case(c, path, fl::sm90::ScheduleOverride::kAuto,
+               growing_scores(sh.growth, sh.huge_key, sh.huge), /*lse_ulps=*/double(d));
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+}  // namespace
+
+// Scores built against the conditional rescaling and the emulated exp2 (fwd/softmax.h): maxima
+// that grow by less than the rescaling threshold (8 in log2 units) per block and by more; one huge
+// logit (its neighbours' exp2 arguments fall below the emulated exp2's clamp); rows that see no
+// key at all (bottom-right causal with more queries than keys); softcap on growing scores.
+TEST(Sm90Forward, AdversarialScoresForTheRescaling) {
+  SKIP_UNLESS_SM90();
+  for (auto& dd : kDims) {
+    if (!fl::detail::sm90_forward_supports(dd[0], dd[1])) continue;
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      check_adversarial(dt, dd[0], dd[1], Path::kDirect);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+// The emulated exp2 (4 of 16 columns) with conditional rescaling, which no table row ships:
+// random problems (masks, GQA, varlen, seqused_k) and the adversarial scores above.
+TEST(Sm90Forward, EmulatedExp2Variant) {
+  SKIP_UNLESS_SM90();
+#if !defined(FLASHLANE_TEST_SOFTMAX_VARIANTS)
+  GTEST_SKIP() << "this build has no softmax variants (needs head dims 64 and 128)";
+#else
+  for (int64_t d : {64, 128}) {
+    HostProblemConfig c = base(DType::kBFloat16, d, d, fresh_seed());
+    c.batch = 2;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.seqlen_q = 300;
+    c.seqlen_k = 517;
+    for (MaskType m : {MaskType::kCausalBottomRight, MaskType::kNoMask, MaskType::kCausal}) {
+      c.mask = m;
+      check_case(c, Path::kSoftmaxVariant);
+    }
+    c.mask = MaskType::kNoMask;
+    c.window_left = 100;
+    c.window_right = 30;
+    check_case(c, Path::kSoftmaxVariant);
+    HostProblemConfig v = base(DType::kBFloat16, d, d, fresh_seed());
+    v.seqlens_q = {0, 130, 7, 400};
+    v.seqlens_k = {5, 300, 0, 700};
+    v.seqused_k = {5, 250, 0, 333};
+    v.heads_q = 2;
+    v.mask = MaskType::kCausalBottomRight;
+    check_case(v, Path::kSoftmaxVariant);
+    check_adversarial(DType::kBFloat16, d, d, Path::kSoftmaxVariant);
+    if (HasFatalFailure()) return;
+  }
+#endif
 }
 
 TEST(Sm90Forward, RandomizedSweep) {

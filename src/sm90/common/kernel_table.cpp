@@ -21,8 +21,15 @@ std::string pair_text(const KernelConfig& c) {
 }  // namespace
 
 std::string fwd_variant_name(const KernelConfig& c, DType dtype) {
-  return "fwd_m" + std::to_string(kFwdBlockM) + "_n" + std::to_string(c.fwd.block_n) +
-         tile_dims(c) + dtype_suffix(dtype) + "_ws2_stages" + std::to_string(c.fwd.stages);
+  std::string s = "fwd_m" + std::to_string(kFwdBlockM) + "_n" + std::to_string(c.fwd.block_n) +
+                  tile_dims(c) + dtype_suffix(dtype) + "_ws2_stages" +
+                  std::to_string(c.fwd.stages);
+  // The softmax choices (fwd/softmax.h), when the row makes them.
+  if (c.fwd.exp2_emulated_per16 > 0) {
+    s += "_exp2fma" + std::to_string(c.fwd.exp2_emulated_per16) + "of16";
+  }
+  if (c.fwd.rescale_threshold > 0) s += "_rescale" + std::to_string(c.fwd.rescale_threshold);
+  return s;
 }
 
 std::string bwd_variant_name(const KernelConfig& c, DType dtype) {

@@ -25,9 +25,16 @@ enum class BwdSplit : int { kKeys = 0, kHeadDim = 1 };
 
 /// Forward tile: kBlockM is always 128 (2 consumer warpgroups x 64 rows); block_n and the K/V
 /// ring depth are sized to the 227 KB of shared memory and the consumers' registers.
+/// The softmax choices of FlashAttention-4 (fwd/softmax.h), chosen per row by measurement:
+///   exp2_emulated_per16: of every 16 score columns of a thread, how many take exp2 from the FMA
+///                        units (common/exp2_fma.h) instead of MUFU; 0 = none;
+///   rescale_threshold:   log2-domain growth of a row's maximum below which O and the row sum
+///                        are not rescaled (FlashAttention-4 uses 8); 0 = rescale on every growth.
 struct FwdTile {
   int block_n;
   int stages;
+  int exp2_emulated_per16 = 0;
+  int rescale_threshold = 0;
 };
 /// Backward tile: block_m query rows per visit, block_n keys per CTA, Q/dO ring depth.
 struct BwdTile {
@@ -57,12 +64,12 @@ inline constexpr int kFwdBlockM = 128;
 // Q/dO stage only).
 inline constexpr KernelConfig kKernelTable[] = {
     // head_dim, head_dim_v, forward {block_n, stages}, backward {block_m, block_n, stages, split}
-    row(64, 64, FwdTile{192, 3}, BwdTile{128, 128, 2, BwdSplit::kKeys}),
-    row(96, 96, FwdTile{128, 3}, BwdTile{64, 128, 2, BwdSplit::kKeys}),
-    row(128, 128, FwdTile{128, 2}, BwdTile{64, 128, 2, BwdSplit::kKeys}),
-    row(192, 192, FwdTile{96, 2}, BwdTile{64, 64, 2, BwdSplit::kHeadDim}),
-    row(192, 128, FwdTile{64, 2}, BwdTile{64, 64, 2, BwdSplit::kHeadDim}),
-    row(256, 256, FwdTile{64, 2}, BwdTile{64, 64, 1, BwdSplit::kHeadDim}),
+    row(64, 64, FwdTile{192, 3, 0, 0}, BwdTile{128, 128, 2, BwdSplit::kKeys}),
+    row(96, 96, FwdTile{128, 3, 0, 0}, BwdTile{64, 128, 2, BwdSplit::kKeys}),
+    row(128, 128, FwdTile{128, 2, 0, 0}, BwdTile{64, 128, 2, BwdSplit::kKeys}),
+    row(192, 192, FwdTile{96, 2, 0, 0}, BwdTile{64, 64, 2, BwdSplit::kHeadDim}),
+    row(192, 128, FwdTile{64, 2, 0, 0}, BwdTile{64, 64, 2, BwdSplit::kHeadDim}),
+    row(256, 256, FwdTile{64, 2, 0, 8}, BwdTile{64, 64, 1, BwdSplit::kHeadDim}),
 };
 inline constexpr size_t kKernelTableSize = sizeof(kKernelTable) / sizeof(kKernelTable[0]);
 

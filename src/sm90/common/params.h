@@ -59,6 +59,9 @@ struct FwdParams {
   int num_m_blocks = 0;
   int num_tiles = 0;
   bool persistent = false;
+  // (batch, head) pairs whose M-blocks the tile order interleaves, longest first
+  // (fwd/tile_scheduler.h); 1 = each pair's M-blocks in a row.
+  int tile_group = 1;
   // Consumer warpgroups alternate GEMM issue (see FwdMainloop::pingpong_wait).
   bool pingpong = true;
 };

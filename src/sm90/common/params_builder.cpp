@@ -94,6 +94,21 @@ Status fill_common(const AttentionProblem& pb, const ProblemInfo& info, FwdParam
 
 }  // namespace
 
+int fwd_tile_group(const ProblemInfo& info, bool persistent) {
+  constexpr int64_t kMaxGroup = 8;
+  constexpr int64_t kL2BudgetBytes = int64_t(16) << 20;
+  if (persistent) return 1;
+  const int64_t pairs = info.heads_q * info.batch;
+  const int64_t kv_bytes = info.seqlen_k * (info.head_dim + info.head_dim_v) *
+                           int64_t(dtype_size(info.dtype));
+  // Query heads of one KV head (GQA) are adjacent pairs and read the same K/V.
+  const int64_t q_per_kv = info.heads_kv > 0 ? info.heads_q / info.heads_kv : 1;
+  int64_t group = kv_bytes > 0 ? (kL2BudgetBytes / kv_bytes) * q_per_kv : kMaxGroup;
+  group = std::min(group, kMaxGroup);
+  group = std::min(group, pairs);
+  return int(std::max<int64_t>(group, 1));
+}
+
 Status build_fwd_params(const AttentionProblem& pb, const ProblemInfo& info, FwdParams* out) {
   *out = FwdParams{};
   if (Status st = fill_common(pb, info, out); !st.ok()) return st;
@@ -112,6 +127,7 @@ Status build_fwd_params(const AttentionProblem& pb, const ProblemInfo& info, Fwd
   p.persistent = override_mode == int(ScheduleOverride::kPersistent) ||
                  (override_mode == int(ScheduleOverride::kAuto) && uniform);
   p.pingpong = g_pingpong.load();
+  p.tile_group = fwd_tile_group(info, p.persistent);
   return Status::Ok();
 }
 

@@ -21,6 +21,12 @@
 
 namespace flashlane::sm90 {
 
+/// The online softmax of a traits' row: its FlashAttention-4 choices (emulated exp2 fraction,
+/// rescaling threshold) come from the kernel table through the traits.
+template <class Traits, int kRows>
+using FwdSoftmax =
+    OnlineSoftmax<kRows, Traits::kExp2EmulatedPer16, Traits::kRescaleThreshold>;
+
 template <class Traits>
 struct FwdKernelArgs {
   FwdParams p;
@@ -111,6 +117,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           key_block_range<kBlockM, kBlockN>(p.mask, tile.m_block, seq.len_q, seq.used_k);
       Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<Traits::kHeadDimV>>{});
       constexpr int kRows = decltype(size<0>(rowcol_view(tOrO)))::value;
+      using Softmax = FwdSoftmax<Traits, kRows>;
       float inv_sum[kRows], lse[kRows];
       if (range.empty()) {
         // No visible key for any row of this tile: O = 0, LSE = -inf.
@@ -118,7 +125,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         CUTE_UNROLL
         for (int r = 0; r < kRows; ++r) lse[r] = -INFINITY;
       } else {
-        OnlineSoftmax<kRows> softmax(p.score_to_log2);
+        Softmax softmax(p.score_to_log2);
         Mainloop::compute(p, ss, pipe_k, pipe_v, state, tile, seq, range, q_phase, thread_idx,
                           tOrO, softmax);
         q_phase ^= 1;
@@ -127,7 +134,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
                                             uint32_t(FwdBarrier::kQueryEmpty));
         softmax.finalize(inv_sum, lse);
         Tensor tOrO_rc = rowcol_view(tOrO);
-        OnlineSoftmax<kRows>::scale_rows(tOrO_rc, inv_sum);
+        Softmax::scale_rows(tOrO_rc, inv_sum);
       }
       Epilogue::store(p, tile, seq, tOrO, lse, thread_idx);
     }

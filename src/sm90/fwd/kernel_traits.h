@@ -1,6 +1,7 @@
 // kernel_traits.h: compile-time shape of one sm90 forward instantiation: tile sizes, the
 // warp-specialized thread layout, shared-memory layouts, the WGMMA tiled MMAs and the TMA
-// copy types. Everything here derives from (head_dim, head_dim_v, kBlockN, stages, dtype).
+// copy types. Everything here derives from (head_dim, head_dim_v, kBlockN, stages, dtype) and
+// the softmax choices of the row (emulated exp2 fraction, rescaling threshold: fwd/softmax.h).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -18,7 +19,8 @@ namespace flashlane::sm90 {
 
 using namespace cute;
 
-template <int kHeadDim_, int kHeadDimV_, int kBlockN_, int kStages_, class Element_>
+template <int kHeadDim_, int kHeadDimV_, int kBlockN_, int kStages_, class Element_,
+          int kExp2EmulatedPer16_ = 0, int kRescaleThreshold_ = 0>
 struct FwdTraits {
   using Element = Element_;
   using Accum = float;
@@ -31,6 +33,8 @@ struct FwdTraits {
   static constexpr int kBlockM = kConsumerWarpgroups * kRowsPerWarpgroup;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
+  static constexpr int kExp2EmulatedPer16 = kExp2EmulatedPer16_;
+  static constexpr int kRescaleThreshold = kRescaleThreshold_;
   static constexpr int kThreadsPerWarpgroup = cutlass::NumThreadsPerWarpGroup;
   static constexpr int kConsumerThreads = kConsumerWarpgroups * kThreadsPerWarpgroup;
   static constexpr int kThreads = kConsumerThreads + kThreadsPerWarpgroup;  // + producer WG

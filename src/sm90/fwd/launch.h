@@ -15,10 +15,12 @@
 
 namespace flashlane::sm90 {
 
-template <int kHeadDim, int kHeadDimV, bool kBf16, int kBlockN, int kStages>
+template <int kHeadDim, int kHeadDimV, bool kBf16, int kBlockN, int kStages, int kExp2EmulatedPer16,
+          int kRescaleThreshold>
 Status launch_fwd(FwdParams p, cudaStream_t stream) {
   using Element = std::conditional_t<kBf16, cutlass::bfloat16_t, cutlass::half_t>;
-  using Traits = FwdTraits<kHeadDim, kHeadDimV, kBlockN, kStages, Element>;
+  using Traits = FwdTraits<kHeadDim, kHeadDimV, kBlockN, kStages, Element, kExp2EmulatedPer16,
+                           kRescaleThreshold>;
   using namespace cute;
   static_assert(Traits::kBlockM == kFwdBlockM, "the variant name (kernel_table.h) names kBlockM");
 
@@ -78,7 +80,10 @@ Status launch_fwd(FwdParams p, cudaStream_t stream) {
 }  // namespace flashlane::sm90
 
 // One instantiation of the kernel table (generated files, cmake/sm90_kernels.cmake).
-#define FLASHLANE_SM90_FWD_INSTANTIATE(D, DV, BF16)                                  \
-  template flashlane::Status flashlane::sm90::launch_fwd<                            \
-      D, DV, BF16, flashlane::sm90::FwdConfig<D, DV>::kBlockN,                       \
-      flashlane::sm90::FwdConfig<D, DV>::kStages>(flashlane::sm90::FwdParams, cudaStream_t);
+#define FLASHLANE_SM90_FWD_INSTANTIATE(D, DV, BF16)                                    \
+  template flashlane::Status flashlane::sm90::launch_fwd<                              \
+      D, DV, BF16, flashlane::sm90::FwdConfig<D, DV>::kBlockN,                         \
+      flashlane::sm90::FwdConfig<D, DV>::kStages,                                      \
+      flashlane::sm90::FwdConfig<D, DV>::kExp2EmulatedPer16,                           \
+      flashlane::sm90::FwdConfig<D, DV>::kRescaleThreshold>(flashlane::sm90::FwdParams, \
+                                                            cudaStream_t);

@@ -16,13 +16,18 @@ struct FwdConfig {
   static constexpr KernelConfig kRow = config_of<kHeadDim, kHeadDimV>();
   static constexpr int kBlockN = kRow.fwd.block_n;
   static constexpr int kStages = kRow.fwd.stages;
+  static constexpr int kExp2EmulatedPer16 = kRow.fwd.exp2_emulated_per16;
+  static constexpr int kRescaleThreshold = kRow.fwd.rescale_threshold;
 };
 
-/// Launches the forward kernel of one instantiation. kBlockN and kStages default to the table's;
-/// other values are for tuning experiments (instantiate them next to the generated ones).
+/// Launches the forward kernel of one instantiation. The tile and softmax choices default to the
+/// table's row; other values are for tuning experiments (bench/ab/softmax_sweep.cu instantiates
+/// them next to the generated ones).
 template <int kHeadDim, int kHeadDimV, bool kBf16,
           int kBlockN = FwdConfig<kHeadDim, kHeadDimV>::kBlockN,
-          int kStages = FwdConfig<kHeadDim, kHeadDimV>::kStages>
+          int kStages = FwdConfig<kHeadDim, kHeadDimV>::kStages,
+          int kExp2EmulatedPer16 = FwdConfig<kHeadDim, kHeadDimV>::kExp2EmulatedPer16,
+          int kRescaleThreshold = FwdConfig<kHeadDim, kHeadDimV>::kRescaleThreshold>
 Status launch_fwd(FwdParams params, cudaStream_t stream);
 
 }  // namespace flashlane::sm90

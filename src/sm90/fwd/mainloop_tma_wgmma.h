@@ -235,7 +235,9 @@ struct FwdMainloop {
       scores_to_probs<false>(p, tSrS, tScS_rc, range, seq, m0, n, softmax, correction);
       warpgroup_wait<0>();
       pipe_v.consumer_release(v_state);
-      Softmax::scale_rows(tOrO_rc, correction);
+      if (!Softmax::kConditionalRescale || softmax.rescaled) {
+        Softmax::scale_rows(tOrO_rc, correction);
+      }
       tOrP_frag = convert_fragment<Element>(tSrS);
       v_state = state;
       ++state;

@@ -3,19 +3,26 @@
 // Each thread holds kRows rows (2 per 64-row WGMMA) and a quarter of each row's columns; the
 // row maximum is reduced over the quad of threads sharing a row, the row sum is kept per thread
 // and reduced only once, in finalize(). p = exp2(s * score_to_log2 - max * score_to_log2) is
-// one FFMA + one exp2 (common/score_math.h) per score.
+// one FFMA + one exp2 per score.
 //
-// Extension points for the performance work (FlashAttention-4's softmax):
-//  - score_exp2() (common/score_math.h): the place for a partly emulated exp2 (a polynomial on
-//    the FMA units for a fraction of the columns) to offload MUFU;
-//  - rescale decision in step(): conditional rescaling (keep the stale maximum unless the new
-//    one exceeds it by more than a threshold) changes only the `correction` computed there.
+// FlashAttention-4's two softmax ideas (Zadouri, Shah, Dao et al. 2025, sec. 3.2), each a
+// compile-time choice of the kernel table's forward row (common/kernel_table.h):
+//  - kEmulatedPer16: of every 16 columns a thread holds, that many take their exp2 from the
+//    FMA units (common/exp2_fma.h) and the rest from MUFU, so both units work on the tile.
+//  - kRescaleThreshold (log2 units; 0 = always rescale): the running maximum is replaced, and O
+//    and the row sum rescaled, only when a block's maximum exceeds it by more than the
+//    threshold. Exact: numerator (O) and denominator (row sum) are both sums of
+//    exp2(x - stale max), and LSE adds the same stale max back. Bound: every p <= 2^threshold,
+//    so with threshold 8 the row sum is <= 2^8 * seqlen_k (< 2^40), P fits fp16 (<= 256), and O
+//    grows by at most 2^8 over the always-rescaled value (|O| <= 2^8 * seqlen_k * max|V|):
+//    no fp32 overflow for seqlen_k < 2^31 and |V| < 2^80 (docs/sm90_forward.md).
 #pragma once
 
 #include <cmath>
 
 #include <cute/tensor.hpp>
 
+#include "sm90/common/exp2_fma.h"
 #include "sm90/common/score_math.h"
 
 namespace flashlane::sm90 {
@@ -39,11 +46,17 @@ __device__ void apply_softcap(Tensor& tS, float prescale) {
   for (int i = 0; i < cute::size(tS); ++i) tS(i) = softcap_tanh<Reciprocal::kIeee>(tS(i), prescale);
 }
 
-template <int kRows>
+template <int kRows, int kEmulatedPer16 = 0, int kRescaleThreshold = 0>
 struct OnlineSoftmax {
-  float row_max[kRows];
+  static_assert(kEmulatedPer16 >= 0 && kEmulatedPer16 <= 16, "kEmulatedPer16 counts of 16");
+  static_assert(kRescaleThreshold >= 0 && kRescaleThreshold <= 32,
+                "the threshold bounds p by 2^threshold; exp2_fma's domain ends at 64");
+  float row_max[kRows];  // the maximum the row's p are relative to (possibly stale, see above)
   float row_sum[kRows];  // per-thread partial sums (quad-reduced in finalize)
   float score_to_log2;
+  bool rescaled = false;  // some row of this thread got a correction != 1 in the last step
+  /// The caller may skip multiplying O by the corrections when `rescaled` is false.
+  static constexpr bool kConditionalRescale = kRescaleThreshold > 0;
 
   __device__ explicit OnlineSoftmax(float score_to_log2_) : score_to_log2(score_to_log2_) {
     CUTE_UNROLL
@@ -53,29 +66,48 @@ struct OnlineSoftmax {
     }
   }
 
+  /// exp2 of column c of a row: the FMA-unit polynomial for kEmulatedPer16 of every 16 columns.
+  /// (c is a compile-time constant once the column loop is unrolled.)
+  __device__ static float exp2_of_column(float x, int c) {
+    return (c % 16) < kEmulatedPer16 ? exp2_fma(x) : score_exp2(x);
+  }
+
   /// Folds one tile of scores (row, col view) into the running statistics and overwrites the
   /// scores with unnormalized probabilities. correction[r] is the factor the output rows
-  /// accumulated so far must be multiplied by (1 on the first tile).
+  /// accumulated so far must be multiplied by (1 on the first tile); `rescaled` says whether
+  /// any of this thread's factors differs from 1.
   template <bool kFirst, class TensorRC>
   __device__ void step(TensorRC& tS, float (&correction)[kRows]) {
     using namespace cute;
     static_assert(decltype(size<0>(tS))::value == kRows);
+    rescaled = false;
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       float m = kFirst ? -INFINITY : row_max[r];
       CUTE_UNROLL
       for (int c = 0; c < size<1>(tS); ++c) m = fmaxf(m, tS(r, c));
       m = softmax_detail::quad_max(m);
+      if constexpr (kFirst) {
+        correction[r] = 1.f;
+        row_max[r] = m;
+      } else {
+        // Move the maximum when it grew (always, or by more than the threshold). A row with no
+        // visible key so far (max -inf) moves to its first finite maximum (+inf > threshold)
+        // and keeps -inf while it sees none (-inf - -inf is NaN: not greater). The factor is
+        // formed from the difference of the raw maxima, so an unchanged maximum gives exactly
+        // exp2(0) = 1. (exp2(old * c - base) contracts to an FFMA whose result is base's
+        // rounding error, about 1e-7: a factor 1 + 1e-7 applied on every K/V block biased the
+        // row sum by blocks * 1e-7, 2e-5 of LSE at seqlen 16k.)
+        const float grew = (m - row_max[r]) * score_to_log2;
+        const bool move = kRescaleThreshold > 0 ? grew > float(kRescaleThreshold)
+                                                : m != -INFINITY;
+        correction[r] = move ? score_exp2((row_max[r] - m) * score_to_log2) : 1.f;
+        rescaled |= move;
+        row_max[r] = move ? m : row_max[r];
+      }
       // A row with no visible key so far keeps max = -inf; use 0 as its base so that
-      // exp2(-inf - base) = 0 instead of exp2(-inf + inf) = NaN.
-      const float base = (m == -INFINITY) ? 0.f : m * score_to_log2;
-      // The factor is formed from the difference of the raw maxima, so an unchanged maximum
-      // gives exactly exp2(0) = 1. (exp2(old * c - base) contracts to an FFMA whose result is
-      // base's rounding error, about 1e-7: a factor 1 + 1e-7 applied on every K/V block biased
-      // the row sum by blocks * 1e-7, 2e-5 of LSE at seqlen 16k.) A row with no visible key so
-      // far (m = -inf) keeps factor 1: its sum and output are still 0.
-      correction[r] = (kFirst || m == -INFINITY) ? 1.f : score_exp2((row_max[r] - m) * score_to_log2);
-      row_max[r] = m;
+      // exp2(-inf - base) = 0 (MUFU; exp2_fma gives ~1e-38) instead of exp2(-inf + inf) = NaN.
+      const float base = (row_max[r] == -INFINITY) ? 0.f : row_max[r] * score_to_log2;
       // The tile's sum goes into kSumLanes independent partials, added pairwise and then into
       // the running sum: shorter dependency chains than one running sum over every column, and
       // rounding that grows with the number of blocks rather than of columns.
@@ -83,7 +115,7 @@ struct OnlineSoftmax {
       float part[kSumLanes] = {};
       CUTE_UNROLL
       for (int c = 0; c < size<1>(tS); ++c) {
-        const float p = score_exp2(fmaf(tS(r, c), score_to_log2, -base));
+        const float p = exp2_of_column(fmaf(tS(r, c), score_to_log2, -base), c);
         tS(r, c) = p;
         part[c % kSumLanes] += p;
       }
@@ -103,13 +135,14 @@ struct OnlineSoftmax {
     }
   }
 
-  /// Row normalizers and natural-log LSE. A row that saw no visible key has sum 0: its output
-  /// factor is 0 (O = 0) and its LSE is -inf.
+  /// Row normalizers and natural-log LSE. A row that saw no visible key (its maximum is still
+  /// -inf; its row sum is 0, or ~1e-38 per column where exp2_fma ran) gets factor 0 (O = 0) and
+  /// LSE -inf.
   __device__ void finalize(float (&inv_sum)[kRows], float (&lse)[kRows]) const {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = softmax_detail::quad_sum(row_sum[r]);
-      const bool empty = !(sum > 0.f);
+      const bool empty = row_max[r] == -INFINITY;
       inv_sum[r] = empty ? 0.f : 1.f / sum;
       lse[r] = empty ? -INFINITY
                      : (row_max[r] * score_to_log2 + __log2f(sum)) * kLn2F;

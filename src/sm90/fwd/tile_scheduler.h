@@ -2,9 +2,8 @@
 // sequence's lengths and offsets come from common/seqlen.h).
 //
 // One linear index space over all tiles (a 1D grid, so batch * heads is never bounded by a
-// grid dimension). Within one (batch, head) the M-blocks run from the last to the first: under
-// causal masks the last M-blocks see the most keys, so the longest tiles start first; and
-// consecutive tiles share K/V of one head, which keeps them in L2.
+// grid dimension), in the order of common/tile_order.h: M-blocks longest first across groups of
+// p.tile_group (batch, head) pairs.
 //
 // Non-persistent: one tile per CTA (grid = num_tiles). Persistent: grid = #SMs and each CTA
 // strides through the tiles; the producer and the consumers walk the same sequence, and their
@@ -16,33 +15,27 @@
 
 #include "sm90/common/params.h"
 #include "sm90/common/seqlen.h"
+#include "sm90/common/tile_order.h"
 
 namespace flashlane::sm90 {
-
-struct TileCoord {
-  int m_block;
-  int head;
-  int batch;
-};
 
 struct FwdTileScheduler {
   int num_m_blocks;
   int heads;
   int num_tiles;
+  int group;  // (batch, head) pairs per group
   bool persistent;
 
   __device__ explicit FwdTileScheduler(const FwdParams& p)
       : num_m_blocks(p.num_m_blocks), heads(p.heads_q), num_tiles(p.num_tiles),
-        persistent(p.persistent) {}
+        group(p.tile_group > 0 ? p.tile_group : 1), persistent(p.persistent) {}
 
   __device__ int first() const { return int(blockIdx.x); }
   __device__ int next(int tile) const { return persistent ? tile + int(gridDim.x) : num_tiles; }
   __device__ bool valid(int tile) const { return tile < num_tiles; }
 
   __device__ TileCoord decode(int tile) const {
-    const int m_rev = tile % num_m_blocks;
-    const int bh = tile / num_m_blocks;
-    return TileCoord{num_m_blocks - 1 - m_rev, bh % heads, bh / heads};
+    return decode_tile(tile, num_m_blocks, heads, num_tiles, group);
   }
 };
 

@@ -1,0 +1,216 @@
+// main.cpp: times the softmax-sweep variants (variants.h) side by side on BENCHMARKS.md's
+// canonical forward cells, in one process: per cell, every variant of that head dim in turn,
+// for several passes, so that clock and thermal drift hit all variants alike. It also checks
+// each variant's O and LSE against the (0, 0) variant of the same head dim (no emulated exp2,
+// rescale on every growth): a consistency check only; correctness against float64 is the
+// business of the gpu tests and `flashlane bench`, run with the chosen table rows.
+//
+//   flashlane_softmax_sweep [--passes P] [--reps R] [--seqlens 512,...] [--hdims 64,...]
+//                           [--tile-groups 1,4,...] [--causal-only]
+//
+// --tile-groups also times each variant with other tile orders (FwdParams::tile_group,
+// common/tile_order.h: (batch, head) pairs whose M-blocks are interleaved, longest first).
+//
+// Inputs: uniform random bf16 in [-1, 1) with a fixed seed (as bench/ab/kernel_timing.cpp);
+// 16384 tokens, model dim 2048, causal and not. Output: one JSON line per (cell, variant, pass):
+//   {"hdim", "causal", "seqlen", "batch", "heads", "exp2_emulated_per16", "rescale_threshold",
+//    "tile_group", "pass", "median_ms", "tflops", "max_abs_diff_o", "max_abs_diff_lse"}
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench/ab/softmax_sweep/variants.h"
+#include "flashlane/flashlane.h"
+#include "sm90/common/params_builder.h"
+
+namespace fl = flashlane;
+namespace sweep = flashlane::softmax_sweep;
+
+namespace {
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "softmax_sweep: %s\n", what.c_str());
+  std::exit(2);
+}
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) die(std::string(what) + ": " + cudaGetErrorString(e));
+}
+void check(const fl::Status& st, const char* what) {
+  if (!st.ok()) die(std::string(what) + ": " + st.to_string());
+}
+
+std::vector<int> ints(const std::string& csv) {
+  std::vector<int> out;
+  std::stringstream ss(csv);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
+  return out;
+}
+
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return uint16_t(bits >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int passes = 3, reps = 20;
+  std::string seqlens = "512,1024,2048,4096,8192,16384", hdims, tile_groups = "1";
+  bool causal_only = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) die("missing value after " + a);
+      return argv[++i];
+    };
+    if (a == "--passes") passes = std::stoi(next());
+    else if (a == "--reps") reps = std::stoi(next());
+    else if (a == "--seqlens") seqlens = next();
+    else if (a == "--hdims") hdims = next();
+    else if (a == "--tile-groups") tile_groups = next();
+    else if (a == "--causal-only") causal_only = true;
+    else die("unknown argument " + a);
+  }
+  std::set<int> want_hdims;
+  for (int d : ints(hdims)) want_hdims.insert(d);
+  std::set<int> registered;
+  for (const auto& v : sweep::variants()) registered.insert(v.head_dim);
+
+  constexpr int64_t kTokens = 16384, kModelDim = 2048;
+  const size_t elems = size_t(kTokens * kModelDim);
+  const size_t lse_elems = size_t(kTokens) * (kModelDim / 64);
+  std::vector<uint16_t> host(elems);
+  void *q, *k, *v, *o, *lse;
+  for (void** p : {&q, &k, &v, &o}) check(cudaMalloc(p, elems * 2), "cudaMalloc");
+  check(cudaMalloc(&lse, lse_elems * sizeof(float)), "cudaMalloc lse");
+  uint64_t seed = 1;
+  for (void* p : {q, k, v}) {
+    std::mt19937_64 gen(seed++);
+    std::uniform_real_distribution<float> dist(-1.f, 1.f);
+    for (auto& x : host) x = to_bf16(dist(gen));
+    check(cudaMemcpy(p, host.data(), elems * 2, cudaMemcpyHostToDevice), "cudaMemcpy");
+  }
+  cudaStream_t stream;
+  check(cudaStreamCreate(&stream), "cudaStreamCreate");
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+
+  for (int hd : registered) {
+    if (!want_hdims.empty() && !want_hdims.count(hd)) continue;
+    std::vector<const sweep::Variant*> vs;
+    const sweep::Variant* baseline = nullptr;
+    for (const auto& var : sweep::variants()) {
+      if (var.head_dim != hd) continue;
+      vs.push_back(&var);
+      if (var.exp2_emulated_per16 == 0 && var.rescale_threshold == 0) baseline = &var;
+    }
+    for (int causal = causal_only ? 1 : 0; causal <= 1; ++causal) {
+      for (int seqlen : ints(seqlens)) {
+        const int64_t batch = kTokens / seqlen, heads = kModelDim / hd;
+        const auto bf = fl::DType::kBFloat16;
+        const fl::Device dev = fl::Device::cuda(0);
+        fl::AttentionProblem pb;
+        pb.q = fl::TensorView::contiguous(q, bf, {batch, seqlen, heads, hd}, dev);
+        pb.k = fl::TensorView::contiguous(k, bf, {batch, seqlen, heads, hd}, dev);
+        pb.v = fl::TensorView::contiguous(v, bf, {batch, seqlen, heads, hd}, dev);
+        pb.o = fl::TensorView::contiguous(o, bf, {batch, seqlen, heads, hd}, dev);
+        pb.lse = fl::TensorView::contiguous(lse, fl::DType::kFloat32, {batch, heads, seqlen}, dev);
+        pb.mask = causal ? fl::MaskType::kCausal : fl::MaskType::kNoMask;
+        fl::ProblemInfo info;
+        check(fl::validate(pb, fl::Direction::kForward, &info), "validate");
+        fl::sm90::FwdParams params;
+        check(fl::sm90::build_fwd_params(pb, info, &params), "build_fwd_params");
+        const double flops = 4.0 * double(batch) * heads * seqlen * seqlen * hd * (causal ? 0.5 : 1.0);
+        const size_t o_count = size_t(batch * seqlen * heads * hd);
+        const size_t lse_count = size_t(batch * heads * seqlen);
+
+        // O and LSE of each variant, for the consistency check against the baseline.
+        auto outputs = [&](const sweep::Variant* var, std::vector<uint16_t>* ho,
+                           std::vector<float>* hl) {
+          check(cudaMemsetAsync(o, 0xff, o_count * 2, stream), "poison o");  // NaN bf16
+          check(cudaMemsetAsync(lse, 0xff, lse_count * 4, stream), "poison lse");
+          check(var->launch(params, stream), "launch");
+          check(cudaStreamSynchronize(stream), "sync");
+          ho->resize(o_count);
+          hl->resize(lse_count);
+          check(cudaMemcpy(ho->data(), o, o_count * 2, cudaMemcpyDeviceToHost), "copy o");
+          check(cudaMemcpy(hl->data(), lse, lse_count * 4, cudaMemcpyDeviceToHost), "copy lse");
+        };
+        std::vector<uint16_t> base_o, var_o;
+        std::vector<float> base_l, var_l;
+        if (baseline != nullptr) outputs(baseline, &base_o, &base_l);
+        std::vector<double> diff_o(vs.size(), NAN), diff_l(vs.size(), NAN);
+        for (size_t i = 0; i < vs.size() && baseline != nullptr; ++i) {
+          outputs(vs[i], &var_o, &var_l);
+          double dmax = 0, lmax = 0;
+          for (size_t j = 0; j < o_count; ++j) {
+            const double d = std::fabs(double(from_bf16(var_o[j])) - from_bf16(base_o[j]));
+            dmax = (d > dmax || std::isnan(d)) ? d : dmax;  // a NaN sticks
+          }
+          for (size_t j = 0; j < lse_count; ++j) {
+            const double d = std::fabs(double(var_l[j]) - base_l[j]);
+            lmax = (d > lmax || std::isnan(d)) ? d : lmax;
+          }
+          diff_o[i] = dmax;
+          diff_l[i] = lmax;
+        }
+
+        const int pairs = int(batch * heads);
+        for (int pass = 0; pass < passes; ++pass) {
+          for (size_t i = 0; i < vs.size(); ++i) {
+            for (int group_arg : ints(tile_groups)) {
+              const sweep::Variant* var = vs[i];
+              const int group = std::max(1, std::min(group_arg, pairs));
+              fl::sm90::FwdParams run = params;
+              run.tile_group = group;
+              for (int w = 0; w < 3; ++w) check(var->launch(run, stream), "launch");
+              std::vector<float> ms;
+              for (int r = 0; r < reps; ++r) {
+                check(cudaEventRecord(start, stream), "record");
+                check(var->launch(run, stream), "launch");
+                check(cudaEventRecord(stop, stream), "record");
+                check(cudaEventSynchronize(stop), "sync");
+                float t = 0.f;
+                check(cudaEventElapsedTime(&t, start, stop), "elapsed");
+                ms.push_back(t);
+              }
+              std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
+              const double median = ms[ms.size() / 2];
+              std::printf(
+                  "{\"hdim\": %d, \"causal\": %s, \"seqlen\": %d, \"batch\": %lld, \"heads\": %lld, "
+                  "\"exp2_emulated_per16\": %d, \"rescale_threshold\": %d, \"tile_group\": %d, "
+                  "\"pass\": %d, \"median_ms\": %.5f, \"tflops\": %.2f, \"max_abs_diff_o\": %.6g, "
+                  "\"max_abs_diff_lse\": %.6g}\n",
+                  hd, causal ? "true" : "false", seqlen, static_cast<long long>(batch),
+                  static_cast<long long>(heads), var->exp2_emulated_per16, var->rescale_threshold,
+                  group_arg, pass, median, flops / (median * 1e-3) / 1e12, diff_o[i], diff_l[i]);
+              std::fflush(stdout);
+            }
+          }
+        }
+      }
+    }
+  }
+  check(cudaGetLastError(), "end");
+  return 0;
+}
