@@ -361,6 +361,28 @@ TEST(GateTest, ProofRowFileRoundTripAndNonFiniteSurvives) {
   std::filesystem::remove(path);
 }
 
+// A peer row as bench/peers/torch_sdpa.py writes it (no runtime mode, sm, GPU lane, receipt or NaN
+// count) is read, since it never counts; the same row claiming to count is refused.
+TEST(GateTest, PeerRowsParseOnlyAsNotCounting) {
+  const nlohmann::json peer = nlohmann::json::parse(R"({"schema": "flashlane.proof_row/1",
+      "proof_class": "execute", "artifact_kind": "microbench_case", "counts_for_status": false,
+      "requested_backend": "torch_sdpa_cudnn", "direction": "fwd",
+      "environment": {"device": "NVIDIA H200", "torch": "2.11.0+cu130", "cudnn": 91900},
+      "problem": {"batch": 1, "heads_q": 8, "heads_kv": 8, "seqlen_q": 16384, "seqlen_k": 16384,
+                  "head_dim": 256, "dtype": "bfloat16", "causal": true},
+      "metrics": {"median_ms": 3.5, "tflops": 627.0}, "status": "ok"})");
+  fb::ProofRow out;
+  std::string why;
+  ASSERT_TRUE(fb::proof_row_from_json(peer, &out, &why)) << why;
+  EXPECT_FALSE(out.counts_for_status);
+  EXPECT_EQ(out.runtime_mode, "fwd");
+  EXPECT_FALSE(out.has_receipt);
+  EXPECT_FALSE(out.gpu_lane.ran);
+  nlohmann::json claims = peer;
+  claims["counts_for_status"] = true;
+  EXPECT_FALSE(fb::proof_row_from_json(claims, &out, &why));
+}
+
 TEST(GateTest, MalformedInputFails) {
   std::string why;
   std::vector<fb::ProofRow> rows;
