@@ -37,6 +37,12 @@ const std::vector<Backend>& backend_priority();
 /// Every registered concrete backend (not kAuto), in the applicability table's order.
 const std::vector<Backend>& registered_backends();
 
+/// The ids of the surface catalog (the kinds of attention work proof and status are kept for:
+/// "dense_fwd", "dense_bwd", "varlen_fwd", "varlen_bwd", "decode", "paged_decode",
+/// "append_decode", "attention_sinks", "context_parallel"), in the catalog's order; receipts,
+/// bench rows, the rollout manifest, the gate and `flashlane status` use the same ids.
+std::vector<std::string> surface_ids();
+
 struct Request {
   Backend backend = Backend::kAuto;
   bool strict = false;

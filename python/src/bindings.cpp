@@ -251,6 +251,7 @@ nb::dict receipt_dict(const flashlane::Receipt& r) {
   out["skipped"] = skipped;
   out["status"] = r.status;
   out["strict"] = r.strict;
+  out["surface"] = r.surface;
   out["variant"] = r.variant;
   return out;
 }
@@ -314,6 +315,8 @@ NB_MODULE(_C, m) {
   m.def("kernel_fingerprint",
         [](const std::string& backend) { return std::string(flashlane::kernel_fingerprint(backend.c_str())); },
         "backend"_a, "The build's kernel fingerprint of a backend (\"\" when it has no kernel sources).");
+  m.def("surface_ids", []() { return flashlane::surface_ids(); },
+        "The surface catalog's ids, in its order (receipts' `surface`, bench rows, the gate, status).");
   m.def("compiled_architectures", []() { return std::string(flashlane::compiled_architectures()); });
   m.def("backend_priority", []() {
     std::vector<std::string> out;

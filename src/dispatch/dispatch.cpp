@@ -11,6 +11,7 @@
 #include "dispatch/pending_error.h"
 #include "core/problem_tensors.h"
 #include "dispatch/receipt_sink.h"
+#include "dispatch/surfaces.h"
 
 namespace flashlane {
 
@@ -160,6 +161,7 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.strict = request.strict;
   r.deterministic = direction == Direction::kBackward && problem.deterministic;
   r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined());
+  r.surface = detail::surface_for_mode(r.runtime_mode);
 
   // Before anything touches the CUDA runtime (validation reads pointer attributes and clears
   // the errors it provokes; the launch code checks cudaGetLastError): a pending error is the

@@ -18,7 +18,7 @@ std::mutex g_file_mutex;
 
 bool Receipt::operator==(const Receipt& o) const {
   return requested_backend == o.requested_backend && actual_backend == o.actual_backend &&
-         runtime_mode == o.runtime_mode && strict == o.strict &&
+         runtime_mode == o.runtime_mode && surface == o.surface && strict == o.strict &&
          fallback_reason == o.fallback_reason && skipped == o.skipped && variant == o.variant &&
          device_name == o.device_name && sm == o.sm && deterministic == o.deterministic &&
          status == o.status && error_reason == o.error_reason &&
@@ -31,6 +31,7 @@ nlohmann::json receipt_json(const Receipt& r) {
   return {{"requested_backend", r.requested_backend},
           {"actual_backend", r.actual_backend},
           {"runtime_mode", r.runtime_mode},
+          {"surface", r.surface},
           {"strict", r.strict},
           {"fallback_reason", r.fallback_reason},
           {"skipped", skipped},
@@ -52,6 +53,7 @@ bool receipt_from_json(const std::string& text, Receipt* out) {
     r.requested_backend = j.at("requested_backend").get<std::string>();
     r.actual_backend = j.at("actual_backend").get<std::string>();
     r.runtime_mode = j.at("runtime_mode").get<std::string>();
+    r.surface = j.value("surface", std::string());
     r.strict = j.at("strict").get<bool>();
     r.fallback_reason = j.at("fallback_reason").get<std::string>();
     for (const auto& s : j.at("skipped")) {

@@ -1,6 +1,8 @@
 // surfaces.cpp: the surface catalog (surfaces.h), built from the backend registry.
 #include "dispatch/surfaces.h"
 
+#include "flashlane/dispatch.h"
+
 #include "dispatch/backend_registry.h"
 
 namespace flashlane::detail {
@@ -133,3 +135,13 @@ nlohmann::json surfaces_json() {
 }
 
 }  // namespace flashlane::detail
+
+namespace flashlane {
+
+std::vector<std::string> surface_ids() {
+  std::vector<std::string> ids;
+  for (const auto& s : detail::surface_catalog()) ids.push_back(s.id);
+  return ids;
+}
+
+}  // namespace flashlane

@@ -126,6 +126,7 @@ TEST(CliTest, RunJsonReportsFiguresAndReceipt) {
   EXPECT_TRUE(j["pass"].get<bool>());
   EXPECT_EQ(j["receipts"]["fwd"]["actual_backend"], "reference_cpu");
   EXPECT_EQ(j["receipts"]["bwd"]["runtime_mode"], "bwd");
+  EXPECT_EQ(j["receipts"]["bwd"]["surface"], "dense_bwd");
   EXPECT_EQ(j["check"]["fwd"]["tensors"].size(), 2u);
   EXPECT_EQ(j["check"]["bwd"]["tensors"].size(), 3u);
   for (const auto& f : j["check"]["fwd"]["tensors"]) {

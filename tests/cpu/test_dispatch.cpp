@@ -121,6 +121,7 @@ TEST(Dispatch, AutoOnHostTensorsRunsReferenceCpuAndListsSkipped) {
   EXPECT_EQ(r.requested_backend, "auto");
   EXPECT_EQ(r.actual_backend, "reference_cpu");
   EXPECT_EQ(r.runtime_mode, "fwd");
+  EXPECT_EQ(r.surface, "dense_fwd");  // the catalog's id (dispatch/surfaces.h)
   EXPECT_EQ(r.status, "ok");
   ASSERT_EQ(r.skipped.size(), 2u);
   EXPECT_EQ(r.skipped[0].backend, "sm90");
@@ -208,6 +209,7 @@ TEST(Receipt, JsonRoundTrip) {
   r.requested_backend = "auto";
   r.actual_backend = "reference_cuda";
   r.runtime_mode = "varlen_bwd";
+  r.surface = "varlen_bwd";
   r.strict = false;
   r.fallback_reason = "sm90.bwd_not_implemented";
   r.skipped = {{"sm90", "sm90.bwd_not_implemented"}};

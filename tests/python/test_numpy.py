@@ -41,6 +41,7 @@ def test_imports_and_build_facts():
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("sq,sk", [(37, 37), (19, 45), (45, 19)])
 @pytest.mark.parametrize("heads", [(4, 4), (6, 2), (4, 1)])
+@pytest.mark.surface("dense_fwd")
 def test_forward_masks_gqa(mask, sq, sk, heads):
     rng = np.random.default_rng(sq * 100 + sk)
     hq, hk = heads
@@ -120,6 +121,7 @@ def test_strided_views_without_copies():
 
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("seqused", [False, True])
+@pytest.mark.surface("varlen_fwd")
 def test_varlen(mask, seqused):
     rng = np.random.default_rng(7)
     lq, lk = [5, 0, 17, 1, 9], [7, 3, 12, 30, 9]
@@ -152,6 +154,7 @@ def test_seqused_k_bshd():
 
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("softcap", [0.0, 3.0])
+@pytest.mark.surface("dense_bwd")
 def test_backward_matches_numpy(mask, softcap):
     # The backward recomputes P from the float32 LSE: agreement ~1e-8 even for float64 inputs.
     from flashlane._core import numpy_backward
@@ -171,6 +174,7 @@ def test_backward_matches_numpy(mask, softcap):
     assert flashlane.last_receipt()["runtime_mode"] == "bwd"
 
 
+@pytest.mark.surface("varlen_bwd")
 def test_backward_varlen_matches_numpy():
     from flashlane._core import numpy_backward
 
@@ -290,15 +294,27 @@ def test_receipt_round_trip_and_schema():
     r = flashlane.last_receipt()
     assert set(r) == {"requested_backend", "actual_backend", "runtime_mode", "strict",
                       "fallback_reason", "skipped", "variant", "device", "deterministic",
-                      "status", "error_reason", "kernel_fingerprint"}
+                      "status", "error_reason", "kernel_fingerprint", "surface"}
     assert r["requested_backend"] == "reference_cpu" and r["actual_backend"] == "reference_cpu"
     assert r["device"] == {"name": "cpu", "sm": 0} and r["variant"]
+    assert r["surface"] == "dense_fwd" and r["surface"] in _C.surface_ids()
     assert r["kernel_fingerprint"] == _C.kernel_fingerprint("reference_cpu")
     assert len(r["kernel_fingerprint"]) == 16
     # C++ parses what Python hands back, and prints the same receipt.
     again = _C.receipt_roundtrip(json.dumps(r))
     assert again is not None and json.loads(again) == r
     assert _C.receipt_roundtrip("{not json") is None
+
+
+def test_surface_ids_are_the_catalog():
+    """The receipt's surface, the catalog (_C.surface_ids()) and the tests' `surface` markers
+    (conftest.py refuses an id outside the catalog) share one list."""
+    assert _C.surface_ids() == ["dense_fwd", "dense_bwd", "varlen_fwd", "varlen_bwd", "decode",
+                                "paged_decode", "append_decode", "attention_sinks",
+                                "context_parallel"]
+    q, k, v = _small(np.random.default_rng(16))
+    flashlane.flash_attn_func(q, k, v, backend="reference_cpu")
+    assert flashlane.last_receipt()["surface"] == "dense_fwd"
 
 
 def test_receipt_dict_is_the_json_receipt():

@@ -76,6 +76,7 @@ def _fwd_bwd(fn, q, k, v, dout):
 @pytest.mark.parametrize("mask", MASKS)
 @pytest.mark.parametrize("heads", [(4, 4), (8, 2)])
 @pytest.mark.parametrize("window,softcap", [((-1, -1), 0.0), ((24, -1), 0.0), ((-1, -1), 15.0)])
+@pytest.mark.surface("dense_fwd", "dense_bwd")
 def test_forward_backward(device, mask, heads, window, softcap):
     hq, hk = heads
     sq, sk, d = 70, 96, 64  # sq <= sk: no fully masked rows (SDPA gives NaN there)
@@ -154,6 +155,7 @@ def _varlen_ref(lq, lk, q, k, v, mask):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.surface("varlen_fwd", "varlen_bwd")
 def test_varlen_forward_backward(device, mask):
     dtype = torch.float64 if device == "cpu" else torch.bfloat16
     lq, lk, cu_q, cu_k, q, k, v = _varlen_case(device, dtype)
