@@ -28,9 +28,10 @@ def registered():
 
 
 def tiny(cls_name="LlamaForCausalLM", cfg_name="LlamaConfig", dtype=torch.float64, device="cpu",
-         **extra):
+         num_hidden_layers=2, **extra):
     cfg_cls = getattr(transformers, cfg_name)
-    cfg = cfg_cls(vocab_size=97, hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+    cfg = cfg_cls(vocab_size=97, hidden_size=256, intermediate_size=256,
+                  num_hidden_layers=num_hidden_layers,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64,
                   max_position_embeddings=256, initializer_range=0.2, **extra)
     torch.manual_seed(0)
@@ -71,6 +72,33 @@ def test_llama_prefill_matches_sdpa(pad):
     assert len(log) == 2 and all(r["status"] == "ok" for r in log)  # one call per layer
     assert all(r["actual_backend"] == "reference_cpu" for r in log)
     assert {r["runtime_mode"] for r in log} == {"fwd" if pad == "none" else "varlen_fwd"}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pad", ["left", "holes"])
+def test_padded_metadata_is_computed_once_per_forward(pad, monkeypatch):
+    """The unpad plan (real tokens' indices, cu_seqlens, max_seqlen: the only device-to-host
+    reads of the padded path) is made by the first layer and reused by the others; a new forward
+    makes a new one."""
+    made = []
+    real = fl_hf._PaddedPlan
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fl_hf, "_PaddedPlan", counting)
+    ref, ours = tiny(num_hidden_layers=4)
+    ids, am = batch(pad=pad)
+    with torch.no_grad(), flashlane.receipt_log() as log:
+        a = ref(input_ids=ids, attention_mask=am).logits
+        b = ours(input_ids=ids, attention_mask=am).logits
+        assert len(made) == 1 and len(log) == 4  # 4 layers, one plan
+        ours(input_ids=ids, attention_mask=am)
+        assert len(made) == 2
+    valid = am.bool()
+    torch.testing.assert_close(b[valid], a[valid], atol=1e-9, rtol=1e-9)
+    assert all(r["runtime_mode"] == "varlen_fwd" for r in log)
 
 
 @pytest.mark.torch

@@ -94,6 +94,10 @@ class FlashlaneMask:
     reason: str = ""
     _dense_args: Optional[Dict[str, Any]] = field(default=None, repr=False)
     _dense: Optional[torch.Tensor] = field(default=None, repr=False)
+    # The unpad plans of the padded path (_padded_plan), made by the first layer that needs one
+    # and reused by every other layer of the same forward: transformers builds one mask per
+    # forward (per mask type) and hands it to all layers.
+    _plans: Dict[Any, Any] = field(default_factory=dict, repr=False, init=False, compare=False)
 
     # transformers inspects masks it passes around (generate() builds them ahead for compileable
     # caches and hands them back to the model): look like the 4D mask this stands for.
@@ -215,6 +219,61 @@ def _contiguous_runs(valid: torch.Tensor) -> bool:
     return bool(((last - first + 1 == count) | (count == 0)).all())
 
 
+@dataclass
+class _PaddedPlan:
+    """Where the real tokens of a padded batch are, computed once per forward and layer shape:
+    (batch, position) index pairs of the real queries and keys, cu_seqlens and max_seqlen of
+    both, and the reason the mask cannot be served, if any. The layers then gather, attend and
+    scatter with index tensors: no device-to-host copy per layer."""
+
+    batch_q: torch.Tensor
+    pos_q: torch.Tensor
+    batch_k: torch.Tensor
+    pos_k: torch.Tensor
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+    unservable: str = ""
+
+
+def _padded_plan(desc: FlashlaneMask, device, b: int, sq: int, used: int, window) -> _PaddedPlan:
+    key = (str(device), b, sq, used, desc.q_offset, desc.kv_offset, window)
+    plan = desc._plans.get(key)
+    if plan is not None:
+        return plan
+    pad = desc.padding.to(device)
+    valid_k = pad[:, desc.kv_offset:desc.kv_offset + used]
+    unservable = ""
+    if desc.kind == "causal":
+        # Self-attention: the queries are the last tokens of the keys' sequence, and the padding
+        # mask says which of them are real. Dropping the padded ones keeps the diagonal
+        # bottom-right aligned in every packed sequence.
+        if not (desc.q_offset >= desc.kv_offset and desc.q_offset + sq <= desc.kv_offset + used):
+            unservable = "transformers.cache_offsets_unsupported"
+        valid_q = pad[:, desc.q_offset:desc.q_offset + sq]
+    else:
+        # Bidirectional (possibly cross-attention: the padding mask is about the keys only):
+        # every query attends to the real keys, as SDPA computes it.
+        if window != (-1, -1):
+            unservable = "transformers.bidirectional_window_with_padding_unsupported"
+        valid_q = torch.ones(b, sq, dtype=torch.bool, device=device)
+    if not unservable and window != (-1, -1) and not _contiguous_runs(valid_k):
+        # Windows count absolute positions; with holes inside a sequence the packed (varlen)
+        # distances would differ.
+        unservable = "transformers.window_with_padding_holes_unsupported"
+    len_q = valid_q.sum(dim=1, dtype=torch.int32)
+    len_k = valid_k.sum(dim=1, dtype=torch.int32)
+    rows_q, rows_k = valid_q.nonzero(), valid_k.nonzero()  # [n, 2], row-major: sequence order
+    plan = _PaddedPlan(batch_q=rows_q[:, 0], pos_q=rows_q[:, 1],
+                       batch_k=rows_k[:, 0], pos_k=rows_k[:, 1],
+                       cu_q=_cu(len_q), cu_k=_cu(len_k),
+                       max_q=max(1, int(len_q.max())), max_k=max(1, int(len_k.max())),
+                       unservable=unservable)
+    desc._plans[key] = plan
+    return plan
+
+
 def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
     """q [b, sq, h, d], k/v [b, sk, hk, d] (views). Returns out [b, sq, h, dv]."""
     b, sq = q.shape[0], q.shape[1]
@@ -243,12 +302,14 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
     if desc.packed is not None:
         if desc.padding is not None or sq != used or d != 0:
             raise _Unservable("transformers.packed_with_cache_unsupported")
-        ids = desc.packed.to(q.device)
-        rows = torch.arange(b, device=q.device)[:, None].expand(b, sq)
-        key = (rows.to(torch.int64) << 32) + ids.to(torch.int64)
-        _, counts = torch.unique_consecutive(key.reshape(-1), return_counts=True)
-        cu = _cu(counts)
-        max_len = int(counts.max())
+        plan_key = ("packed", str(q.device), b, sq)
+        if plan_key not in desc._plans:  # once per forward: every layer reuses it
+            ids = desc.packed.to(q.device)
+            rows = torch.arange(b, device=q.device)[:, None].expand(b, sq)
+            key = (rows.to(torch.int64) << 32) + ids.to(torch.int64)
+            _, counts = torch.unique_consecutive(key.reshape(-1), return_counts=True)
+            desc._plans[plan_key] = (_cu(counts), int(counts.max()))
+        cu, max_len = desc._plans[plan_key]
         out = flash_attn_varlen_func(q.reshape(b * sq, *q.shape[2:]), k.reshape(b * sq, *k.shape[2:]),
                                      v.reshape(b * sq, *v.shape[2:]), cu, cu, max_len, max_len,
                                      **common)
@@ -257,31 +318,14 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
     if desc.padding is None:
         return flash_attn_func(q, k, v, **common)
 
-    pad = desc.padding.to(q.device)
-    valid_k = pad[:, desc.kv_offset:desc.kv_offset + used]
-    if desc.kind == "causal":
-        # Self-attention: the queries are the last tokens of the keys' sequence, and the padding
-        # mask says which of them are real. Dropping the padded ones keeps the diagonal
-        # bottom-right aligned in every packed sequence.
-        if not (desc.q_offset >= desc.kv_offset and desc.q_offset + sq <= desc.kv_offset + used):
-            raise _Unservable("transformers.cache_offsets_unsupported")
-        valid_q = pad[:, desc.q_offset:desc.q_offset + sq]
-    else:
-        # Bidirectional (possibly cross-attention: the padding mask is about the keys only):
-        # every query attends to the real keys, as SDPA computes it.
-        if window != (-1, -1):
-            raise _Unservable("transformers.bidirectional_window_with_padding_unsupported")
-        valid_q = torch.ones(b, sq, dtype=torch.bool, device=q.device)
-    if window != (-1, -1) and not _contiguous_runs(valid_k):
-        # Windows count absolute positions; with holes inside a sequence the packed (varlen)
-        # distances would differ.
-        raise _Unservable("transformers.window_with_padding_holes_unsupported")
-    len_q = valid_q.sum(dim=1, dtype=torch.int32)
-    len_k = valid_k.sum(dim=1, dtype=torch.int32)
-    out_p = flash_attn_varlen_func(q[valid_q], k[valid_k], v[valid_k], _cu(len_q), _cu(len_k),
-                                   max(1, int(len_q.max())), max(1, int(len_k.max())), **common)
+    plan = _padded_plan(desc, q.device, b, sq, used, window)
+    if plan.unservable:
+        raise _Unservable(plan.unservable)
+    out_p = flash_attn_varlen_func(q[plan.batch_q, plan.pos_q], k[plan.batch_k, plan.pos_k],
+                                   v[plan.batch_k, plan.pos_k], plan.cu_q, plan.cu_k, plan.max_q,
+                                   plan.max_k, **common)
     out = out_p.new_zeros((b, sq) + tuple(out_p.shape[1:]))
-    out[valid_q] = out_p
+    out[plan.batch_q, plan.pos_q] = out_p
     return out
 
 
