@@ -274,7 +274,9 @@ std::vector<std::pair<std::string, int>> error_codes() {
               E::kShapeMismatch, E::kHeadsNotDivisible, E::kHeadDimInvalid, E::kNotContiguous,
               E::kMisaligned, E::kCuSeqlensInvalid, E::kSequsedInvalid, E::kWindowInvalid,
               E::kSoftmaxScaleInvalid, E::kSoftcapInvalid, E::kDeviceMismatch,
-              E::kDropoutUnsupported, E::kInvalidArgument, E::kBackendInapplicable,
+              E::kDropoutUnsupported, E::kInvalidArgument, E::kCacheSeqlensInvalid,
+              E::kCacheOverflow, E::kPageTableInvalid, E::kCacheBatchIdxInvalid,
+              E::kRotaryInvalid, E::kBackendInapplicable,
               E::kNoApplicableBackend, E::kCudaError, E::kCudaErrorPending, E::kInternal}) {
     out.emplace_back(flashlane::error_code_name(c), static_cast<int>(c));
   }

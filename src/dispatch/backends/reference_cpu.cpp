@@ -18,6 +18,12 @@ Status run_backward(const AttentionProblem& p, const ProblemInfo& info, cudaStre
   return reference_cpu_backward(p, info);
 }
 
+Status run_decode(const KvCacheProblem& p, const ProblemInfo& info, cudaStream_t,
+                  std::string* variant) {
+  *variant = "reference_cpu_f64acc";
+  return reference_cpu_kvcache(p, info);
+}
+
 }  // namespace
 
 const BackendDef& reference_cpu_backend() {
@@ -28,11 +34,12 @@ const BackendDef& reference_cpu_backend() {
       .tensors = DeviceKind::kCPU,
       .rules =
           {
-              selection_rule("reference_cpu.requires_host_tensors",
+              device_rule("reference_cpu.requires_host_tensors",
                              "all tensors are host (CPU) tensors", rules::on_host),
           },
       .forward = run_forward,
       .backward = run_backward,
+      .decode = run_decode,
   });
   return def;
 }
