@@ -56,8 +56,10 @@ const std::vector<const BackendDef*>& backend_registry();
 const BackendDef* find_backend(Backend id);
 const BackendDef* find_backend(std::string_view name);
 
-/// Finishes a definition: stamps its id into every rule. Backend files return
-/// `define_backend({...})` from a function-local static.
+/// Finishes a definition: stamps its id into every rule, marks the rows about the machine
+/// (Rule::device_dependent), and, when the backend has no decode function and is not reserved,
+/// inserts after its last device row the rows refusing KV-cache calls (decode_rows.h). Backend
+/// files return `define_backend({...})` from a function-local static.
 BackendDef define_backend(BackendDef def);
 
 /// Rows of the table, for the backend files.

@@ -34,7 +34,7 @@ const BackendDef& reference_cpu_backend() {
       .tensors = DeviceKind::kCPU,
       .rules =
           {
-              device_rule("reference_cpu.requires_host_tensors",
+              selection_rule("reference_cpu.requires_host_tensors",
                              "all tensors are host (CPU) tensors", rules::on_host),
           },
       .forward = run_forward,

@@ -30,16 +30,12 @@ const BackendDef& reference_cuda_backend() {
       .tensors = DeviceKind::kCUDA,
       .rules =
           {
-              device_rule("reference_cuda.no_cuda_device", "a CUDA device and driver are present",
-                          rules::has_device),
-              device_rule("reference_cuda.requires_sm80", "the device is sm_80 or newer",
-                          sm80_or_newer),
-              device_rule("reference_cuda.requires_cuda_tensors",
-                          "all tensors are CUDA device tensors", rules::on_cuda),
-              selection_rule("reference_cuda.decode_not_implemented",
-                             "not a KV-cache (decode) call: reference_cuda has no decode code "
-                             "yet (reference_cpu has)",
-                             rules::not_decode),
+              selection_rule("reference_cuda.no_cuda_device",
+                             "a CUDA device and driver are present", rules::has_device),
+              selection_rule("reference_cuda.requires_sm80", "the device is sm_80 or newer",
+                             sm80_or_newer),
+              selection_rule("reference_cuda.requires_cuda_tensors",
+                             "all tensors are CUDA device tensors", rules::on_cuda),
           },
       .forward = run_forward,
       .backward = run_backward,

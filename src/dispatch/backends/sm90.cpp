@@ -12,17 +12,9 @@ constexpr bool kSm90Compiled = FLASHLANE_HAS_SM90 != 0;
 bool compiled(const RuleContext&) { return kSm90Compiled; }
 bool sm_90(const RuleContext& c) { return c.device.sm == 90; }
 bool kv_layout_read(const RuleContext& c) {
-  // KV-cache calls are judged by the decode rows below.
-  if (c.info.is_decode()) return true;
-  // Dense k/v with dense q, packed with packed (common/seqlen.h).
+  // Dense k/v with dense q, packed with packed (common/seqlen.h); no paged KV cache yet.
   const KvLayout with_q = c.info.varlen ? KvLayout::kVarlenPacked : KvLayout::kDense;
   return c.info.kv_layout == with_q;
-}
-bool decode_page_size(const RuleContext& c) {
-  return !c.info.is_decode() || c.info.kv_layout != KvLayout::kPaged || c.info.page_size % 16 == 0;
-}
-bool decode_rotary_dim(const RuleContext& c) {
-  return !c.info.is_decode() || c.info.rotary_dim % 16 == 0;
 }
 bool fwd_head_dims(const RuleContext& c) {
   return c.info.direction != Direction::kForward ||
@@ -52,31 +44,17 @@ const BackendDef& sm90_backend() {
           {
               selection_rule("sm90.not_compiled", "this build contains the sm_90a kernels",
                              compiled),
-              device_rule("sm90.no_cuda_device", "a CUDA device and driver are present",
-                          rules::has_device),
-              device_rule("sm90.requires_sm90", "the device is sm_90 (H100, H200)", sm_90),
-              device_rule("sm90.requires_cuda_tensors", "all tensors are CUDA device tensors",
-                          rules::on_cuda),
+              selection_rule("sm90.no_cuda_device", "a CUDA device and driver are present",
+                             rules::has_device),
+              selection_rule("sm90.requires_sm90", "the device is sm_90 (H100, H200)", sm_90),
+              selection_rule("sm90.requires_cuda_tensors", "all tensors are CUDA device tensors",
+                             rules::on_cuda),
               selection_rule("sm90.dtype_unsupported", "dtype is bfloat16 or float16",
                              rules::half_dtype),
               selection_rule("sm90.kv_layout_unsupported",
-                             "forward and backward: the KV layout is q's, dense with dense q, "
-                             "varlen_packed with packed q (KV-cache calls: the decode rows)",
+                             "the KV layout is q's: dense with dense q, varlen_packed with "
+                             "packed q (no sm90 kernel reads a paged KV cache)",
                              kv_layout_read),
-              selection_rule("sm90.decode_page_size_unsupported",
-                             "KV-cache call over a paged cache: page_size is a multiple of 16 "
-                             "(the paged gather planned for the sm90 decode kernels moves whole "
-                             "16-row tiles)",
-                             decode_page_size),
-              selection_rule("sm90.decode_rotary_dim_unsupported",
-                             "KV-cache call with rotary: rotary_dim is a multiple of 16 "
-                             "(FlashAttention's decode kernels' rule, kept for the planned sm90 "
-                             "ones)",
-                             decode_rotary_dim),
-              selection_rule("sm90.decode_not_implemented",
-                             "not a KV-cache (decode) call: no sm90 decode kernel exists yet, so "
-                             "every KV-cache call fails closed here",
-                             rules::not_decode),
               selection_rule("sm90.head_dim_unsupported", "forward: " + sm90_head_dims_text(),
                              fwd_head_dims, /*build_dependent=*/true),
               selection_rule("sm90.grid_too_large",
