@@ -19,7 +19,8 @@ struct SkippedBackend {
 struct Receipt {
   std::string requested_backend;  // "auto" or a backend name: "sm90", "reference_cuda", ...
   std::string actual_backend;     // the backend that ran; empty when nothing ran
-  std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd"
+  std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd", "decode",
+                                  // "paged_decode", "append_decode" (flashlane/kvcache.h)
   bool strict = false;
   /// Auto mode: the tag that made the top-priority backend step aside; empty when it ran.
   std::string fallback_reason;
