@@ -15,7 +15,7 @@ function(flashlane_kernel_fingerprints source_dir output)
   set(_sets
     "sm90|src/sm90/*|src/dispatch/backends/sm90.cpp|cmake/sm90_kernels.cmake"
     "reference_cuda|src/reference/reference_cuda.cu|src/dispatch/backends/reference_cuda.cpp"
-    "reference_cpu|src/reference/reference_cpu.cpp|src/dispatch/backends/reference_cpu.cpp")
+    "reference_cpu|src/reference/reference_cpu.cpp|src/reference/reference_cpu_kvcache.cpp|src/dispatch/backends/reference_cpu.cpp")
   set(_content "// Generated at configure time by cmake/kernel_fingerprints.cmake; do not edit.\n#pragma once\n")
   foreach(_set IN LISTS _sets)
     string(REPLACE "|" ";" _parts "${_set}")

@@ -20,6 +20,7 @@
 
 #include "bench/harness.h"
 #include "cli_common.h"
+#include "cmd_run_decode.h"
 #include "dispatch/backend_registry.h"
 #include "flashlane/flashlane.h"
 
@@ -258,7 +259,9 @@ void add_run_command(CLI::App& app, int* exit_code) {
       "run", "Run one problem on random inputs and check it against the float64 reference");
   sub->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // last flag wins
   sub->add_option("--batch", o->batch, "Batch size (bshd)")->capture_default_str();
-  sub->add_option("--seqlen-q", o->seqlen_q, "Query length (bshd)")->capture_default_str();
+  CLI::Option* seqlen_q_opt =
+      sub->add_option("--seqlen-q", o->seqlen_q, "Query length (bshd; --decode: default 1)")
+          ->capture_default_str();
   sub->add_option("--seqlen-k", o->seqlen_k, "Key length (bshd; default: seqlen-q)");
   sub->add_option("--heads-q", o->heads_q, "Query heads")->capture_default_str();
   sub->add_option("--heads-kv", o->heads_kv, "Key/value heads (default: heads-q)");
@@ -279,7 +282,50 @@ void add_run_command(CLI::App& app, int* exit_code) {
   sub->add_option("--seed", o->seed, "Seed of the random inputs")->capture_default_str();
   sub->add_flag("--bwd", o->bwd, "Also run and check the backward pass");
   sub->add_flag("--json", o->json, "Print one JSON object");
-  sub->callback([o, exit_code] { *exit_code = run_problem(*o); });
+  // KV-cache calls (flashlane/kvcache.h).
+  auto dec = std::make_shared<DecodeOptions>();
+  auto decode = std::make_shared<bool>(false);
+  sub->add_flag("--decode", *decode,
+                "Run one KV-cache call (flash_attn_with_kvcache) on host tensors instead");
+  sub->add_option("--seqlen-cache", dec->seqlen_cache,
+                  "--decode: keys one sequence's cache holds (dense seqlen_cache; paged: rounded "
+                  "up to whole pages)")
+      ->capture_default_str();
+  sub->add_option("--page-size", dec->page_size, "--decode: paged cache of this page size (0: dense)")
+      ->capture_default_str();
+  sub->add_option("--cache-seqlens", dec->cache_seqlens,
+                  "--decode: keys already cached per sequence \"a,b\" (default: seqlen-cache / 2)");
+  sub->add_option("--seqlen-new", dec->seqlen_new, "--decode: new keys appended per sequence")
+      ->capture_default_str();
+  sub->add_option("--rotary-dim", dec->rotary_dim, "--decode: rotary on q and new keys (0: none)")
+      ->capture_default_str();
+  sub->add_flag("--rotary-neox", dec->rotary_neox,
+                "--decode: GPT-NeoX rotary pairs (default: interleaved GPT-J pairs)");
+  sub->add_option("--num-splits", dec->num_splits, "--decode: split-KV hint (0: heuristic)")
+      ->capture_default_str();
+  sub->callback([o, dec, decode, seqlen_q_opt, exit_code] {
+    if (!*decode) {
+      *exit_code = run_problem(*o);
+      return;
+    }
+    DecodeOptions d = *dec;
+    d.batch = o->batch;
+    d.seqlen_q = seqlen_q_opt->count() > 0 ? o->seqlen_q : 1;
+    d.heads_q = o->heads_q;
+    d.heads_kv = o->heads_kv;
+    d.head_dim = o->head_dim;
+    d.head_dim_v = o->head_dim_v;
+    d.dtype = o->dtype;
+    d.mask = o->mask;
+    d.window_left = o->window_left;
+    d.window_right = o->window_right;
+    d.softcap = o->softcap;
+    d.backend = o->backend;
+    d.strict = o->strict;
+    d.json = o->json;
+    d.seed = o->seed;
+    *exit_code = run_decode(d);
+  });
 }
 
 }  // namespace flashlane::cli

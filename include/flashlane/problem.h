@@ -43,14 +43,15 @@ enum class MaskType : int { kNoMask = 0, kCausal = 1, kCausalBottomRight = 2 };
 const char* mask_type_name(MaskType mask);
 bool parse_mask_type(const std::string& name, MaskType* out);
 
-enum class Direction : int { kForward = 0, kBackward = 1 };
+/// kDecode: a KV-cache call (flashlane/kvcache.h); validate() refuses it (validate_kvcache).
+enum class Direction : int { kForward = 0, kBackward = 1, kDecode = 2 };
 
 /// How the keys and values of a call are laid out in memory (FlashAttention's three layouts).
 ///   kDense        k/v [batch, seqlen_k, heads_kv, d] (bshd).
 ///   kVarlenPacked k/v [total_k, heads_kv, d], sequences delimited by cu_seqlens_k.
 ///   kPaged        k/v [num_pages, page_size, heads_kv, d] with page_table int32
-///                 [batch, max_pages_per_seq] (the KV cache of a decode call; no entry point
-///                 accepts it yet, and every backend refuses it).
+///                 [batch, max_pages_per_seq]: the paged KV cache of a KV-cache call
+///                 (flashlane/kvcache.h; forward() and backward() never see it).
 enum class KvLayout : int { kDense = 0, kVarlenPacked = 1, kPaged = 2 };
 
 /// "dense", "varlen_packed", "paged".
@@ -108,6 +109,20 @@ struct ProblemInfo {
   bool bottom_right = false;  // diagonal alignment (see the mask rules above)
   int64_t window_left = -1, window_right = -1;  // normalized: causal -> window_right = 0
   bool deterministic = false;
+  // KV-cache calls only (direction kDecode, flashlane/kvcache.h); zero / false otherwise.
+  int64_t batch_cache = 0;        // dense cache: k_cache.shape[0]
+  int64_t page_size = 0;          // paged: k_cache.shape[1]
+  int64_t num_pages = 0;          // paged: k_cache.shape[0]
+  int64_t max_pages_per_seq = 0;  // paged: page_table.shape[1]
+  int64_t cache_capacity = 0;     // keys one sequence can hold (also seqlen_k)
+  bool has_cache_seqlens = false;
+  bool has_cache_batch_idx = false;
+  bool has_append = false;        // k_new / v_new given
+  int64_t seqlen_new = 0;         // k_new.shape[1]
+  int64_t rotary_dim = 0;         // 0: no rotary
+  bool rotary_interleaved = false;
+  int64_t num_splits = 0;         // the caller's hint
+  bool is_decode() const { return direction == Direction::kDecode; }
   bool is_causal() const { return mask != MaskType::kNoMask; }
   bool has_window() const { return window_left >= 0 || (window_right >= 0 && !is_causal()); }
   /// Number of visible (query, key) pairs summed over batch and query heads; needs host copies

@@ -31,6 +31,13 @@ enum class ErrorCode : int {
   kDeviceMismatch = 114,       // tensors on different devices
   kDropoutUnsupported = 115,   // dropout_p != 0 (not supported yet)
   kInvalidArgument = 116,      // any other malformed argument (named in the message)
+  // --- KV-cache calls (flashlane/kvcache.h), still argument validation.
+  kCacheSeqlensInvalid = 117,  // cache_seqlens bad dtype/shape, a value < 0 or above capacity
+  kCacheOverflow = 118,        // cache_seqlens[b] + seqlen_new exceeds the cache capacity
+  kPageTableInvalid = 119,     // page_table bad dtype/shape, a used entry out of range, a
+                               // page written by the append that another entry also names
+  kCacheBatchIdxInvalid = 120, // cache_batch_idx out of range, or repeated while appending
+  kRotaryInvalid = 121,        // rotary_cos/sin shapes, rotary_dim, or seqlen_ro too short
   // --- dispatch (2xx): nothing was launched.
   kBackendInapplicable = 200,  // strict request for a backend whose rule refused; see reason_tag
   kNoApplicableBackend = 201,  // auto request and no backend applies

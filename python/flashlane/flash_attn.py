@@ -35,7 +35,7 @@ from ._fa_compat import check_common, mask_of, refuse, unpack_kv, unpack_qkv, wi
 
 __all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func",
            "flash_attn_varlen_func", "flash_attn_varlen_kvpacked_func",
-           "flash_attn_varlen_qkvpacked_func"]
+           "flash_attn_varlen_qkvpacked_func", "flash_attn_with_kvcache"]
 
 _API = "flash_attn"
 #: The FlashAttention version whose semantics this module follows.
@@ -147,3 +147,27 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     return _attend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
                    return_attn_probs, backend, strict)
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
+                            rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
+                            cache_leftpad=None, block_table=None,
+                            softmax_scale: Optional[float] = None, causal: bool = False,
+                            window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
+                            rotary_interleaved: bool = True, alibi_slopes=None,
+                            num_splits: int = 0, return_softmax_lse: bool = False, *,
+                            backend: str = "auto", strict: bool = False):
+    """flash_attn 2.x flash_attn_with_kvcache (block_table is the paged cache's page table).
+    Semantics: flashlane.kvcache. Refused with a tag: cache_leftpad
+    (flash_attn.cache_leftpad_unsupported), alibi_slopes (flash_attn.alibi_unsupported)."""
+    from .kvcache import flash_attn_with_kvcache as _kv
+
+    check_common(_API, q, alibi_slopes=alibi_slopes, backend=backend, strict=strict)
+    if cache_leftpad is not None:
+        refuse(_API, "invalid_argument", f"{_API}.cache_leftpad_unsupported",
+               "cache_leftpad (a cache that starts after position 0) is not supported", q,
+               backend, strict, runtime_mode="decode")
+    return _kv(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+               cache_batch_idx, block_table, softmax_scale, causal, window_size, softcap,
+               rotary_interleaved, num_splits, return_softmax_lse, backend=backend,
+               strict=strict)

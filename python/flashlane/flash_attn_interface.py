@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 from . import interface as _iface
 from ._fa_compat import mask_of, refuse, split_heads, unpack_qkv, window_fa3
 
-__all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func"]
+__all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func",
+           "flash_attn_with_kvcache"]
 
 _API = "flash_attn_interface"
 #: The FlashAttention version whose semantics this module follows.
@@ -127,3 +128,41 @@ def flash_attn_qkvpacked_func(qkv, softmax_scale: Optional[float] = None, causal
     return _attend(q, k, v, None, None, None, None, None, None, softmax_scale, causal, None,
                    (q_descale, k_descale, v_descale), window_size, attention_chunk, softcap,
                    deterministic, return_attn_probs, backend, strict)
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary_cos=None,
+                            rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
+                            cache_leftpad=None, page_table=None, cu_seqlens_q=None,
+                            cu_seqlens_k_new=None, max_seqlen_q=None, rotary_seqlens=None,
+                            q_descale=None, k_descale=None, v_descale=None,
+                            softmax_scale: Optional[float] = None, causal: bool = False,
+                            window_size: Sequence[int] = (-1, -1), attention_chunk: int = 0,
+                            softcap: float = 0.0, rotary_interleaved: bool = True,
+                            scheduler_metadata=None, num_splits: int = 0, pack_gqa=None,
+                            sm_margin: int = 0, return_softmax_lse: bool = False, *,
+                            backend: str = "auto", strict: bool = False):
+    """FlashAttention 3 flash_attn_with_kvcache (hopper/flash_attn_interface.py). Semantics:
+    flashlane.kvcache; scheduler_metadata, pack_gqa and sm_margin are scheduling hints (ignored).
+    Refused with a tag (flash_attn_interface.<what>_unsupported): qv, cache_leftpad,
+    cu_seqlens_q / cu_seqlens_k_new / max_seqlen_q (varlen queries), rotary_seqlens, FP8
+    descale factors, attention_chunk != 0."""
+    from .kvcache import flash_attn_with_kvcache as _kv
+
+    refusals = [
+        (qv is not None, "qv", "qv (the extra query-value product)"),
+        (cache_leftpad is not None, "cache_leftpad", "cache_leftpad"),
+        (cu_seqlens_q is not None or cu_seqlens_k_new is not None or max_seqlen_q is not None,
+         "varlen_kvcache", "cu_seqlens_q / cu_seqlens_k_new / max_seqlen_q (varlen queries)"),
+        (rotary_seqlens is not None, "rotary_seqlens", "rotary_seqlens"),
+        (any(d is not None for d in (q_descale, k_descale, v_descale)), "descale",
+         "q_descale / k_descale / v_descale (FP8 inputs)"),
+        (bool(attention_chunk), "attention_chunk", f"attention_chunk = {attention_chunk}"),
+    ]
+    for bad, what, text in refusals:
+        if bad:
+            refuse(_API, "invalid_argument", f"{_API}.{what}_unsupported",
+                   f"{text} is not supported", q, backend, strict, runtime_mode="decode")
+    return _kv(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+               cache_batch_idx, page_table, softmax_scale, causal, window_size, softcap,
+               rotary_interleaved, num_splits, return_softmax_lse, backend=backend,
+               strict=strict)

@@ -225,6 +225,99 @@ Result backward(const In& q, const In& k, const In& v, const In& o, const In& ls
   return to_tuple(st);
 }
 
+Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, const Array& o,
+                       const std::optional<Array>& lse, const std::optional<In>& cache_seqlens,
+                       const std::optional<In>& cache_batch_idx,
+                       const std::optional<In>& page_table, const std::optional<In>& k_new,
+                       const std::optional<In>& v_new, const std::optional<In>& rotary_cos,
+                       const std::optional<In>& rotary_sin, bool rotary_interleaved,
+                       std::optional<double> softmax_scale, const std::string& mask,
+                       int64_t window_left, int64_t window_right, double softcap,
+                       int64_t num_splits, const std::string& backend, bool strict,
+                       uintptr_t stream) {
+  flashlane::KvCacheProblem p;
+  flashlane::Request request;
+  try {
+    p.q = to_view("q", q);
+    p.k_cache = to_view("k_cache", k_cache);
+    p.v_cache = to_view("v_cache", v_cache);
+    p.o = to_view("o", o);
+    if (lse) p.lse = to_view("lse", *lse);
+    p.cache_seqlens = opt_view("cache_seqlens", cache_seqlens);
+    p.cache_batch_idx = opt_view("cache_batch_idx", cache_batch_idx);
+    p.page_table = opt_view("page_table", page_table);
+    p.k_new = opt_view("k_new", k_new);
+    p.v_new = opt_view("v_new", v_new);
+    p.rotary_cos = opt_view("rotary_cos", rotary_cos);
+    p.rotary_sin = opt_view("rotary_sin", rotary_sin);
+    p.rotary_interleaved = rotary_interleaved;
+    p.softmax_scale = softmax_scale;
+    p.mask = to_mask(mask);
+    p.window_left = window_left;
+    p.window_right = window_right;
+    p.softcap = softcap;
+    p.num_splits = num_splits;
+    request = to_request(backend, strict);
+  } catch (const ConversionError& e) {
+    return to_tuple(flashlane::Status(e.code, e.message));
+  }
+  flashlane::Status st;
+  {
+    nb::gil_scoped_release release;
+    st = flashlane::forward_kvcache(p, request, to_stream(stream));
+  }
+  if (st.ok()) return std::nullopt;
+  return to_tuple(st);
+}
+
+/// ServingPlan::create over plain values: (None, plan JSON) or (error tuple, "").
+std::pair<Result, std::string> serving_plan(
+    const std::string& prefill_backend, const std::string& decode_backend, bool prefill_varlen,
+    const std::string& kv_layout, int64_t page_size, const std::string& dtype, int64_t head_dim,
+    int64_t head_dim_v, int64_t heads_q, int64_t heads_kv, bool causal, int64_t window_left,
+    int64_t window_right, double softcap, bool append, int64_t rotary_dim, bool check_device,
+    int device_ordinal) {
+  flashlane::ServingConfig c;
+  try {
+    c.prefill_backend = to_request(prefill_backend, true).backend;
+    c.decode_backend = to_request(decode_backend, true).backend;
+  } catch (const ConversionError& e) {
+    return {to_tuple(flashlane::Status(e.code, e.message)), ""};
+  }
+  if (kv_layout == "dense") {
+    c.kv_layout = flashlane::KvLayout::kDense;
+  } else if (kv_layout == "paged") {
+    c.kv_layout = flashlane::KvLayout::kPaged;
+  } else {
+    return {to_tuple(flashlane::Status(flashlane::ErrorCode::kInvalidArgument,
+                                       "kv_layout = '" + kv_layout + "' (expected dense or paged)")),
+            ""};
+  }
+  if (!flashlane::parse_dtype(dtype, &c.dtype)) {
+    return {to_tuple(flashlane::Status(flashlane::ErrorCode::kUnsupportedDType,
+                                       "dtype = '" + dtype + "'")),
+            ""};
+  }
+  c.prefill_varlen = prefill_varlen;
+  c.page_size = page_size;
+  c.head_dim = head_dim;
+  c.head_dim_v = head_dim_v;
+  c.heads_q = heads_q;
+  c.heads_kv = heads_kv;
+  c.causal = causal;
+  c.window_left = window_left;
+  c.window_right = window_right;
+  c.softcap = softcap;
+  c.append = append;
+  c.rotary_dim = rotary_dim;
+  c.check_device = check_device;
+  c.device_ordinal = device_ordinal;
+  flashlane::ServingPlan plan;
+  const flashlane::Status st = flashlane::ServingPlan::create(c, &plan);
+  if (!st.ok()) return {to_tuple(st), ""};
+  return {std::nullopt, plan.to_json()};
+}
+
 // The receipt as the dict json.loads(receipt_to_json(r)) gives (same keys, values, types and
 // key order: nlohmann's objects are sorted by key), without printing and parsing JSON: the
 // Python layer makes one per call while a receipt_log() block is open.
@@ -275,7 +368,9 @@ std::vector<std::pair<std::string, int>> error_codes() {
               E::kShapeMismatch, E::kHeadsNotDivisible, E::kHeadDimInvalid, E::kNotContiguous,
               E::kMisaligned, E::kCuSeqlensInvalid, E::kSequsedInvalid, E::kWindowInvalid,
               E::kSoftmaxScaleInvalid, E::kSoftcapInvalid, E::kDeviceMismatch,
-              E::kDropoutUnsupported, E::kInvalidArgument, E::kBackendInapplicable,
+              E::kDropoutUnsupported, E::kInvalidArgument, E::kCacheSeqlensInvalid,
+              E::kCacheOverflow, E::kPageTableInvalid, E::kCacheBatchIdxInvalid,
+              E::kRotaryInvalid, E::kBackendInapplicable,
               E::kNoApplicableBackend, E::kCudaError, E::kCudaErrorPending, E::kInternal}) {
     out.emplace_back(flashlane::error_code_name(c), static_cast<int>(c));
   }
@@ -298,6 +393,19 @@ NB_MODULE(_C, m) {
         "window_right"_a, "softcap"_a, "deterministic"_a, "backend"_a, "strict"_a, "stream"_a,
         "check_metadata_values"_a,
         "flashlane::backward over DLPack tensors. Returns None, or (code, value, message, tag).");
+  m.def("forward_kvcache", &forward_kvcache, "q"_a, "k_cache"_a, "v_cache"_a, "o"_a, "lse"_a.none(),
+        "cache_seqlens"_a.none(), "cache_batch_idx"_a.none(), "page_table"_a.none(),
+        "k_new"_a.none(), "v_new"_a.none(), "rotary_cos"_a.none(), "rotary_sin"_a.none(),
+        "rotary_interleaved"_a, "softmax_scale"_a.none(), "mask"_a, "window_left"_a,
+        "window_right"_a, "softcap"_a, "num_splits"_a, "backend"_a, "strict"_a, "stream"_a,
+        "flashlane::forward_kvcache over DLPack tensors (k_cache / v_cache written when k_new "
+        "is given). Returns None, or (code, value, message, tag).");
+  m.def("serving_plan", &serving_plan, "prefill_backend"_a, "decode_backend"_a,
+        "prefill_varlen"_a, "kv_layout"_a, "page_size"_a, "dtype"_a, "head_dim"_a,
+        "head_dim_v"_a, "heads_q"_a, "heads_kv"_a, "causal"_a, "window_left"_a,
+        "window_right"_a, "softcap"_a, "append"_a, "rotary_dim"_a, "check_device"_a,
+        "device_ordinal"_a,
+        "flashlane::ServingPlan::create: (None, plan JSON) or ((code, value, message, tag), '').");
   m.def("last_receipt_json",
         []() { return flashlane::receipt_to_json(flashlane::last_receipt()); },
         "This thread's last receipt as one JSON line (receipt_to_json).");

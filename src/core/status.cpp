@@ -22,6 +22,11 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kDeviceMismatch: return "device_mismatch";
     case ErrorCode::kDropoutUnsupported: return "dropout_unsupported";
     case ErrorCode::kInvalidArgument: return "invalid_argument";
+    case ErrorCode::kCacheSeqlensInvalid: return "cache_seqlens_invalid";
+    case ErrorCode::kCacheOverflow: return "cache_overflow";
+    case ErrorCode::kPageTableInvalid: return "page_table_invalid";
+    case ErrorCode::kCacheBatchIdxInvalid: return "cache_batch_idx_invalid";
+    case ErrorCode::kRotaryInvalid: return "rotary_invalid";
     case ErrorCode::kBackendInapplicable: return "backend_inapplicable";
     case ErrorCode::kNoApplicableBackend: return "no_applicable_backend";
     case ErrorCode::kCudaError: return "cuda_error";

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "flashlane/problem.h"
+#include "core/validate_shared.h"
 
 namespace flashlane {
 namespace {
@@ -716,10 +717,23 @@ constexpr Phase kPhases[] = {check_presence, check_devices, check_dtypes,
 
 }  // namespace
 
+namespace detail {
+
+Status read_int32_metadata(const char* name, const TensorView& t, std::vector<int32_t>* out) {
+  return read_int32(name, t, out);
+}
+
+Status check_cuda_alignment(const char* name, const TensorView& t, const Device& device) {
+  return check_alignment(Arg{name, &t, true, Kind::kFloating}, device);
+}
+
+}  // namespace detail
+
 Status validate(const AttentionProblem& p, Direction direction, ProblemInfo* info_out) {
   if (direction != Direction::kForward && direction != Direction::kBackward) {
     return fail(ErrorCode::kInvalidArgument,
-                "direction = " + str(static_cast<int>(direction)) + " is not forward or backward");
+                "direction = " + str(static_cast<int>(direction)) +
+                    " is not forward or backward (KV-cache calls: validate_kvcache)");
   }
   Derived d;
   d.direction = direction;

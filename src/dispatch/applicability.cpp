@@ -27,11 +27,12 @@ const std::vector<Rule>& applicability_rules() {
   return kRules;
 }
 
-const Rule* first_failing_rule(Backend backend, const RuleContext& ctx) {
+const Rule* first_failing_rule(Backend backend, const RuleContext& ctx, bool skip_device_rules) {
   const BackendDef* def = find_backend(backend);
   if (def == nullptr) return nullptr;
   for (const Rule& r : def->rules) {
-    if (r.kind == RuleKind::kSelection && !r.holds(ctx)) return &r;
+    if (r.kind != RuleKind::kSelection || (skip_device_rules && r.device_dependent)) continue;
+    if (!r.holds(ctx)) return &r;
   }
   return nullptr;
 }
@@ -66,7 +67,8 @@ nlohmann::json applicability_json() {
                      {"kind", rule_kind_name(r.kind)},
                      {"tag", r.tag},
                      {"description", r.description},
-                     {"build_dependent", r.build_dependent}});
+                     {"build_dependent", r.build_dependent},
+                     {"device_dependent", r.device_dependent}});
   }
   nlohmann::json prio = nlohmann::json::array();
   for (Backend b : backend_priority()) prio.push_back(backend_name(b));

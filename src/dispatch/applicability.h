@@ -44,6 +44,11 @@ struct Rule {
   /// The description names what this build compiled (it differs between builds; the test of
   /// docs/applicability.md compares such rows without their description).
   bool build_dependent = false;
+  /// The predicate looks at the machine or at where the tensors live (a CUDA device, its sm,
+  /// host or device tensors), not at the problem's shape or options. A ServingPlan
+  /// (flashlane/serving.h) judges a configuration without a device: it skips these rows unless
+  /// asked to check the device too.
+  bool device_dependent = false;
 };
 
 /// Every row of every registered backend: registry order, and within a backend its selection
@@ -51,8 +56,9 @@ struct Rule {
 const std::vector<Rule>& applicability_rules();
 
 /// The first selection rule of `backend` that does not hold, or nullptr when the backend
-/// applies (or is not registered).
-const Rule* first_failing_rule(Backend backend, const RuleContext& ctx);
+/// applies (or is not registered). skip_device_rules: rows with device_dependent are passed over.
+const Rule* first_failing_rule(Backend backend, const RuleContext& ctx,
+                               bool skip_device_rules = false);
 
 /// The table as Markdown (docs/applicability.md is this text) and as JSON (`matrix --json`).
 std::string applicability_markdown();

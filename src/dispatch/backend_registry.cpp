@@ -2,6 +2,9 @@
 #include "dispatch/backend_registry.h"
 
 #include <algorithm>
+#include <cstddef>
+
+#include "dispatch/decode_rows.h"
 
 namespace flashlane {
 namespace detail {
@@ -41,6 +44,19 @@ const BackendDef* find_backend(std::string_view name) {
 }
 
 BackendDef define_backend(BackendDef def) {
+  size_t after_device = 0;  // one past the last device row
+  bool reserved = false;
+  for (size_t i = 0; i < def.rules.size(); ++i) {
+    Rule& r = def.rules[i];
+    r.device_dependent = r.device_dependent || is_device_row(r);
+    if (r.device_dependent) after_device = i + 1;
+    reserved = reserved || (r.kind == RuleKind::kSelection && r.holds == &rules::never);
+  }
+  if (def.decode == nullptr && !reserved) {
+    const std::vector<Rule> rows = decode_rows(def);
+    def.rules.insert(def.rules.begin() + static_cast<std::ptrdiff_t>(after_device), rows.begin(),
+                     rows.end());
+  }
   for (Rule& r : def.rules) r.backend = def.id;
   return def;
 }

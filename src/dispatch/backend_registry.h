@@ -20,6 +20,7 @@
 
 #include "dispatch/applicability.h"
 #include "flashlane/dispatch.h"
+#include "flashlane/kvcache.h"
 #include "flashlane/problem.h"
 #include "flashlane/status.h"
 
@@ -29,6 +30,11 @@ namespace flashlane::detail {
 /// selection rule of the backend held. `variant` receives the kernel variant for the receipt.
 using RunFn = Status (*)(const AttentionProblem& problem, const ProblemInfo& info,
                          cudaStream_t stream, std::string* variant);
+
+/// Runs a KV-cache call (flashlane/kvcache.h) of a selected backend, after validate_kvcache()
+/// and every selection rule held.
+using RunDecodeFn = Status (*)(const KvCacheProblem& problem, const ProblemInfo& info,
+                               cudaStream_t stream, std::string* variant);
 
 /// priority of a backend that auto never picks (it runs only when a request names it).
 inline constexpr int kNeverAuto = -1;
@@ -41,6 +47,7 @@ struct BackendDef {
   std::vector<Rule> rules;  // selection rows in evaluation order, then execution rows
   RunFn forward = nullptr;  // nullptr: none (then a selection rule must always fail: fail closed)
   RunFn backward = nullptr;
+  RunDecodeFn decode = nullptr;  // KV-cache calls; nullptr: a selection rule refuses them
 };
 
 /// Every registered backend, in registration order (the table's row order; ties of priority).
@@ -49,8 +56,10 @@ const std::vector<const BackendDef*>& backend_registry();
 const BackendDef* find_backend(Backend id);
 const BackendDef* find_backend(std::string_view name);
 
-/// Finishes a definition: stamps its id into every rule. Backend files return
-/// `define_backend({...})` from a function-local static.
+/// Finishes a definition: stamps its id into every rule, marks the rows about the machine
+/// (Rule::device_dependent), and, when the backend has no decode function and is not reserved,
+/// inserts after its last device row the rows refusing KV-cache calls (decode_rows.h). Backend
+/// files return `define_backend({...})` from a function-local static.
 BackendDef define_backend(BackendDef def);
 
 /// Rows of the table, for the backend files.
@@ -62,6 +71,13 @@ inline Rule selection_rule(std::string tag, std::string description,
   r.description = std::move(description);
   r.holds = holds;
   r.build_dependent = build_dependent;
+  return r;
+}
+/// A selection row about the machine or the tensors' place (Rule::device_dependent).
+inline Rule device_rule(std::string tag, std::string description,
+                        bool (*holds)(const RuleContext&)) {
+  Rule r = selection_rule(std::move(tag), std::move(description), holds);
+  r.device_dependent = true;
   return r;
 }
 inline Rule execution_rule(std::string tag, std::string description) {
@@ -81,6 +97,7 @@ inline bool half_dtype(const RuleContext& c) {
   return c.info.dtype == DType::kBFloat16 || c.info.dtype == DType::kFloat16;
 }
 inline bool never(const RuleContext&) { return false; }
+inline bool not_decode(const RuleContext& c) { return !c.info.is_decode(); }
 }  // namespace rules
 
 }  // namespace flashlane::detail

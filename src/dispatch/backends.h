@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "flashlane/kvcache.h"
 #include "flashlane/problem.h"
 #include "flashlane/status.h"
 
@@ -34,6 +35,10 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
 Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info);
 Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info,
                               ReferenceNumerics numerics);
+
+/// float64-accumulating CPU reference of a KV-cache call (flashlane/kvcache.h), append and
+/// rotary included; all tensors on the host (src/reference/reference_cpu_kvcache.cpp).
+Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info);
 
 /// Straightforward CUDA reference (fp32 accumulation); all tensors on one CUDA device.
 /// The backward without `numerics` (kFloat64) does not round P and dS; kLowPrecision rounds them

@@ -2,6 +2,7 @@
 // Every call, successful or not, leaves a receipt (receipt.cpp). The backends are lookups in
 // the registry (backend_registry.h): their rules decide, their run functions execute.
 #include "flashlane/dispatch.h"
+#include "flashlane/kvcache.h"
 #include "flashlane/version.h"
 
 #include <cuda_runtime_api.h>
@@ -56,18 +57,16 @@ SkippedBackend skip_entry(Backend b, const detail::Rule* rule) {
 
 }  // namespace
 
-Status select(const AttentionProblem& problem, Direction direction, const Request& request,
-              Plan* plan, ProblemInfo* info_out) {
-  if (request.backend != Backend::kAuto && detail::find_backend(request.backend) == nullptr) {
-    return Status(ErrorCode::kInvalidArgument,
-                  "request.backend " + std::to_string(static_cast<int>(request.backend)) +
-                      " names no registered backend");
-  }
-  ProblemInfo info;
-  Status st = validate(problem, direction, &info);
-  if (!st.ok()) return st;
-  if (info_out) *info_out = info;
+namespace {
 
+Status unknown_backend(const Request& request) {
+  return Status(ErrorCode::kInvalidArgument,
+                "request.backend " + std::to_string(static_cast<int>(request.backend)) +
+                    " names no registered backend");
+}
+
+/// Selection over the table for a validated problem (forward, backward or KV-cache).
+Status select_validated(const ProblemInfo& info, const Request& request, Plan* plan) {
   const DeviceInfo device = device_of(info);
   const detail::RuleContext ctx{info, device};
   Plan result;
@@ -106,6 +105,32 @@ Status select(const AttentionProblem& problem, Direction direction, const Reques
   *plan = result;
   return Status(ErrorCode::kNoApplicableBackend, "no backend applies (" + why + ")",
                 result.skipped.empty() ? std::string() : result.skipped.front().reason);
+}
+
+}  // namespace
+
+Status select(const AttentionProblem& problem, Direction direction, const Request& request,
+              Plan* plan, ProblemInfo* info_out) {
+  if (request.backend != Backend::kAuto && detail::find_backend(request.backend) == nullptr) {
+    return unknown_backend(request);
+  }
+  ProblemInfo info;
+  Status st = validate(problem, direction, &info);
+  if (!st.ok()) return st;
+  if (info_out) *info_out = info;
+  return select_validated(info, request, plan);
+}
+
+Status select_kvcache(const KvCacheProblem& problem, const Request& request, Plan* plan,
+                      ProblemInfo* info_out) {
+  if (request.backend != Backend::kAuto && detail::find_backend(request.backend) == nullptr) {
+    return unknown_backend(request);
+  }
+  ProblemInfo info;
+  Status st = validate_kvcache(problem, &info);
+  if (!st.ok()) return st;
+  if (info_out) *info_out = info;
+  return select_validated(info, request, plan);
 }
 
 namespace {
@@ -199,7 +224,67 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   return st;
 }
 
+bool names_cuda_tensors(const KvCacheProblem& p) {
+  for (const TensorView* t : {&p.q, &p.k_cache, &p.v_cache, &p.o, &p.lse, &p.cache_seqlens,
+                              &p.cache_batch_idx, &p.page_table, &p.k_new, &p.v_new,
+                              &p.rotary_cos, &p.rotary_sin}) {
+    if (t->defined() && t->device.kind == DeviceKind::kCUDA) return true;
+  }
+  return false;
+}
+
+Status execute_kvcache(const KvCacheProblem& problem, const Request& request,
+                       cudaStream_t stream) {
+  Receipt r;
+  r.requested_backend = backend_name(request.backend);
+  r.strict = request.strict;
+  r.runtime_mode = kvcache_runtime_mode(problem);
+  r.surface = detail::surface_for_mode(r.runtime_mode);
+  Status st;
+  if (names_cuda_tensors(problem)) st = detail::pending_cuda_error_status(cudaPeekAtLastError());
+  if (st.ok()) {
+    Plan plan;
+    ProblemInfo info;
+    st = select_kvcache(problem, request, &plan, &info);
+    r.skipped = plan.skipped;
+    r.fallback_reason = plan.fallback_reason;
+    if (st.ok()) {
+      const Device& dev = info.device;
+      if (dev.kind == DeviceKind::kCUDA) {
+        const DeviceInfo di = query_device(dev.index);
+        r.device_name = di.name;
+        r.sm = di.sm;
+      } else {
+        r.device_name = "cpu";
+      }
+      const detail::BackendDef* def = detail::find_backend(plan.backend);
+      if (def == nullptr || def->decode == nullptr) {
+        st = Status(ErrorCode::kInternal, std::string("selected backend without decode code: ") +
+                                              backend_name(plan.backend));
+      } else {
+        DeviceGuard guard(dev);
+        std::string variant;
+        st = def->decode(problem, info, stream, &variant);
+        r.variant = variant;
+      }
+      if (st.ok()) {
+        r.actual_backend = backend_name(plan.backend);
+        r.kernel_fingerprint = kernel_fingerprint(r.actual_backend.c_str());
+      }
+    }
+  }
+  r.status = error_code_name(st.code());
+  r.error_reason = st.reason_tag();
+  detail::record_receipt(r);
+  return st;
+}
+
 }  // namespace
+
+Status forward_kvcache(const KvCacheProblem& problem, const Request& request,
+                       cudaStream_t stream) {
+  return execute_kvcache(problem, request, stream);
+}
 
 Status forward(const AttentionProblem& problem, const Request& request, cudaStream_t stream) {
   return execute(problem, Direction::kForward, request, stream);

@@ -22,6 +22,7 @@ struct SurfaceSpec {
   bool has_code;
   bool backward;  // which run function of a backend it needs
   std::vector<std::string> kinds;
+  bool decode = false;  // served by a backend's decode function (KV-cache calls)
 };
 
 /// The first selection rule of a backend that can never hold (a reserved backend), or nullptr.
@@ -34,9 +35,19 @@ const Rule* never_rule(const BackendDef& d) {
 SurfaceBackend judge(const BackendDef& d, const SurfaceSpec& s) {
   SurfaceBackend b;
   b.backend = d.name;
-  const RunFn run = s.backward ? d.backward : d.forward;
-  if (const Rule* never = never_rule(d); never != nullptr || run == nullptr) {
-    b.reason_tag = never != nullptr ? never->tag : std::string(d.name) + ".not_implemented";
+  const bool has_run = s.decode ? d.decode != nullptr
+                                 : (s.backward ? d.backward : d.forward) != nullptr;
+  if (const Rule* never = never_rule(d); never != nullptr || !has_run) {
+    if (never != nullptr) {
+      b.reason_tag = never->tag;
+    } else {
+      // The backend's own row for the missing direction when it has one
+      // ("sm90.decode_not_implemented"), else the generic tag.
+      const std::string specific = std::string(d.name) + ".decode_not_implemented";
+      bool has_row = false;
+      for (const Rule& r : d.rules) has_row = has_row || (s.decode && r.tag == specific);
+      b.reason_tag = has_row ? specific : std::string(d.name) + ".not_implemented";
+    }
     return b;
   }
   if (!s.has_code) {
@@ -64,12 +75,12 @@ const std::vector<Surface>& surface_catalog() {
          true, false, {"contract_test", "microbench_case", "profile"}},
         {"varlen_bwd", "backward over packed varlen tokens", {"varlen_bwd"}, true, true,
          {"contract_test", "microbench_case", "profile"}},
-        {"decode", "KV-cache decode (split-KV + combine) over a dense cache", {"decode"}, false,
-         false, {"contract_test", "microbench_case", "profile", "decode"}},
-        {"paged_decode", "decode over a paged KV cache (page table)", {"paged_decode"}, false,
-         false, {"contract_test", "microbench_case", "profile", "decode"}},
+        {"decode", "KV-cache decode (split-KV + combine) over a dense cache", {"decode"}, true,
+         false, {"contract_test", "microbench_case", "profile", "decode"}, true},
+        {"paged_decode", "decode over a paged KV cache (page table)", {"paged_decode"}, true,
+         false, {"contract_test", "microbench_case", "profile", "decode"}, true},
         {"append_decode", "decode that appends new k/v to the cache in the same call",
-         {"append_decode"}, false, false, {"contract_test", "microbench_case", "decode"}},
+         {"append_decode"}, true, false, {"contract_test", "microbench_case", "decode"}, true},
         {"attention_sinks", "forward and backward with learned sink logits per head",
          {"sinks_fwd", "sinks_bwd"}, false, false,
          {"contract_test", "microbench_case", "short_train"}},

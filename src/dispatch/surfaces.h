@@ -6,8 +6,10 @@
 // id (surface_for_mode), and the gate, the rollout manifest (bench/rollout_manifest.json) and
 // `flashlane status` use the same ids.
 //
-// Surfaces without code (decode, paged_decode, append_decode, attention_sinks,
-// context_parallel) are listed with the tag surface.not_implemented; a backend that cannot
+// Surfaces without code (attention_sinks, context_parallel) are listed with the tag
+// surface.not_implemented; the decode surfaces (decode, paged_decode, append_decode) have code
+// on the backends with a decode function (reference_cpu today; sm90 carries
+// sm90.decode_not_implemented); a backend that cannot
 // serve a surface carries the tag of the reason (its applicability row, e.g.
 // sm100.not_implemented, or sm90.not_compiled in a build without the Hopper kernels).
 #pragma once

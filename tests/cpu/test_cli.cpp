@@ -217,3 +217,33 @@ TEST(CliTest, GateFailsOnMalformedOrEmptyInput) {
   EXPECT_EQ(g.code, 1) << g.out;
   std::filesystem::remove_all(dir);
 }
+
+TEST(CliTest, RunDecodeOnReferenceCpuPassesWithEveryFeature) {
+  const Result r = run_tool(
+      "run --decode --backend reference_cpu --strict --batch 3 --seqlen-q 2 --heads-q 8 "
+      "--heads-kv 2 --head-dim 64 --seqlen-cache 40 --page-size 8 --cache-seqlens 0,17,30 "
+      "--seqlen-new 3 --rotary-dim 32 --mask causal_bottom_right --window-left 16 --softcap 20 "
+      "--dtype fp32 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["mode"], "append_decode");
+  EXPECT_EQ(j["receipt"]["actual_backend"], "reference_cpu");
+  EXPECT_EQ(j["receipt"]["runtime_mode"], "append_decode");
+  EXPECT_TRUE(j["check"]["pass"].get<bool>());
+  const Result dense = run_tool("run --decode --backend reference_cpu --dtype bf16");
+  EXPECT_EQ(dense.code, 0) << dense.out;
+  EXPECT_NE(dense.out.find("\"runtime_mode\":\"decode\""), std::string::npos) << dense.out;
+}
+
+TEST(CliTest, RunDecodeStrictRefusalsExitTwoWithTags) {
+  for (const char* b : {"sm90", "reference_cuda", "sm100"}) {
+    const Result r = run_tool(std::string("run --decode --strict --page-size 8 --backend ") + b);
+    EXPECT_EQ(r.code, 2) << b << ": " << r.out;
+    EXPECT_NE(r.out.find(std::string("[") + b + "."), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("\"runtime_mode\":\"paged_decode\""), std::string::npos) << r.out;
+  }
+  // A validation error (cache_seqlens above the capacity) exits 2 with its code.
+  const Result bad = run_tool("run --decode --backend reference_cpu --seqlen-cache 16 --cache-seqlens 17");
+  EXPECT_EQ(bad.code, 2) << bad.out;
+  EXPECT_NE(bad.out.find("cache_seqlens_invalid"), std::string::npos) << bad.out;
+}

@@ -196,12 +196,24 @@ TEST(SurfaceCatalog, IdsModesAndTags) {
   EXPECT_EQ(fd::surface_for_mode("varlen_bwd"), "varlen_bwd");
   EXPECT_EQ(fd::surface_for_mode("paged_decode"), "paged_decode");
   EXPECT_EQ(fd::surface_for_mode("nonsense"), "");
-  for (const char* id : {"decode", "paged_decode", "append_decode", "attention_sinks", "context_parallel"}) {
+  for (const char* id : {"attention_sinks", "context_parallel"}) {
     const fd::Surface* s = fd::find_surface(id);
     ASSERT_NE(s, nullptr);
     EXPECT_FALSE(s->has_code) << id;
     EXPECT_EQ(s->reason_tag, "surface.not_implemented");
     for (const auto& b : s->backends) EXPECT_FALSE(b.applies) << id << " " << b.backend;
+  }
+  // The decode surfaces have code on reference_cpu only; every other backend carries its tag.
+  for (const char* id : {"decode", "paged_decode", "append_decode"}) {
+    const fd::Surface* s = fd::find_surface(id);
+    ASSERT_NE(s, nullptr);
+    EXPECT_TRUE(s->has_code) << id;
+    EXPECT_EQ(s->reason_tag, "");
+    EXPECT_TRUE(fd::surface_backend(*s, "reference_cpu")->applies) << id;
+    EXPECT_EQ(fd::surface_backend(*s, "sm90")->reason_tag, "sm90.decode_not_implemented") << id;
+    EXPECT_EQ(fd::surface_backend(*s, "reference_cuda")->reason_tag,
+              "reference_cuda.decode_not_implemented") << id;
+    EXPECT_EQ(fd::surface_backend(*s, "sm100")->reason_tag, "sm100.not_implemented") << id;
   }
   const fd::Surface* dense = fd::find_surface("dense_fwd");
   ASSERT_NE(dense, nullptr);
@@ -513,12 +525,19 @@ TEST(StatusTest, NoReceiptsIsYellowOnL1WithR1Owed) {
 TEST(StatusTest, DecodeAndOtherSurfacesWithoutCodeAreRed) {
   auto rows = grid_rows();
   const fb::StatusReport rep = status_of(rows);
-  for (const char* id : {"decode", "paged_decode", "append_decode", "attention_sinks", "context_parallel"})
+  for (const char* id : {"attention_sinks", "context_parallel"})
     for (const auto& c : surface(rep, id).cells) {
       EXPECT_EQ(c.light, "red") << id << " " << c.backend;
       EXPECT_FALSE(c.reason_tag.empty()) << id << " " << c.backend;
     }
-  EXPECT_EQ(cell_of(rep, "decode", "sm90").reason_tag, "surface.not_implemented");
+  // Decode: code on reference_cpu only; the backends without decode code are red with their tag.
+  for (const char* id : {"decode", "paged_decode", "append_decode"})
+    for (const auto& c : surface(rep, id).cells) {
+      if (c.backend == "reference_cpu") continue;
+      EXPECT_EQ(c.light, "red") << id << " " << c.backend;
+      EXPECT_FALSE(c.reason_tag.empty()) << id << " " << c.backend;
+    }
+  EXPECT_EQ(cell_of(rep, "decode", "sm90").reason_tag, "sm90.decode_not_implemented");
 }
 
 TEST(StatusTest, StaleReceiptsAreShownButDoNotCount) {

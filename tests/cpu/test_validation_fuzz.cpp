@@ -88,6 +88,11 @@ constexpr ErrorCode kDeclaredCodes[] = {
     ErrorCode::kDeviceMismatch,
     ErrorCode::kDropoutUnsupported,
     ErrorCode::kInvalidArgument,
+    ErrorCode::kCacheSeqlensInvalid,
+    ErrorCode::kCacheOverflow,
+    ErrorCode::kPageTableInvalid,
+    ErrorCode::kCacheBatchIdxInvalid,
+    ErrorCode::kRotaryInvalid,
     ErrorCode::kBackendInapplicable,
     ErrorCode::kNoApplicableBackend,
     ErrorCode::kCudaError,
@@ -104,7 +109,7 @@ bool is_declared(ErrorCode code) {
 /// CUDA metadata fails (the status.h sections).
 bool is_validation_code(ErrorCode code) {
   const int c = static_cast<int>(code);
-  return (c >= 100 && c <= 116) || code == ErrorCode::kCudaError;
+  return (c >= 100 && c <= 121) || code == ErrorCode::kCudaError;
 }
 
 // ------------------------------------------------------------------------------------------------

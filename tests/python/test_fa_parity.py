@@ -258,6 +258,39 @@ def _():
     close(flashlane.flash_attn_func(q, k, v, 0.37, True), fa3.flash_attn_func(q, k, v, 0.37, True))
 
 
+# --- KV cache (flash_attn_with_kvcache; tests/python/test_kvcache.py covers it in depth) ---------
+
+def _kv_case(seed):
+    q = rand(seed, 2, 1, 4, 16)
+    kc, vc = rand(seed + 1, 2, 12, 2, 16), rand(seed + 2, 2, 12, 2, 16)
+    lens = np.array([5, 12], np.int32)
+    want = np.stack([npref.attention(q[b:b + 1], kc[b:b + 1, :lens[b]], vc[b:b + 1, :lens[b]],
+                                     mask="causal_bottom_right")[0][0] for b in range(2)])
+    return q, kc, vc, lens, want
+
+
+@case("flash_attn.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=..., causal=True)", 2,
+      "attention over the first cache_seqlens[b] keys, bottom-right causal")
+def _():
+    q, kc, vc, lens, want = _kv_case(40)
+    close(fa2.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True), want)
+
+
+@case("flash_attn_interface.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=..., causal=True)",
+      3, "attention over the first cache_seqlens[b] keys, bottom-right causal")
+def _():
+    q, kc, vc, lens, want = _kv_case(41)
+    close(fa3.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, causal=True), want)
+
+
+@case("flash_attn_interface.flash_attn_with_kvcache(attention_chunk=8)", 3,
+      "raises invalid_argument [flash_attn_interface.attention_chunk_unsupported]")
+def _():
+    q, kc, vc, lens, _ = _kv_case(42)
+    refused(lambda: fa3.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=lens, attention_chunk=8),
+            "invalid_argument", "flash_attn_interface.attention_chunk_unsupported")
+
+
 @pytest.mark.parametrize("row", CASES, ids=[f"{c.call} [FA{c.version}]: {c.result}" for c in CASES])
 def test_fa_parity(row):
     row.check()

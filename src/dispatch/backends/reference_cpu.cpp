@@ -18,6 +18,12 @@ Status run_backward(const AttentionProblem& p, const ProblemInfo& info, cudaStre
   return reference_cpu_backward(p, info);
 }
 
+Status run_decode(const KvCacheProblem& p, const ProblemInfo& info, cudaStream_t,
+                  std::string* variant) {
+  *variant = "reference_cpu_f64acc";
+  return reference_cpu_kvcache(p, info);
+}
+
 }  // namespace
 
 const BackendDef& reference_cpu_backend() {
@@ -33,6 +39,7 @@ const BackendDef& reference_cpu_backend() {
           },
       .forward = run_forward,
       .backward = run_backward,
+      .decode = run_decode,
   });
   return def;
 }
