@@ -27,48 +27,17 @@
 #include <vector>
 
 #include "flashlane/flashlane.h"
+#include "timing_common.h"
 
 namespace fl = flashlane;
 
-namespace {
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "kernel_timing: %s\n", what.c_str());
-  std::exit(2);
-}
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) die(std::string(what) + ": " + cudaGetErrorString(e));
-}
-
-void check(const fl::Status& st, const char* what) {
-  if (!st.ok()) die(std::string(what) + ": " + st.to_string());
-}
-
-std::vector<int> ints(const std::string& csv) {
-  std::vector<int> out;
-  std::stringstream ss(csv);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
-  return out;
-}
-
-/// bf16 bits of uniform values in [-1, 1) (round to nearest even of the fp32 value).
-void fill_bf16(std::vector<uint16_t>& v, uint64_t seed) {
-  std::mt19937_64 gen(seed);
-  std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  for (auto& x : v) {
-    const float f = dist(gen);
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    x = uint16_t(bits >> 16);
-  }
-}
-
-}  // namespace
+using flashlane::ab::check;
+using flashlane::ab::die;
+using flashlane::ab::fill_bf16;
+using flashlane::ab::ints;
 
 int main(int argc, char** argv) {
+  flashlane::ab::g_program = "kernel_timing";
   std::string label = "build", dirs = "fwd,bwd", hdims = "64,128,256";
   int pass = 0, reps = 20;
   for (int i = 1; i < argc; ++i) {

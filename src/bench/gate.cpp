@@ -1,5 +1,6 @@
 // bench/gate.cpp: the stop rules of DESIGN.md applied to proof rows, fail-closed (gate.h).
 #include "bench/gate.h"
+#include "bench/json_file.h"
 
 #include <array>
 #include <cmath>
@@ -116,18 +117,8 @@ bool gate_config_from_json(const nlohmann::json& j, GateConfig* out, std::string
 }
 
 bool load_gate_config(const std::string& path, GateConfig* out, std::string* why) {
-  std::ifstream f(path);
-  if (!f) {
-    if (why) *why = "cannot open gate config " + path;
-    return false;
-  }
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    if (why) *why = path + ": not JSON: " + e.what();
-    return false;
-  }
+  if (!read_json_file(path, "gate config", &j, why)) return false;
   std::string w;
   if (!gate_config_from_json(j, out, &w)) {
     if (why) *why = path + ": " + w;

@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 
+#include "bench/json_file.h"
 #include "dispatch/backend_registry.h"
 #include "dispatch/surfaces.h"
 
@@ -148,18 +149,8 @@ bool manifest_from_json(const nlohmann::json& j, Manifest* out, std::string* why
 }
 
 bool load_manifest(const std::string& path, Manifest* out, std::string* why) {
-  std::ifstream f(path);
-  if (!f) {
-    if (why) *why = "cannot open manifest " + path;
-    return false;
-  }
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const std::exception& e) {
-    if (why) *why = path + ": not JSON: " + e.what();
-    return false;
-  }
+  if (!read_json_file(path, "manifest", &j, why)) return false;
   std::string w;
   if (!manifest_from_json(j, out, &w)) {
     if (why) *why = path + ": " + w;

@@ -52,49 +52,15 @@ struct Arg {
   Kind kind;
 };
 
-Status fail(ErrorCode code, std::string message) { return Status(code, std::move(message)); }
-
-std::string str(int64_t v) { return std::to_string(v); }
-
-/// Shortest of %.15g / %.17g that reads back as `v` (0.1 prints as "0.1", not 0.1000...01).
-std::string str_double(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.15g", v);
-  if (std::isfinite(v) && std::strtod(buf, nullptr) != v) {
-    std::snprintf(buf, sizeof(buf), "%.17g", v);
-  }
-  return buf;
-}
-
-std::string device_str(const Device& d) {
-  switch (d.kind) {
-    case DeviceKind::kCPU: return d.index == 0 ? "cpu" : "cpu:" + str(d.index);
-    case DeviceKind::kCUDA: return "cuda:" + str(d.index);
-  }
-  return "unknown_device(" + str(static_cast<int>(d.kind)) + ")";
-}
-
-std::string dtype_str(DType dtype) {
-  const char* name = dtype_name(dtype);
-  if (std::strcmp(name, "unknown") == 0) return "unknown(" + str(static_cast<int>(dtype)) + ")";
-  return name;
-}
-
-std::string shape_str(const TensorView& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.rank && i < TensorView::kMaxRank; ++i) {
-    if (i) s += ", ";
-    s += str(t.shape[i]);
-  }
-  return s + "]";
-}
+using detail::device_str;
+using detail::dtype_str;
+using detail::fail;
+using detail::is_floating;
+using detail::shape_str;
+using detail::str;
+using detail::str_double;
 
 const char* direction_str(Direction d) { return d == Direction::kForward ? "forward" : "backward"; }
-
-bool is_floating(DType dtype) {
-  return dtype == DType::kFloat16 || dtype == DType::kBFloat16 || dtype == DType::kFloat32 ||
-         dtype == DType::kFloat64;
-}
 
 bool valid_head_dim(int64_t d) {
   return d > 0 && d <= kMaxHeadDim && d % kHeadDimMultiple == 0;
@@ -294,24 +260,7 @@ Status check_presence(const AttentionProblem& p, Derived* d) {
 
 // ---- 2. devices: q's device is a real one, and every tensor is on it.
 Status check_devices(const AttentionProblem& p, Derived* d) {
-  const Device device = p.q.device;
-  if (device.kind != DeviceKind::kCPU && device.kind != DeviceKind::kCUDA) {
-    return fail(ErrorCode::kInvalidArgument, "q.device = " + device_str(device) + " is unknown");
-  }
-  if (device.kind == DeviceKind::kCUDA && device.index < 0) {
-    return fail(ErrorCode::kInvalidArgument,
-                "q.device = " + device_str(device) + " has a negative CUDA ordinal");
-  }
-  for (const Arg& a : d->args) {
-    if (a.t->defined() && a.t->device != device) {
-      return fail(ErrorCode::kDeviceMismatch, std::string(a.name) + ".device = " +
-                                                  device_str(a.t->device) +
-                                                  " does not match q.device = " +
-                                                  device_str(device));
-    }
-  }
-  d->device = device;
-  return Status::Ok();
+  return detail::check_tensors_on_q_device(p.q, d->args, &d->device);
 }
 
 // ---- 3. dtypes: unsupported dtypes first, then disagreement with q.

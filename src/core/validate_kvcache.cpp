@@ -27,32 +27,11 @@ namespace {
 
 constexpr int64_t kMaxHeadDim = 256;
 
-Status fail(ErrorCode code, std::string message) { return Status(code, std::move(message)); }
-std::string str(int64_t v) { return std::to_string(v); }
-
-std::string str_double(double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%.15g", v);
-  if (std::isfinite(v) && std::strtod(buf, nullptr) != v) std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
-}
-
-std::string device_str(const Device& d) {
-  if (d.kind == DeviceKind::kCPU) return d.index == 0 ? "cpu" : "cpu:" + str(d.index);
-  if (d.kind == DeviceKind::kCUDA) return "cuda:" + str(d.index);
-  return "unknown_device(" + str(static_cast<int>(d.kind)) + ")";
-}
-
-std::string shape_str(const TensorView& t) {
-  std::string s = "[";
-  for (int i = 0; i < t.rank && i < TensorView::kMaxRank; ++i) s += (i ? ", " : "") + str(t.shape[i]);
-  return s + "]";
-}
-
-bool is_floating(DType t) {
-  return t == DType::kFloat16 || t == DType::kBFloat16 || t == DType::kFloat32 ||
-         t == DType::kFloat64;
-}
+using detail::fail;
+using detail::is_floating;
+using detail::shape_str;
+using detail::str;
+using detail::str_double;
 
 enum class Kind { kData, kRotary, kLse, kSeqlens, kBatchIdx, kPageTable };
 
@@ -152,23 +131,7 @@ Status check_presence(const KvCacheProblem& p, Derived* d) {
 
 // ---- 2. devices
 Status check_devices(const KvCacheProblem& p, Derived* d) {
-  const Device device = p.q.device;
-  if (device.kind != DeviceKind::kCPU && device.kind != DeviceKind::kCUDA) {
-    return fail(ErrorCode::kInvalidArgument, "q.device = " + device_str(device) + " is unknown");
-  }
-  if (device.kind == DeviceKind::kCUDA && device.index < 0) {
-    return fail(ErrorCode::kInvalidArgument,
-                "q.device = " + device_str(device) + " has a negative CUDA ordinal");
-  }
-  for (const Arg& a : d->args) {
-    if (a.t->defined() && a.t->device != device) {
-      return fail(ErrorCode::kDeviceMismatch, std::string(a.name) + ".device = " +
-                                                  device_str(a.t->device) +
-                                                  " does not match q.device = " + device_str(device));
-    }
-  }
-  d->device = device;
-  return Status::Ok();
+  return detail::check_tensors_on_q_device(p.q, d->args, &d->device);
 }
 
 // ---- 3. dtypes

@@ -179,24 +179,19 @@ Status run_backend(Backend b, Direction d, const AttentionProblem& p, const Prob
   return run(p, info, stream, variant);
 }
 
-Status execute(const AttentionProblem& problem, Direction direction, const Request& request,
-               cudaStream_t stream) {
-  Receipt r;
-  r.requested_backend = backend_name(request.backend);
-  r.strict = request.strict;
-  r.deterministic = direction == Direction::kBackward && problem.deterministic;
-  r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined());
-  r.surface = detail::surface_for_mode(r.runtime_mode);
-
-  // Before anything touches the CUDA runtime (validation reads pointer attributes and clears
-  // the errors it provokes; the launch code checks cudaGetLastError): a pending error is the
-  // caller's (pending_error.h).
+/// What every public call does around its backend, written once: the caller's pending CUDA error
+/// first (before anything touches the CUDA runtime: validation reads pointer attributes and
+/// clears the errors it provokes, the launch code checks cudaGetLastError; pending_error.h),
+/// then select(&plan, &info), the receipt's device, run(plan, info, &variant) under a guard of
+/// the problem's device, and the receipt, recorded whatever happened.
+template <class Select, class Run>
+Status run_with_receipt(Receipt r, bool names_cuda, Select&& select_fn, Run&& run_fn) {
   Status st;
-  if (names_cuda_tensors(problem)) st = detail::pending_cuda_error_status(cudaPeekAtLastError());
+  if (names_cuda) st = detail::pending_cuda_error_status(cudaPeekAtLastError());
   if (st.ok()) {
     Plan plan;
     ProblemInfo info;
-    st = select(problem, direction, request, &plan, &info);
+    st = select_fn(&plan, &info);
     r.skipped = plan.skipped;
     r.fallback_reason = plan.fallback_reason;
     if (st.ok()) {
@@ -210,7 +205,7 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
       }
       DeviceGuard guard(dev);
       std::string variant;
-      st = run_backend(plan.backend, direction, problem, info, stream, &variant);
+      st = run_fn(plan, info, &variant);
       r.variant = variant;
       if (st.ok()) {
         r.actual_backend = backend_name(plan.backend);
@@ -222,6 +217,22 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.error_reason = st.reason_tag();
   detail::record_receipt(r);
   return st;
+}
+
+Status execute(const AttentionProblem& problem, Direction direction, const Request& request,
+               cudaStream_t stream) {
+  Receipt r;
+  r.requested_backend = backend_name(request.backend);
+  r.strict = request.strict;
+  r.deterministic = direction == Direction::kBackward && problem.deterministic;
+  r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined());
+  r.surface = detail::surface_for_mode(r.runtime_mode);
+  return run_with_receipt(
+      std::move(r), names_cuda_tensors(problem),
+      [&](Plan* plan, ProblemInfo* info) { return select(problem, direction, request, plan, info); },
+      [&](const Plan& plan, const ProblemInfo& info, std::string* variant) {
+        return run_backend(plan.backend, direction, problem, info, stream, variant);
+      });
 }
 
 bool names_cuda_tensors(const KvCacheProblem& p) {
@@ -240,43 +251,17 @@ Status execute_kvcache(const KvCacheProblem& problem, const Request& request,
   r.strict = request.strict;
   r.runtime_mode = kvcache_runtime_mode(problem);
   r.surface = detail::surface_for_mode(r.runtime_mode);
-  Status st;
-  if (names_cuda_tensors(problem)) st = detail::pending_cuda_error_status(cudaPeekAtLastError());
-  if (st.ok()) {
-    Plan plan;
-    ProblemInfo info;
-    st = select_kvcache(problem, request, &plan, &info);
-    r.skipped = plan.skipped;
-    r.fallback_reason = plan.fallback_reason;
-    if (st.ok()) {
-      const Device& dev = info.device;
-      if (dev.kind == DeviceKind::kCUDA) {
-        const DeviceInfo di = query_device(dev.index);
-        r.device_name = di.name;
-        r.sm = di.sm;
-      } else {
-        r.device_name = "cpu";
-      }
-      const detail::BackendDef* def = detail::find_backend(plan.backend);
-      if (def == nullptr || def->decode == nullptr) {
-        st = Status(ErrorCode::kInternal, std::string("selected backend without decode code: ") +
-                                              backend_name(plan.backend));
-      } else {
-        DeviceGuard guard(dev);
-        std::string variant;
-        st = def->decode(problem, info, stream, &variant);
-        r.variant = variant;
-      }
-      if (st.ok()) {
-        r.actual_backend = backend_name(plan.backend);
-        r.kernel_fingerprint = kernel_fingerprint(r.actual_backend.c_str());
-      }
-    }
-  }
-  r.status = error_code_name(st.code());
-  r.error_reason = st.reason_tag();
-  detail::record_receipt(r);
-  return st;
+  return run_with_receipt(
+      std::move(r), names_cuda_tensors(problem),
+      [&](Plan* plan, ProblemInfo* info) { return select_kvcache(problem, request, plan, info); },
+      [&](const Plan& plan, const ProblemInfo& info, std::string* variant) {
+        const detail::BackendDef* def = detail::find_backend(plan.backend);
+        if (def == nullptr || def->decode == nullptr) {
+          return Status(ErrorCode::kInternal, std::string("selected backend without decode code: ") +
+                                                  backend_name(plan.backend));
+        }
+        return def->decode(problem, info, stream, variant);
+      });
 }
 
 }  // namespace

@@ -30,49 +30,21 @@
 #include <vector>
 
 #include "bench/ab/softmax_sweep/variants.h"
+#include "bench/ab/timing_common.h"
 #include "flashlane/flashlane.h"
 #include "sm90/common/params_builder.h"
 
 namespace fl = flashlane;
 namespace sweep = flashlane::softmax_sweep;
 
-namespace {
-
-[[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "softmax_sweep: %s\n", what.c_str());
-  std::exit(2);
-}
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) die(std::string(what) + ": " + cudaGetErrorString(e));
-}
-void check(const fl::Status& st, const char* what) {
-  if (!st.ok()) die(std::string(what) + ": " + st.to_string());
-}
-
-std::vector<int> ints(const std::string& csv) {
-  std::vector<int> out;
-  std::stringstream ss(csv);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(std::stoi(item));
-  return out;
-}
-
-uint16_t to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return uint16_t(bits >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t bits = uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-}  // namespace
+using flashlane::ab::check;
+using flashlane::ab::die;
+using flashlane::ab::from_bf16;
+using flashlane::ab::ints;
+using flashlane::ab::to_bf16;
 
 int main(int argc, char** argv) {
+  flashlane::ab::g_program = "softmax_sweep";
   int passes = 3, reps = 20;
   std::string seqlens = "512,1024,2048,4096,8192,16384", hdims, tile_groups = "1";
   bool causal_only = false;
