@@ -69,10 +69,15 @@ def main():
                         fwd().backward(dout)
 
                     for direction in dirs:
+                        cc = torch.cuda.get_device_capability()
                         row = {"schema": "flashlane.proof_row/1", "proof_class": "execute",
                                "artifact_kind": "microbench_case", "counts_for_status": False,
+                               "not_counted_reason": "peer: timed beside flashlane, never counts",
                                "requested_backend": f"torch_sdpa_{name}", "direction": direction,
-                               "environment": {"device": dev.name, "torch": torch.__version__,
+                               "runtime_mode": direction, "receipt": None,
+                               "gpu_lane": {"ran": True, "reason": ""},
+                               "environment": {"device": dev.name, "sm": cc[0] * 10 + cc[1],
+                                               "torch": torch.__version__,
                                                "cudnn": torch.backends.cudnn.version()},
                                "problem": {"batch": batch, "heads_q": heads, "heads_kv": heads,
                                            "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
