@@ -1,4 +1,4 @@
-"""Real-text byte-level data for the real-work validation (issue 6; docs/VALIDATION.md).
+"""Real-text byte-level data for the real-work validation (docs/VALIDATION.md).
 
 Pure Python (no torch, no numpy): testable on CI and on any CPU.
 

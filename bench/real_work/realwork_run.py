@@ -1,4 +1,4 @@
-"""Real-work validation (issue 6, docs/VALIDATION.md): a byte-level Llama trained and sampled on
+"""Real-work validation (docs/VALIDATION.md): a byte-level Llama trained and sampled on
 real text with flashlane (attn_implementation "lane_attention", backend sm90) beside PyTorch SDPA
 ("sdpa"), with proof rows for `flashlane gate --config bench/gate_real_work.json`.
 

@@ -581,7 +581,7 @@ TEST(GateTest, ForgedCountsForStatusFails) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Real-work rows (artifact_kind short_train / prefill / decode, bench/real_work, issue 6): they
+// Real-work rows (artifact_kind short_train / prefill / decode, bench/real_work): they
 // carry pass criteria in metrics.errors instead of FlashAttention's error figures.
 
 namespace {
