@@ -37,19 +37,7 @@ struct Host {
   int64_t numel() const { return static_cast<int64_t>(bytes.size()) / dtype_size(dtype); }
   double get(int64_t i) const { return numeric::load(bytes.data(), dtype, i); }
   void set(int64_t i, double v) { numeric::store(bytes.data(), dtype, i, v); }
-  TensorView view() {
-    TensorView t;
-    t.data = bytes.data();
-    t.dtype = dtype;
-    t.rank = static_cast<int>(shape.size());
-    int64_t stride = 1;
-    for (int i = t.rank - 1; i >= 0; --i) {
-      t.shape[i] = shape[i];
-      t.stride[i] = stride;
-      stride *= shape[i];
-    }
-    return t;
-  }
+  TensorView view() { return TensorView::contiguous(bytes.data(), dtype, shape, Device{}); }
   Host as(DType dt) const {
     Host h(dt, shape);
     for (int64_t i = 0; i < numel(); ++i) h.set(i, get(i));

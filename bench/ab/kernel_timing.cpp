@@ -80,15 +80,8 @@ int main(int argc, char** argv) {
         const int64_t batch = kTokens / seqlen, heads = kModelDim / hd;
         const auto bf = fl::DType::kBFloat16;
         const fl::Device dev = fl::Device::cuda(0);
-        fl::AttentionProblem p;
-        p.q = fl::TensorView::contiguous(q, bf, {batch, seqlen, heads, hd}, dev);
-        p.k = fl::TensorView::contiguous(k, bf, {batch, seqlen, heads, hd}, dev);
-        p.v = fl::TensorView::contiguous(v, bf, {batch, seqlen, heads, hd}, dev);
-        p.o = fl::TensorView::contiguous(o, bf, {batch, seqlen, heads, hd}, dev);
-        p.lse = fl::TensorView::contiguous(lse, fl::DType::kFloat32, {batch, heads, seqlen}, dev);
-        p.mask = causal ? fl::MaskType::kCausal : fl::MaskType::kNoMask;
-        const double fwd_flops = 4.0 * double(batch) * heads * seqlen * seqlen * hd *
-                                 (causal ? 0.5 : 1.0);
+        fl::AttentionProblem p = fl::ab::canonical_cell(q, k, v, o, lse, hd, seqlen, causal);
+        const double fwd_flops = fl::ab::forward_flops(p);
         for (int d = 0; d < 2; ++d) {
           const bool bwd = d == 1;
           if ((bwd && !do_bwd) || (!bwd && !do_fwd)) continue;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "flashlane/problem.h"
 #include "flashlane/status.h"
 
 namespace flashlane::ab {
@@ -63,6 +64,33 @@ inline void fill_bf16(std::vector<uint16_t>& v, uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);
   for (auto& x : v) x = to_bf16(dist(gen));
+}
+
+/// One canonical forward cell (BENCHMARKS.md: 16384 tokens, model dim 2048, bf16) over buffers
+/// of at least 16384 x 2048 elements (q, k, v, o) and 16384 x 32 floats (lse): batch =
+/// 16384 / seqlen, heads = 2048 / head_dim, causal (top-left) or not.
+inline AttentionProblem canonical_cell(void* q, void* k, void* v, void* o, void* lse,
+                                       int64_t head_dim, int64_t seqlen, bool causal) {
+  constexpr int64_t kTokens = 16384, kModelDim = 2048;
+  const int64_t batch = kTokens / seqlen, heads = kModelDim / head_dim;
+  const DType bf = DType::kBFloat16;
+  const Device dev = Device::cuda(0);
+  AttentionProblem p;
+  p.q = TensorView::contiguous(q, bf, {batch, seqlen, heads, head_dim}, dev);
+  p.k = TensorView::contiguous(k, bf, {batch, seqlen, heads, head_dim}, dev);
+  p.v = TensorView::contiguous(v, bf, {batch, seqlen, heads, head_dim}, dev);
+  p.o = TensorView::contiguous(o, bf, {batch, seqlen, heads, head_dim}, dev);
+  p.lse = TensorView::contiguous(lse, DType::kFloat32, {batch, heads, seqlen}, dev);
+  p.mask = causal ? MaskType::kCausal : MaskType::kNoMask;
+  return p;
+}
+
+/// Forward FLOPs of a problem as BENCHMARKS.md counts them: 4 * batch * heads * seqlen^2 *
+/// head_dim, halved when causal (the backward counts 2.5 times this).
+inline double forward_flops(const AttentionProblem& p) {
+  const double b = double(p.q.shape[0]), s = double(p.q.shape[1]), h = double(p.q.shape[2]),
+               d = double(p.q.shape[3]);
+  return 4.0 * b * h * s * s * d * (p.mask == MaskType::kNoMask ? 1.0 : 0.5);
 }
 
 }  // namespace flashlane::ab

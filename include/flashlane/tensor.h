@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 namespace flashlane {
 
@@ -49,6 +50,9 @@ struct TensorView {
   int64_t numel() const;
   /// Builds a view with the given shape and row-major contiguous strides.
   static TensorView contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                               Device device);
+  /// The same with the shape in a vector (at most kMaxRank entries are used).
+  static TensorView contiguous(void* data, DType dtype, const std::vector<int64_t>& shape,
                                Device device);
   /// Builds a view with explicit strides (elements).
   static TensorView strided(void* data, DType dtype, std::initializer_list<int64_t> shape,

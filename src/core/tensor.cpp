@@ -42,21 +42,32 @@ int64_t TensorView::numel() const {
   return rank > 0 ? n : 0;
 }
 
-TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape,
-                                  Device device) {
+namespace {
+TensorView contiguous_view(void* data, DType dtype, const int64_t* shape, size_t rank,
+                           Device device) {
   TensorView t;
   t.data = data;
   t.dtype = dtype;
   t.device = device;
-  t.rank = static_cast<int>(shape.size());
-  int i = 0;
-  for (int64_t s : shape) t.shape[i++] = s;
+  t.rank = static_cast<int>(rank < size_t(TensorView::kMaxRank) ? rank : TensorView::kMaxRank);
+  for (int i = 0; i < t.rank; ++i) t.shape[i] = shape[i];
   int64_t stride = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.stride[d] = stride;
     stride *= t.shape[d];
   }
   return t;
+}
+}  // namespace
+
+TensorView TensorView::contiguous(void* data, DType dtype, std::initializer_list<int64_t> shape,
+                                  Device device) {
+  return contiguous_view(data, dtype, shape.begin(), shape.size(), device);
+}
+
+TensorView TensorView::contiguous(void* data, DType dtype, const std::vector<int64_t>& shape,
+                                  Device device) {
+  return contiguous_view(data, dtype, shape.data(), shape.size(), device);
 }
 
 TensorView TensorView::strided(void* data, DType dtype, std::initializer_list<int64_t> shape,

@@ -48,19 +48,7 @@ struct Buf {
     for (int64_t i : idx) o = o * shape[d++] + i;
     return o;
   }
-  TensorView view() {
-    TensorView t;
-    t.data = bytes.data();
-    t.dtype = dtype;
-    t.rank = static_cast<int>(shape.size());
-    int64_t stride = 1;
-    for (int i = t.rank - 1; i >= 0; --i) {
-      t.shape[i] = shape[i];
-      t.stride[i] = stride;
-      stride *= shape[i];
-    }
-    return t;
-  }
+  TensorView view() { return TensorView::contiguous(bytes.data(), dtype, shape, fl::Device{}); }
   void random(uint64_t seed) {
     std::mt19937_64 g(seed);
     std::uniform_real_distribution<double> u(-1.0, 1.0);

@@ -99,20 +99,12 @@ int main(int argc, char** argv) {
     for (int causal = causal_only ? 1 : 0; causal <= 1; ++causal) {
       for (int seqlen : ints(seqlens)) {
         const int64_t batch = kTokens / seqlen, heads = kModelDim / hd;
-        const auto bf = fl::DType::kBFloat16;
-        const fl::Device dev = fl::Device::cuda(0);
-        fl::AttentionProblem pb;
-        pb.q = fl::TensorView::contiguous(q, bf, {batch, seqlen, heads, hd}, dev);
-        pb.k = fl::TensorView::contiguous(k, bf, {batch, seqlen, heads, hd}, dev);
-        pb.v = fl::TensorView::contiguous(v, bf, {batch, seqlen, heads, hd}, dev);
-        pb.o = fl::TensorView::contiguous(o, bf, {batch, seqlen, heads, hd}, dev);
-        pb.lse = fl::TensorView::contiguous(lse, fl::DType::kFloat32, {batch, heads, seqlen}, dev);
-        pb.mask = causal ? fl::MaskType::kCausal : fl::MaskType::kNoMask;
+        const fl::AttentionProblem pb = fl::ab::canonical_cell(q, k, v, o, lse, hd, seqlen, causal);
         fl::ProblemInfo info;
         check(fl::validate(pb, fl::Direction::kForward, &info), "validate");
         fl::sm90::FwdParams params;
         check(fl::sm90::build_fwd_params(pb, info, &params), "build_fwd_params");
-        const double flops = 4.0 * double(batch) * heads * seqlen * seqlen * hd * (causal ? 0.5 : 1.0);
+        const double flops = fl::ab::forward_flops(pb);
         const size_t o_count = size_t(batch * seqlen * heads * hd);
         const size_t lse_count = size_t(batch * heads * seqlen);
 
