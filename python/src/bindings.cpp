@@ -46,6 +46,18 @@ ErrorTuple to_tuple(const flashlane::Status& st) {
           st.reason_tag()};
 }
 
+/// Runs a library call with the GIL released; nullopt on success, else the error tuple.
+template <class Call>
+std::optional<ErrorTuple> call_without_gil(Call&& call) {
+  flashlane::Status st;
+  {
+    nb::gil_scoped_release release;
+    st = call();
+  }
+  if (st.ok()) return std::nullopt;
+  return to_tuple(st);
+}
+
 flashlane::DType to_dtype(const char* name, const nb::dlpack::dtype& dt) {
   using Code = nb::dlpack::dtype_code;
   if (dt.lanes == 1) {
@@ -179,13 +191,7 @@ Result forward(const In& q, const In& k, const In& v, const Array& o,
   } catch (const ConversionError& e) {
     return to_tuple(flashlane::Status(e.code, e.message));
   }
-  flashlane::Status st;
-  {
-    nb::gil_scoped_release release;
-    st = flashlane::forward(p, request, to_stream(stream));
-  }
-  if (st.ok()) return std::nullopt;
-  return to_tuple(st);
+  return call_without_gil([&] { return flashlane::forward(p, request, to_stream(stream)); });
 }
 
 Result backward(const In& q, const In& k, const In& v, const In& o, const In& lse,
@@ -216,13 +222,7 @@ Result backward(const In& q, const In& k, const In& v, const In& o, const In& ls
   } catch (const ConversionError& e) {
     return to_tuple(flashlane::Status(e.code, e.message));
   }
-  flashlane::Status st;
-  {
-    nb::gil_scoped_release release;
-    st = flashlane::backward(p, request, to_stream(stream));
-  }
-  if (st.ok()) return std::nullopt;
-  return to_tuple(st);
+  return call_without_gil([&] { return flashlane::backward(p, request, to_stream(stream)); });
 }
 
 Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, const Array& o,
@@ -261,13 +261,8 @@ Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, 
   } catch (const ConversionError& e) {
     return to_tuple(flashlane::Status(e.code, e.message));
   }
-  flashlane::Status st;
-  {
-    nb::gil_scoped_release release;
-    st = flashlane::forward_kvcache(p, request, to_stream(stream));
-  }
-  if (st.ok()) return std::nullopt;
-  return to_tuple(st);
+  return call_without_gil(
+      [&] { return flashlane::forward_kvcache(p, request, to_stream(stream)); });
 }
 
 /// ServingPlan::create over plain values: (None, plan JSON) or (error tuple, "").
