@@ -1,8 +1,8 @@
 """ServingPlan: the backends a server calls for prefill and decode, checked at construction.
 
     plan = flashlane.ServingPlan(prefill_backend="sm90", decode_backend="sm90",
-                                 kv_layout="paged", page_size=8, dtype="bf16")
-    # FlashlaneError: backend_inapplicable ... [sm90.decode_page_size_unsupported]
+                                 kv_layout="paged", page_size=16, head_dim=96, dtype="bf16")
+    # FlashlaneError: backend_inapplicable ... [sm90.decode_head_dim_unsupported]
 
 The C++ ServingPlan (include/flashlane/serving.h) asks the applicability table whether each named
 backend executes this exact combination (KV layout and page size, dtype, head dims, GQA ratio,

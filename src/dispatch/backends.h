@@ -65,5 +65,16 @@ bool sm90_backward_supports(int64_t head_dim, int64_t head_dim_v);
 std::string sm90_head_dims_text();
 /// Forward: the tile count (query tiles x heads_q x batch) fits the kernel's int32 tile index.
 bool sm90_forward_grid_fits(const ProblemInfo& info);
+/// KV-cache calls (flashlane/kvcache.h) on the sm90 decode kernels (src/sm90/decode/): split-KV
+/// attention with the query heads of a KV head packed into one tile, a dense or paged cache of
+/// any page size, the append with rotary, and the combine of the splits. `variant` names the
+/// head dim, dtype, packing, split count and features.
+Status sm90_decode(const KvCacheProblem& p, const ProblemInfo& info, cudaStream_t stream,
+                   std::string* variant);
+/// head_dim == head_dim_v in {64, 128, 256} and compiled into this build.
+bool sm90_decode_supports(int64_t head_dim, int64_t head_dim_v);
+/// batch and heads_kv at most 65535 (grid dimensions), capacity + seqlen_new below 2^31, and the
+/// query rows and tiles within int32.
+bool sm90_decode_grid_fits(const ProblemInfo& info);
 
 }  // namespace flashlane::detail

@@ -10,8 +10,8 @@ namespace flashlane::detail {
 /// True for a selection row about the machine or the tensors' place (Rule::device_dependent).
 bool is_device_row(const Rule& r);
 
-/// The rows refusing KV-cache calls on a backend without decode code (sm90: its specific rows
-/// first, then sm90.decode_not_implemented; others: <name>.decode_not_implemented).
+/// The rows refusing KV-cache calls on a backend without decode code
+/// (<name>.decode_not_implemented).
 std::vector<Rule> decode_rows(const BackendDef& def);
 
 }  // namespace flashlane::detail

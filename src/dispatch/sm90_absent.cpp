@@ -15,5 +15,10 @@ bool sm90_forward_supports(int64_t, int64_t) { return false; }
 bool sm90_backward_supports(int64_t, int64_t) { return false; }
 std::string sm90_head_dims_text() { return "none: this build has no sm90 kernels"; }
 bool sm90_forward_grid_fits(const ProblemInfo&) { return false; }
+Status sm90_decode(const KvCacheProblem&, const ProblemInfo&, cudaStream_t, std::string*) {
+  return Status(ErrorCode::kInternal, "sm90 kernels not compiled into this build", "sm90.not_compiled");
+}
+bool sm90_decode_supports(int64_t, int64_t) { return false; }
+bool sm90_decode_grid_fits(const ProblemInfo&) { return false; }
 }  // namespace flashlane::detail
 #endif

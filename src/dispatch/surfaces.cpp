@@ -42,7 +42,7 @@ SurfaceBackend judge(const BackendDef& d, const SurfaceSpec& s) {
       b.reason_tag = never->tag;
     } else {
       // The backend's own row for the missing direction when it has one
-      // ("sm90.decode_not_implemented"), else the generic tag.
+      // (<backend>.decode_not_implemented), else the generic tag.
       const std::string specific = std::string(d.name) + ".decode_not_implemented";
       bool has_row = false;
       for (const Rule& r : d.rules) has_row = has_row || (s.decode && r.tag == specific);

@@ -8,8 +8,7 @@
 //
 // Surfaces without code (attention_sinks, context_parallel) are listed with the tag
 // surface.not_implemented; the decode surfaces (decode, paged_decode, append_decode) have code
-// on the backends with a decode function (reference_cpu today; sm90 carries
-// sm90.decode_not_implemented); a backend that cannot
+// on the backends with a decode function (reference_cpu and sm90); a backend that cannot
 // serve a surface carries the tag of the reason (its applicability row, e.g.
 // sm100.not_implemented, or sm90.not_compiled in a build without the Hopper kernels).
 #pragma once

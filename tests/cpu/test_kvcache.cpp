@@ -602,6 +602,12 @@ std::string sm90_tag_without_device(const fl::ProblemInfo& info_in) {
 }
 }  // namespace
 
+/// True when this build compiled the sm90 kernels of `head_dim` (FLASHLANE_SM90_HEAD_DIMS).
+bool sm90_head_dim_built(int64_t head_dim) {
+  const std::string list = std::string(",") + FLASHLANE_TEST_SM90_HEAD_DIMS + ",";
+  return list.find("," + std::to_string(head_dim) + ",") != std::string::npos;
+}
+
 TEST(KvCacheDispatch, Sm90DecodeRowsNameTheReason) {
   Case c;
   c.page_size = 8;
@@ -609,17 +615,26 @@ TEST(KvCacheDispatch, Sm90DecodeRowsNameTheReason) {
   fl::ProblemInfo info;
   ASSERT_TRUE(fl::validate_kvcache(c.problem(), &info).ok());
 #if FLASHLANE_TEST_HAS_SM90
-  EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_page_size_unsupported");
-  info.page_size = 16;
-  EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_not_implemented");
-  info.rotary_dim = 8;
-  EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_rotary_dim_unsupported");
+  // head_dim 16 has no decode kernel.
+  EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_head_dim_unsupported");
+  info.head_dim = info.head_dim_v = 128;
+  if (sm90_head_dim_built(128)) {
+    // Any page size and rotary dim: the paged gather moves single key rows.
+    EXPECT_EQ(sm90_tag_without_device(info), "");
+    info.rotary_dim = 8;
+    EXPECT_EQ(sm90_tag_without_device(info), "");
+    info.batch = 70000;  // rides grid dimension z
+    EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_grid_too_large");
+    info.batch = 2;
+  }
+  info.head_dim_v = 64;
+  EXPECT_EQ(sm90_tag_without_device(info), "sm90.decode_head_dim_unsupported");
   // A forward problem is not touched by the decode rows.
   info.direction = fl::Direction::kForward;
   info.kv_layout = fl::KvLayout::kDense;
   info.rotary_dim = 0;
   info.head_dim = info.head_dim_v = 128;
-  EXPECT_EQ(sm90_tag_without_device(info), "");
+  EXPECT_EQ(sm90_tag_without_device(info), sm90_head_dim_built(128) ? "" : "sm90.head_dim_unsupported");
 #else
   EXPECT_EQ(sm90_tag_without_device(info), "sm90.not_compiled");
 #endif
@@ -634,14 +649,20 @@ TEST(ServingPlan, RefusesAtConstructionWithTheTag) {
   cfg.decode_backend = fl::Backend::kSm90;
   cfg.kv_layout = fl::KvLayout::kPaged;
   cfg.page_size = 8;
+  cfg.head_dim = 96;  // a forward head dim without a decode kernel
   fl::ServingPlan plan;
   fl::Status st = fl::ServingPlan::create(cfg, &plan);
   EXPECT_EQ(st.code(), ErrorCode::kBackendInapplicable) << st.to_string();
 #if FLASHLANE_TEST_HAS_SM90
-  EXPECT_EQ(st.reason_tag(), "sm90.decode_page_size_unsupported") << st.to_string();
-  cfg.page_size = 256;
+  EXPECT_EQ(st.reason_tag(), "sm90.decode_head_dim_unsupported") << st.to_string();
+  cfg.head_dim = 128;
   st = fl::ServingPlan::create(cfg, &plan);
-  EXPECT_EQ(st.reason_tag(), "sm90.decode_not_implemented") << st.to_string();
+  if (sm90_head_dim_built(128)) {
+    EXPECT_TRUE(st.ok()) << st.to_string();  // page_size 8: any page size is served
+  } else {
+    EXPECT_EQ(st.reason_tag(), "sm90.head_dim_unsupported") << st.to_string();
+  }
+  cfg.head_dim = 96;
 #else
   EXPECT_EQ(st.reason_tag(), "sm90.not_compiled") << st.to_string();
 #endif

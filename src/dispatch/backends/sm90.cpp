@@ -12,9 +12,19 @@ constexpr bool kSm90Compiled = FLASHLANE_HAS_SM90 != 0;
 bool compiled(const RuleContext&) { return kSm90Compiled; }
 bool sm_90(const RuleContext& c) { return c.device.sm == 90; }
 bool kv_layout_read(const RuleContext& c) {
-  // Dense k/v with dense q, packed with packed (common/seqlen.h); no paged KV cache yet.
+  // KV-cache calls: a dense or paged cache (decode/kv_tile_loader.h). Otherwise dense k/v with
+  // dense q, packed with packed (common/seqlen.h).
+  if (c.info.is_decode()) {
+    return c.info.kv_layout == KvLayout::kDense || c.info.kv_layout == KvLayout::kPaged;
+  }
   const KvLayout with_q = c.info.varlen ? KvLayout::kVarlenPacked : KvLayout::kDense;
   return c.info.kv_layout == with_q;
+}
+bool decode_head_dims(const RuleContext& c) {
+  return !c.info.is_decode() || sm90_decode_supports(c.info.head_dim, c.info.head_dim_v);
+}
+bool decode_grid_fits(const RuleContext& c) {
+  return !c.info.is_decode() || sm90_decode_grid_fits(c.info);
 }
 bool fwd_head_dims(const RuleContext& c) {
   return c.info.direction != Direction::kForward ||
@@ -53,8 +63,16 @@ const BackendDef& sm90_backend() {
                              rules::half_dtype),
               selection_rule("sm90.kv_layout_unsupported",
                              "the KV layout is q's: dense with dense q, varlen_packed with "
-                             "packed q (no sm90 kernel reads a paged KV cache)",
+                             "packed q; KV-cache calls: a dense or paged cache",
                              kv_layout_read),
+              selection_rule("sm90.decode_head_dim_unsupported",
+                             "KV-cache call: head_dim == head_dim_v in {64, 128, 256}, compiled "
+                             "into this build (the decode kernels follow FLASHLANE_SM90_HEAD_DIMS)",
+                             decode_head_dims, /*build_dependent=*/true),
+              selection_rule("sm90.decode_grid_too_large",
+                             "KV-cache call: batch and heads_kv at most 65535, cache capacity + "
+                             "seqlen_new below 2^31, query rows within int32",
+                             decode_grid_fits),
               selection_rule("sm90.head_dim_unsupported", "forward: " + sm90_head_dims_text(),
                              fwd_head_dims, /*build_dependent=*/true),
               selection_rule("sm90.grid_too_large",
@@ -71,11 +89,13 @@ const BackendDef& sm90_backend() {
                              "dimensions y and z)",
                              bwd_grid_fits),
               execution_rule("sm90.launch_failed",
-                             "backward: a CUDA runtime call or kernel launch of the sm90 backward "
-                             "failed (error code cuda_error; the message names the CUDA error)"),
+                             "backward and KV-cache calls: a CUDA runtime call or kernel launch of "
+                             "the sm90 backward or decode kernels failed (error code cuda_error; "
+                             "the message names the CUDA error)"),
           },
       .forward = sm90_forward,
       .backward = sm90_backward,
+      .decode = sm90_decode,
   });
   return def;
 }
