@@ -8,6 +8,8 @@
 //   canonical  the canonical grid (BENCHMARKS.md), backends as for default.
 //   smoke      8 canonical cells, backends as for default.
 //   cpu        the cpu grid on reference_cpu only.
+//   decode     the decode grid through forward_kvcache (cmd_bench_decode.cpp), direction
+//              "decode", GB/s against the copy bandwidth measured in the same run.
 // Per row: fresh random inputs per problem (shared by all backends of that problem), warm-up,
 // CUDA-event median over the repetitions (capped so one row's timed loop takes about 1 s), every
 // call's Status checked; forward FLOPs from forward_flops(info, visible_pairs), backward = 2.5 x
@@ -39,6 +41,7 @@
 #include "bench/sampling.h"
 #include "bench/timer.h"
 #include "cli_common.h"
+#include "cmd_bench_decode.h"
 #include "flashlane/flashlane.h"
 
 namespace flashlane::cli {
@@ -56,6 +59,8 @@ struct BenchOptions {
   double target_s = 1.0;
   int64_t full_validation_max_seqlen = bench::kDefaultFullValidationMaxSeqlen;
   bool overwrite = false;
+  double decode_mem_gib = 48;  // preset decode: K+V memory budget
+  int64_t num_splits = 0;      // preset decode: split-KV hint of every call
 };
 
 /// Problems above this many score pairs are checked against reference_cuda (GPU lane).
@@ -377,13 +382,30 @@ void keep_freed_host_memory() {
 
 int run_bench(const BenchOptions& o) {
   keep_freed_host_memory();
+  if (o.preset == "decode") {
+    DecodeBenchOptions d;
+    d.out = o.out;
+    d.backends = o.backends;
+    d.reps = o.reps;
+    d.warmup = o.warmup;
+    d.budget_s = o.budget_s;
+    d.target_s = o.target_s;
+    d.mem_budget_gib = o.decode_mem_gib;
+    d.num_splits = o.num_splits;
+    d.overwrite = o.overwrite;
+    if (d.num_splits < 0 || d.mem_budget_gib <= 0) {
+      std::cerr << "flashlane bench: --num-splits must be >= 0 and --decode-mem-gib > 0" << std::endl;
+      return kExitRefused;
+    }
+    return run_bench_decode(d);
+  }
   std::string no_gpu;
   const bool cuda = bench::cuda_present(&no_gpu);
   const DeviceInfo d0 = query_device(0);
   Lane lane;
   if (o.preset != "default" && o.preset != "canonical" && o.preset != "smoke" && o.preset != "cpu") {
     std::cerr << "flashlane bench: unknown --preset '" << o.preset
-              << "' (default, canonical, smoke, cpu)" << std::endl;
+              << "' (default, canonical, smoke, cpu, decode)" << std::endl;
     return kExitRefused;
   }
   std::vector<Backend> asked;
@@ -556,7 +578,7 @@ void add_bench_command(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* sub = app.add_subcommand("bench", "Benchmark a grid; write proof rows (JSON lines)");
   sub->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  sub->add_option("--preset", o->preset, "default, canonical, smoke or cpu")->capture_default_str();
+  sub->add_option("--preset", o->preset, "default, canonical, smoke, cpu or decode")->capture_default_str();
   sub->add_option("--backends", o->backends, "Comma-separated backends (default: by preset and device)");
   sub->add_option("--out", o->out, "Proof rows file (JSON lines, appended)")->capture_default_str();
   sub->add_option("--dirs", o->dirs, "fwd, bwd or fwd,bwd")->capture_default_str();
@@ -569,6 +591,11 @@ void add_bench_command(CLI::App& app, int* exit_code) {
                   "(0: every problem in full)")
       ->capture_default_str();
   sub->add_flag("--overwrite", o->overwrite, "Truncate --out first instead of appending");
+  sub->add_option("--decode-mem-gib", o->decode_mem_gib,
+                  "--preset decode: skip cells whose K+V exceed this many GiB (or the free memory)")
+      ->capture_default_str();
+  sub->add_option("--num-splits", o->num_splits, "--preset decode: split-KV hint (0: heuristic)")
+      ->capture_default_str();
   sub->callback([o, exit_code] { *exit_code = run_bench(*o); });
 }
 

@@ -286,7 +286,7 @@ void add_run_command(CLI::App& app, int* exit_code) {
   auto dec = std::make_shared<DecodeOptions>();
   auto decode = std::make_shared<bool>(false);
   sub->add_flag("--decode", *decode,
-                "Run one KV-cache call (flash_attn_with_kvcache) on host tensors instead");
+                "Run one KV-cache call (flash_attn_with_kvcache) instead (host tensors, or --device cuda)");
   sub->add_option("--seqlen-cache", dec->seqlen_cache,
                   "--decode: keys one sequence's cache holds (dense seqlen_cache; paged: rounded "
                   "up to whole pages)")
@@ -302,6 +302,9 @@ void add_run_command(CLI::App& app, int* exit_code) {
   sub->add_flag("--rotary-neox", dec->rotary_neox,
                 "--decode: GPT-NeoX rotary pairs (default: interleaved GPT-J pairs)");
   sub->add_option("--num-splits", dec->num_splits, "--decode: split-KV hint (0: heuristic)")
+      ->capture_default_str();
+  sub->add_option("--device", dec->device,
+                  "--decode: cpu (host tensors) or cuda (the call on CUDA device 0 tensors)")
       ->capture_default_str();
   sub->callback([o, dec, decode, seqlen_q_opt, exit_code] {
     if (!*decode) {

@@ -1,11 +1,15 @@
 // tools/cmd_run_decode.cpp: `flashlane run --decode`: one KV-cache call (flashlane/kvcache.h)
-// from flags, on host tensors with seeded uniform inputs: a dense cache (or paged with
+// from flags, on host (or --device cuda) tensors with seeded uniform inputs: a dense cache (or paged with
 // --page-size, pages shuffled), --cache-seqlens keys already cached per sequence, optional
 // --seqlen-new keys appended (with --rotary-dim, rotary on q and the new keys). The requested
 // backend runs through flashlane::forward_kvcache (strict: exit 2 with the tag on refusal), then
 // reference_cpu repeats the call on float64 copies of the same inputs and O / LSE are compared
 // (pass: max|O - O64| <= 1e-5 for fp32/fp64 inputs, 2e-2 for 16-bit; LSE alike).
-// The tensors are host tensors: no backend has GPU decode code yet (CUDA backends refuse).
+// --device cuda copies the inputs to CUDA device 0 and runs the call there (device metadata,
+// check_metadata_values = false as a serving loop would call it); the outputs are copied back
+// and checked the same way.
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -147,8 +151,54 @@ int run_decode(const DecodeOptions& o) {
   Host kn64 = kn.as(DType::kFloat64), vn64 = vn.as(DType::kFloat64);
   Host out64(DType::kFloat64, {b, sq, hq, dv}), lse64(DType::kFloat32, {b, hq, sq});
 
-  const KvCacheProblem problem = make(q, kc, vc, out, lse, kn, vn);
-  const Status st = forward_kvcache(problem, Request{backend, o.strict});
+  if (o.device != "cpu" && o.device != "cuda") return usage_error("unknown --device '" + o.device + "' (cpu, cuda)");
+  const bool on_cuda = o.device == "cuda";
+  KvCacheProblem problem = make(q, kc, vc, out, lse, kn, vn);
+  // --device cuda: every tensor of the call copied to device 0, the same views over them.
+  std::vector<bench::Buffer> device_buffers;
+  Status st = Status::Ok();
+  auto to_device = [&](TensorView* v, Host& h) {
+    if (!st.ok() || v->data == nullptr) return;
+    device_buffers.emplace_back();
+    bench::Buffer& b = device_buffers.back();
+    st = b.allocate(h.bytes.size(), Device::cuda(0));
+    if (st.ok()) st = b.upload(h.bytes.data(), h.bytes.size());
+    if (st.ok()) *v = TensorView::contiguous(b.data(), h.dtype, h.shape, Device::cuda(0));
+  };
+  if (on_cuda) {
+    device_buffers.reserve(16);
+    to_device(&problem.q, q);
+    to_device(&problem.k_cache, kc);
+    to_device(&problem.v_cache, vc);
+    to_device(&problem.o, out);
+    to_device(&problem.lse, lse);
+    to_device(&problem.cache_seqlens, lens);
+    if (paged) to_device(&problem.page_table, table);
+    if (o.seqlen_new > 0) {
+      to_device(&problem.k_new, kn);
+      to_device(&problem.v_new, vn);
+    }
+    if (o.rotary_dim > 0) {
+      to_device(&problem.rotary_cos, cs);
+      to_device(&problem.rotary_sin, sn);
+    }
+    problem.check_metadata_values = false;
+    if (!st.ok()) {
+      std::cerr << "flashlane run --decode: copying the inputs to the device failed: " << st.to_string() << std::endl;
+      return kExitFailed;
+    }
+  }
+  st = forward_kvcache(problem, Request{backend, o.strict});
+  if (st.ok() && on_cuda) {
+    cudaError_t e = cudaDeviceSynchronize();
+    // The outputs (and the appended cache) back to the host tensors the check reads.
+    auto back = [&](const TensorView& v, Host& h) {
+      if (e == cudaSuccess && v.data) e = cudaMemcpy(h.bytes.data(), v.data, h.bytes.size(), cudaMemcpyDeviceToHost);
+    };
+    back(problem.o, out);
+    back(problem.lse, lse);
+    if (e != cudaSuccess) st = Status(ErrorCode::kCudaError, std::string("after the call: ") + cudaGetErrorString(e));
+  }
   const Receipt receipt = last_receipt();
   nlohmann::json j = {{"mode", kvcache_runtime_mode(problem)},
                       {"receipt", nlohmann::json::parse(receipt_to_json(receipt))},
@@ -195,7 +245,8 @@ int run_decode(const DecodeOptions& o) {
               << (paged ? "paged cache, page_size " + std::to_string(o.page_size)
                         : std::string("dense cache"))
               << ", capacity " << o.seqlen_cache << ", seqlen_new " << o.seqlen_new
-              << ", rotary_dim " << o.rotary_dim << " (host tensors, seed " << o.seed << ")\n";
+              << ", rotary_dim " << o.rotary_dim << " (" << (on_cuda ? "CUDA" : "host")
+              << " tensors, seed " << o.seed << ")\n";
     std::cout << "receipt decode: " << receipt_to_json(receipt) << "\n";
     std::printf("check vs reference_cpu float64: max|dO| %.4g, max|dLSE| %.4g, nan %lld, "
                 "tolerance %.3g\n",

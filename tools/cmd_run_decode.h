@@ -15,6 +15,7 @@ struct DecodeOptions {
   int64_t window_left = -1, window_right = -1;
   double softcap = 0;
   bool strict = false, json = false;
+  std::string device = "cpu";  // "cuda": the call runs on CUDA device 0 tensors (copies of the inputs)
   uint64_t seed = 0;
 };
 

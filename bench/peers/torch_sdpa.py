@@ -27,11 +27,16 @@ BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash2": SDPBackend.FLASH_ATTE
 SEQLENS = [512, 1024, 2048, 4096, 8192, 16384]
 
 
-def time_ms(fn, reps):
-    for _ in range(3):
+def time_ms(fn, reps, flush=None, warmup=3):
+    """Median CUDA-event time of fn() in ms after `warmup` calls. With `flush` (a CUDA tensor),
+    the tensor is overwritten before every repetition, outside the timed region: the L2 holds
+    none of fn's inputs, and the GPU is busy while the host enqueues the call."""
+    for _ in range(warmup):
         fn()
     times = []
-    for _ in range(reps):
+    for i in range(reps):
+        if flush is not None:
+            flush.fill_(i & 0x7F)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
@@ -39,6 +44,26 @@ def time_ms(fn, reps):
         end.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def peer_environment():
+    """The environment object of a peer row: device, sm, torch and cuDNN versions."""
+    dev = torch.cuda.get_device_properties(0)
+    cc = torch.cuda.get_device_capability()
+    return {"device": dev.name, "sm": cc[0] * 10 + cc[1], "torch": torch.__version__,
+            "cudnn": torch.backends.cudnn.version()}
+
+
+def peer_row(name, direction, problem, runtime_mode=None):
+    """The fields every peer row shares (docs/RECEIPTS.md): an execute row of a PyTorch SDPA
+    backend that never counts for flashlane's status, with no flashlane receipt."""
+    return {"schema": "flashlane.proof_row/1", "proof_class": "execute",
+            "artifact_kind": "microbench_case", "counts_for_status": False,
+            "not_counted_reason": "peer: timed beside flashlane, never counts",
+            "requested_backend": f"torch_sdpa_{name}", "direction": direction,
+            "runtime_mode": runtime_mode or direction, "receipt": None,
+            "gpu_lane": {"ran": True, "reason": ""},
+            "environment": peer_environment(), "problem": problem}
 
 
 def main():
@@ -49,7 +74,6 @@ def main():
     ap.add_argument("--dirs", default="fwd", help="fwd, bwd or fwd,bwd")
     args = ap.parse_args()
     dirs = [d for d in args.dirs.split(",") if d]
-    dev = torch.cuda.get_device_properties(0)
     rows = []
     for hd in (64, 128, 256):
         heads = 2048 // hd
@@ -69,19 +93,10 @@ def main():
                         fwd().backward(dout)
 
                     for direction in dirs:
-                        cc = torch.cuda.get_device_capability()
-                        row = {"schema": "flashlane.proof_row/1", "proof_class": "execute",
-                               "artifact_kind": "microbench_case", "counts_for_status": False,
-                               "not_counted_reason": "peer: timed beside flashlane, never counts",
-                               "requested_backend": f"torch_sdpa_{name}", "direction": direction,
-                               "runtime_mode": direction, "receipt": None,
-                               "gpu_lane": {"ran": True, "reason": ""},
-                               "environment": {"device": dev.name, "sm": cc[0] * 10 + cc[1],
-                                               "torch": torch.__version__,
-                                               "cudnn": torch.backends.cudnn.version()},
-                               "problem": {"batch": batch, "heads_q": heads, "heads_kv": heads,
-                                           "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
-                                           "dtype": "bfloat16", "causal": causal}}
+                        row = peer_row(name, direction,
+                                       {"batch": batch, "heads_q": heads, "heads_kv": heads,
+                                        "seqlen_q": s, "seqlen_k": s, "head_dim": hd,
+                                        "dtype": "bfloat16", "causal": causal})
                         try:
                             with sdpa_kernel([backend]):
                                 if direction == "fwd":
@@ -100,6 +115,7 @@ def main():
                         except RuntimeError as e:  # the backend refused this shape: say so
                             row["status"] = "refused"
                             row["error"] = str(e).splitlines()[0][:200]
+                            row["metrics"] = {"median_ms": None, "tflops": None}  # no number
                         rows.append(row)
                 del q, k, v, dout
     with open(args.out, "w") as f:

@@ -33,6 +33,15 @@ bool mode_matches_claim(const std::string& claim, const std::string& mode) {
   return false;
 }
 
+/// Whether a row's error figures are elementwise-bound figures (decode rows: every entry of
+/// metrics.errors has a max_ratio and no ref_max_abs_diff, and there is at least one).
+bool has_bound_figures(const Metrics& m) {
+  if (!m.errors.is_array() || m.errors.empty()) return false;
+  for (const auto& f : m.errors)
+    if (!f.is_object() || !f.contains("max_ratio") || f.contains("ref_max_abs_diff")) return false;
+  return true;
+}
+
 bool is_real_work_kind(const std::string& kind) {
   return kind == "short_train" || kind == "prefill" || kind == "decode";
 }
@@ -228,6 +237,8 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
     if (!finite_opt(m.peak_memory_mib)) bad += "peak_memory_mib ";
     if (!finite_opt(m.max_abs_diff)) bad += "max_abs_diff ";
     if (!finite_opt(m.ref_max_abs_diff)) bad += "ref_max_abs_diff ";
+    if (!finite_opt(m.gbps)) bad += "gbps ";
+    if (!finite_opt(m.copy_gbps)) bad += "copy_gbps ";
     if (m.errors.is_array()) {
       for (const auto& f : m.errors) {
         const std::string t = f.value("tensor", std::string("?"));
@@ -250,9 +261,20 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
             m.checked_tensor + " max_abs_diff " + std::to_string(*m.max_abs_diff) + " > " +
                 std::to_string(tol));
     } else if (r.counts_for_status && (!m.max_abs_diff || !m.ref_max_abs_diff) &&
-               !is_real_work_kind(r.artifact_kind)) {
+               !is_real_work_kind(r.artifact_kind) && !has_bound_figures(m)) {
       add("error_bound", key, "counting row without error figures");
     }
+    // Decode rows are checked under an elementwise bound instead (src/bench/decode.h): each
+    // figure's max_ratio (max |out - ref| / bound) must be at most 1.
+    if (m.errors.is_array())
+      for (const auto& f : m.errors) {
+        if (!f.is_object() || !f.contains("max_ratio") || f.contains("ref_max_abs_diff")) continue;
+        const bool ok = f["max_ratio"].is_number() && f["max_ratio"].get<double>() <= 1.0;
+        if (!ok)
+          add("error_bound", key,
+              f.value("tensor", std::string("?")) + " max_ratio " + f["max_ratio"].dump() +
+                  " > 1 (" + f.value("bound", std::string("elementwise bound")) + ")");
+      }
     // Real-work rows (short_train, prefill, decode) prove themselves by pass criteria listed in
     // metrics.errors ({"criterion", "pass", ...}); a counting one needs at least one, all passed.
     if (is_real_work_kind(r.artifact_kind) && r.counts_for_status) {

@@ -190,6 +190,10 @@ nlohmann::json proof_row_to_json(const ProofRow& r) {
                   {"validation_passed", m.validation_passed},
                   {"validation_method", m.validation_method},
                   {"errors", m.errors}};
+  // Decode rows only: absent elsewhere, so other rows are written as before.
+  if (m.gbps) j["metrics"]["gbps"] = opt(m.gbps);
+  if (m.copy_gbps) j["metrics"]["copy_gbps"] = opt(m.copy_gbps);
+  if (!m.check.empty()) j["metrics"]["check"] = m.check;
   // "unrecorded" (a row read from an older file) has no structured scope to write.
   if (m.validation_scope.kind != "unrecorded")
     j["metrics"]["validation_scope"] = validation_scope_to_json(m.validation_scope);
@@ -263,8 +267,11 @@ bool proof_row_from_json(const nlohmann::json& j, ProofRow* out, std::string* wh
         !read_opt(m, "median_tok_per_sec", &r.metrics.median_tok_per_sec, why) ||
         !read_opt(m, "peak_memory_mib", &r.metrics.peak_memory_mib, why) ||
         !read_opt(m, "max_abs_diff", &r.metrics.max_abs_diff, why) ||
-        !read_opt(m, "ref_max_abs_diff", &r.metrics.ref_max_abs_diff, why))
+        !read_opt(m, "ref_max_abs_diff", &r.metrics.ref_max_abs_diff, why) ||
+        !read_opt(m, "gbps", &r.metrics.gbps, why) ||
+        !read_opt(m, "copy_gbps", &r.metrics.copy_gbps, why))
       return false;
+    r.metrics.check = m.value("check", std::string());
     r.metrics.memory_method = m.value("memory_method", std::string());
     r.metrics.reps = m.value("reps", 0);
     r.metrics.warmup = m.value("warmup", 0);
@@ -385,6 +392,7 @@ nlohmann::json row_selector_fields(const ProofRow& r) {
   f["causal"] = field<bool>(p, "causal", false);
   f["varlen"] = field<bool>(p, "varlen", false);
   f["softcap"] = field<double>(p, "softcap", 0.0);
+  f["page_size"] = field<int64_t>(p, "page_size", 0);  // decode rows: 0 = dense cache
   return f;
 }
 
@@ -403,6 +411,7 @@ std::string row_key(const ProofRow& r) {
     s << " window(" << f["window_left"].get<int64_t>() << "," << f["window_right"].get<int64_t>() << ")";
   if (f["softcap"].get<double>() > 0) s << " softcap" << f["softcap"].get<double>();
   if (f["varlen"].get<bool>()) s << " varlen";
+  if (f["page_size"].get<int64_t>() > 0) s << " page" << f["page_size"].get<int64_t>();
   return s.str();
 }
 

@@ -83,6 +83,14 @@ struct Metrics {
   ValidationScope validation_scope;  // what was compared: full, sampled slices, none
   std::string validation_method;     // what was compared against what, in words
   nlohmann::json errors = nlohmann::json::array();  // per-tensor figures (figure_to_json)
+  /// Decode rows (direction "decode"): bytes moved (K and V read, q, o) / median time, GB/s,
+  /// and the device-to-device copy bandwidth measured in the same run (read + write bytes).
+  /// Absent from other rows.
+  std::optional<double> gbps;
+  std::optional<double> copy_gbps;
+  /// Decode rows: "pass", "fail" or "not_run: <why>" (the check against reference_cuda);
+  /// absent (empty) from other rows.
+  std::string check;
   bool operator==(const Metrics&) const = default;
 };
 
@@ -106,7 +114,7 @@ struct ProofRow {
   std::string timestamp;           // UTC, ISO 8601
   std::string requested_backend;
   std::string runtime_mode;        // the receipt's, or "fwd"/"bwd" when nothing ran
-  std::string direction;           // "fwd" | "bwd"
+  std::string direction;           // "fwd" | "bwd" | "decode" (bench --preset decode)
   /// The surface the row measures (src/dispatch/surfaces.h): "dense_fwd", "varlen_bwd", ...
   /// Written by the bench from the problem (varlen or not) and the direction; rows without the
   /// field read it as surface_of_row() derives it.
@@ -142,8 +150,8 @@ std::string row_key(const ProofRow& row);
 /// Flat view of a row's identifying fields, matched by the gate's required-row selectors:
 /// runtime_mode, direction, backend (requested), actual_backend, dtype, batch, seqlen (= seqlen_q),
 /// seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, head_dim_v, mask, causal, window_left,
-/// window_right, softcap, varlen, proof_class, artifact_kind, preset, surface (the first of
-/// surfaces_of_row).
+/// window_right, softcap, varlen, page_size (decode rows; 0 = dense), proof_class,
+/// artifact_kind, preset, surface (the first of surfaces_of_row).
 nlohmann::json row_selector_fields(const ProofRow& row);
 
 /// The surface a row speaks for: its `surface` field when set, else derived: real-work rows

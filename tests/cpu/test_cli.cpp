@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -164,6 +165,52 @@ TEST(CliTest, ValidationErrorExitsTwo) {
   EXPECT_EQ(r.code, 2) << r.out;
   r = run_tool("run --dtype int8");
   EXPECT_EQ(r.code, 2) << r.out;
+}
+
+TEST(CliTest, BenchDecodeWithoutGpuSaysSo) {
+  if (has_gpu()) GTEST_SKIP() << "describes a machine without a GPU";
+  const std::string dir = temp_dir("bench_decode");
+  const Result r = run_tool("bench --preset decode --out receipts.jsonl", dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  // Said at the start and at the end.
+  const size_t first = r.out.find("GPU LANE DID NOT RUN");
+  ASSERT_NE(first, std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("GPU LANE DID NOT RUN", first + 1), std::string::npos) << r.out;
+  std::ifstream f(dir + "/receipts.jsonl");
+  ASSERT_TRUE(f.good());
+  std::string line;
+  int rows = 0;
+  std::set<std::string> modes;
+  while (std::getline(f, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    ++rows;
+    EXPECT_EQ(j["direction"], "decode") << line;
+    EXPECT_EQ(j["preset"], "decode") << line;
+    EXPECT_FALSE(j["gpu_lane"]["ran"].get<bool>()) << line;
+    EXPECT_FALSE(j["counts_for_status"].get<bool>()) << line;
+    EXPECT_EQ(j["proof_class"], "observational") << line;
+    EXPECT_EQ(j["receipt"]["actual_backend"], "reference_cpu") << line;
+    EXPECT_EQ(j["metrics"]["check"], "pass") << line;
+    EXPECT_TRUE(j["metrics"]["gbps"].is_number()) << line;
+    EXPECT_EQ(j["surface"], j["runtime_mode"]) << line;
+    modes.insert(j["runtime_mode"].get<std::string>());
+  }
+  EXPECT_EQ(rows, 2);  // dense and paged 16
+  EXPECT_EQ(modes, (std::set<std::string>{"decode", "paged_decode"}));
+  // The gate reads them (and fails: nothing counts).
+  const Result g = run_tool("gate receipts.jsonl", dir);
+  EXPECT_EQ(g.code, 1) << g.out;
+  EXPECT_NE(g.out.find("no_counting_row"), std::string::npos) << g.out;
+  EXPECT_EQ(g.out.find("input"), std::string::npos) << g.out;
+}
+
+TEST(CliTest, RunDecodeOnCudaWithoutGpuFailsPlainly) {
+  if (has_gpu()) GTEST_SKIP() << "describes a machine without a GPU";
+  const Result r = run_tool("run --decode --backend reference_cpu --strict --device cuda");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("device"), std::string::npos) << r.out;
+  const Result bad = run_tool("run --decode --device tpu");
+  EXPECT_EQ(bad.code, 2) << bad.out;
 }
 
 TEST(CliTest, BenchWithoutGpuSaysSoAndGateFails) {

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine: the decode checks in one call. Builds the project there
+# (scripts/device/build.sh, headers and libraries carried in .gpu_carry/deps) unless a build
+# exists, runs the steps named in DECODE_STEPS and prints a summary last. $OUT keeps a few files:
+# device.txt, build.log (on failure), gpu-tests.log, decode.jsonl (flashlane's and the peers'
+# rows, one receipts file), bench.log, peers.log, decode-table.txt, sanitize.log.
+#   DECODE_STEPS   any of: build, tests (the gpu gtest binary filtered to the decode tests),
+#                  bench (`flashlane bench --preset decode`, then bench/peers/torch_sdpa_decode.py
+#                  appending to the same file, then bench/decode_table.py on it), sanitize
+#                  (compute-sanitizer memcheck and racecheck on `flashlane run --decode --device
+#                  cuda`, dense and paged); default "build tests bench sanitize"
+#   DECODE_BENCH_ARGS  more arguments of `flashlane bench --preset decode` (e.g. "--num-splits 4")
+#   DECODE_BUDGET_S    the bench's --budget-s (default 300: no new cell group starts after it)
+#   DECODE_HEAD_DIMS   head dims of the library build (default 128: the grid's; "" for all)
+#   FLASHLANE_BUILD_DIR  an existing build to use (default build-device; built when absent)
+set -uo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out="${OUT:-$root/out}"; mkdir -p "$out"
+steps="${DECODE_STEPS:-build tests bench sanitize}"
+build="${FLASHLANE_BUILD_DIR:-$root/build-device}"
+tool="$build/tools/flashlane"
+summary=()
+has() { [[ " $steps " == *" $1 "* ]]; }
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader | tee "$out/device.txt"
+if has build && [[ ! -x "$tool" ]]; then
+  cmake_args=()
+  hd="${DECODE_HEAD_DIMS-128}"
+  [[ -n "$hd" ]] && cmake_args+=(-DFLASHLANE_SM90_HEAD_DIMS="$hd")
+  if FLASHLANE_BUILD_DIR="$build" "$root/scripts/device/build.sh" "${cmake_args[@]}"; then
+    summary+=("build: ok ($build)")
+  else
+    cp "$build.build.log" "$out/build.log" 2>/dev/null
+    summary+=("build: FAILED (build.log)")
+    echo "=== summary"; printf '%s\n' "${summary[@]}"; exit 1
+  fi
+elif [[ -x "$tool" ]]; then
+  summary+=("build: existing $build")
+fi
+[[ -x "$tool" ]] || { echo "no $tool (add build to DECODE_STEPS)"; exit 1; }
+if has tests; then
+  timeout 300 "$build/tests/flashlane_gpu_tests" --gtest_brief=1 --gtest_filter='*Decode*:*KvCache*' \
+    > "$out/gpu-tests.log" 2>&1
+  summary+=("gpu decode tests: rc=$? $(grep -E '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu-tests.log" | tr '\n' ' ')")
+  grep -E "Failure|FAILED" "$out/gpu-tests.log" | head -20
+fi
+if has bench; then
+  receipts="$out/decode.jsonl"
+  # shellcheck disable=SC2086
+  ( cd "$root" && timeout 420 "$tool" bench --preset decode --budget-s "${DECODE_BUDGET_S:-300}" \
+      --out "$receipts" --overwrite \
+      ${DECODE_BENCH_ARGS:-} > "$out/bench.log" 2>&1 )
+  rc=$?
+  summary+=("bench: rc=$rc $(grep -cE '"requested_backend": *"sm90"' "$receipts" 2>/dev/null) sm90 rows; $(tail -4 "$out/bench.log" | grep -E 'rows written' | cut -c1-200)")
+  grep -E "^copy bandwidth|^memory budget|^skip|FAILED|SUBSET" "$out/bench.log" | head -20
+  timeout 300 python3 "$root/bench/peers/torch_sdpa_decode.py" --out "$receipts" > "$out/peers.log" 2>&1
+  summary+=("peers: rc=$? $(grep -cE 'torch_sdpa_' "$receipts" 2>/dev/null) peer rows; $(tail -1 "$out/peers.log" | cut -c1-120)")
+  python3 "$root/bench/decode_table.py" "$receipts" > "$out/decode-table.txt" 2>&1
+  summary+=("decode_table: rc=$? $(grep -cE '^bar .*: PASS' "$out/decode-table.txt") of 4 bars pass")
+  grep -E "^bar " "$out/decode-table.txt"
+fi
+if has sanitize; then
+  : > "$out/sanitize.log"
+  for tool_name in memcheck racecheck; do
+    rcs=""
+    for args in "--page-size 0" "--page-size 16" "--page-size 64 --num-splits 4"; do
+      # shellcheck disable=SC2086
+      timeout 200 compute-sanitizer --tool "$tool_name" --error-exitcode 9 "$tool" run --decode \
+        --device cuda --backend sm90 --strict --batch 2 --heads-q 16 --heads-kv 4 --head-dim 128 \
+        --seqlen-cache 1000 --cache-seqlens 1000,517 $args >> "$out/sanitize.log" 2>&1
+      rcs+="$? "
+    done
+    summary+=("$tool_name (dense, paged16, paged64 splits4): rc=$rcs$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/sanitize.log" | tail -3 | tr '\n' ' ')")
+  done
+fi
+echo "=== summary"; printf '%s\n' "${summary[@]}"
