@@ -4,11 +4,14 @@
 # exists, runs the steps named in DECODE_STEPS and prints a summary last. $OUT keeps a few files:
 # device.txt, build.log (on failure), gpu-tests.log, decode.jsonl (flashlane's and the peers'
 # rows, one receipts file), bench.log, peers.log, decode-table.txt, sanitize.log.
-#   DECODE_STEPS   any of: build, tests (the gpu gtest binary filtered to the decode tests),
+#   DECODE_STEPS   any of: build, smoke (`flashlane run --decode --device cuda --backend sm90`
+#                  over a table of layouts, page sizes, masks, splits, append and rotary, each
+#                  checked against reference_cpu in float64), tests (the gpu gtest binary
+#                  filtered to the decode tests),
 #                  bench (`flashlane bench --preset decode`, then bench/peers/torch_sdpa_decode.py
 #                  appending to the same file, then bench/decode_table.py on it), sanitize
 #                  (compute-sanitizer memcheck and racecheck on `flashlane run --decode --device
-#                  cuda`, dense and paged); default "build tests bench sanitize"
+#                  cuda`, dense and paged); default "build smoke tests bench sanitize"
 #   DECODE_BENCH_ARGS  more arguments of `flashlane bench --preset decode` (e.g. "--num-splits 4")
 #   DECODE_BUDGET_S    the bench's --budget-s (default 300: no new cell group starts after it)
 #   DECODE_HEAD_DIMS   head dims of the library build (default 128: the grid's; "" for all)
@@ -16,7 +19,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/out}"; mkdir -p "$out"
-steps="${DECODE_STEPS:-build tests bench sanitize}"
+steps="${DECODE_STEPS:-build smoke tests bench sanitize}"
 build="${FLASHLANE_BUILD_DIR:-$root/build-device}"
 tool="$build/tools/flashlane"
 summary=()
@@ -37,6 +40,49 @@ elif [[ -x "$tool" ]]; then
   summary+=("build: existing $build")
 fi
 [[ -x "$tool" ]] || { echo "no $tool (add build to DECODE_STEPS)"; exit 1; }
+if has smoke; then
+  : > "$out/smoke.log"
+  pass=0; fail=0; failed=()
+  base="--device cuda --backend sm90 --strict --batch 3 --heads-q 32 --heads-kv 8 --seqlen-cache 3000 --cache-seqlens 1,777,2999"
+  while IFS= read -r args; do
+    [[ -z "$args" ]] && continue
+    # shellcheck disable=SC2086
+    if timeout 60 "$tool" run --decode $base $args >> "$out/smoke.log" 2>&1; then
+      pass=$((pass + 1))
+    else
+      fail=$((fail + 1)); failed+=("$args")
+    fi
+  done <<'CASES'
+--head-dim 128
+--head-dim 128 --dtype fp16
+--head-dim 64
+--head-dim 256
+--head-dim 128 --page-size 1
+--head-dim 128 --page-size 7
+--head-dim 128 --page-size 16
+--head-dim 128 --page-size 64
+--head-dim 256 --page-size 256
+--head-dim 128 --num-splits 1
+--head-dim 128 --num-splits 3
+--head-dim 128 --num-splits 64
+--head-dim 128 --seqlen-q 4 --mask causal_bottom_right
+--head-dim 128 --seqlen-q 7 --mask causal_bottom_right --heads-q 64
+--head-dim 64 --seqlen-q 33 --mask causal_bottom_right --page-size 16
+--head-dim 128 --window-left 100 --window-right 0
+--head-dim 128 --seqlen-q 5 --window-left 37 --window-right 5
+--head-dim 128 --softcap 30
+--head-dim 128 --heads-q 8 --heads-kv 1
+--head-dim 128 --heads-q 4 --heads-kv 4
+--head-dim 128 --seqlen-new 1 --cache-seqlens 0,776,2998
+--head-dim 128 --seqlen-new 3 --rotary-dim 64 --cache-seqlens 0,700,2900 --mask causal_bottom_right
+--head-dim 128 --seqlen-new 2 --rotary-dim 128 --rotary-neox --page-size 16 --cache-seqlens 5,700,2900
+--head-dim 64 --seqlen-new 1 --rotary-dim 24 --seqlen-q 2 --cache-seqlens 3,10,2000
+--head-dim 128 --cache-seqlens 0,0,0
+CASES
+  summary+=("smoke (run --decode vs reference_cpu float64): $pass passed, $fail failed")
+  for a in "${failed[@]}"; do summary+=("  FAILED: $a"); done
+  grep -E "^check vs|^result" "$out/smoke.log" | paste - - | head -40
+fi
 if has tests; then
   timeout 300 "$build/tests/flashlane_gpu_tests" --gtest_brief=1 --gtest_filter='*Decode*:*KvCache*' \
     > "$out/gpu-tests.log" 2>&1
