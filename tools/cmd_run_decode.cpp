@@ -5,7 +5,8 @@
 // backend runs through flashlane::forward_kvcache (strict: exit 2 with the tag on refusal), then
 // reference_cpu repeats the call on float64 copies of the same inputs and O / LSE are compared
 // (pass: max|O - O64| <= 1e-5 for fp32/fp64 inputs, 2e-2 for 16-bit; LSE alike).
-// The tensors are host tensors: no backend has GPU decode code yet (CUDA backends refuse).
+// The tensors are host tensors, so a CUDA backend refuses with its device tag (the GPU decode
+// code, reference_cuda's, is checked by tests/gpu/test_reference_cuda_kvcache.cpp).
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -55,17 +55,11 @@ std::vector<Rule> decode_rows(const BackendDef& def) {
                                   rules::not_decode));
     return rows;
   }
-  if (def.id == Backend::kReferenceCuda) {
-    rows.push_back(selection_rule("reference_cuda.decode_not_implemented",
-                                  "not a KV-cache (decode) call: reference_cuda has no decode "
-                                  "code yet (reference_cpu has)",
-                                  rules::not_decode));
-    return rows;
-  }
   // A backend registered later without decode code.
   rows.push_back(selection_rule(std::string(def.name) + ".decode_not_implemented",
                                 std::string("not a KV-cache (decode) call: ") + def.name +
-                                    " has no decode code yet (reference_cpu has)",
+                                    " has no decode code yet (reference_cpu and reference_cuda "
+                                    "have)",
                                 rules::not_decode));
   return rows;
 }
