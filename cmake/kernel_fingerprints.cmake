@@ -14,7 +14,7 @@ function(flashlane_kernel_fingerprints source_dir output)
   # backend name -> globs (relative to source_dir)
   set(_sets
     "sm90|src/sm90/*|src/dispatch/backends/sm90.cpp|cmake/sm90_kernels.cmake"
-    "reference_cuda|src/reference/reference_cuda.cu|src/dispatch/backends/reference_cuda.cpp"
+    "reference_cuda|src/reference/reference_cuda.cu|src/reference/reference_cuda_kvcache.cu|src/dispatch/backends/reference_cuda.cpp"
     "reference_cpu|src/reference/reference_cpu.cpp|src/reference/reference_cpu_kvcache.cpp|src/dispatch/backends/reference_cpu.cpp")
   set(_content "// Generated at configure time by cmake/kernel_fingerprints.cmake; do not edit.\n#pragma once\n")
   foreach(_set IN LISTS _sets)

@@ -8,8 +8,8 @@
 // gathered). Per cell: the backend under test on poisoned O and LSE, then (once per cell, when a
 // backend ran) reference_cuda on the same inputs into separate outputs (a refusal is recorded as
 // check "not_run: <tag>"), compared elementwise (decode.h), then timed: warm-up, then per repetition an L2 flush (a
-// cudaMemsetAsync of max(256 MiB, 2 x L2) outside the timed region, which also keeps the GPU
-// busy while the host enqueues the call) and CUDA events around the one call; the median. Calls
+// read of max(256 MiB, 2 x L2), bench/device_fill.h: clean lines, no write-back inside the timed
+// call; outside the timed region, it also keeps the GPU busy while the host enqueues the call) and CUDA events around the one call; the median. Calls
 // are strict, with check_metadata_values = false (device metadata is trusted, nothing syncs).
 // metrics.gbps = bytes moved (K and V of the cached keys, q, o) / median; metrics.copy_gbps =
 // cudaMemcpyAsync of a 1 GiB buffer at the start of the run, read + write bytes, median of 10.
@@ -236,9 +236,7 @@ Status time_call(Run& run, const std::function<Status()>& call, std::vector<doub
   if (!(s = timer.init()).ok()) return s;
   ms->clear();
   for (int i = 0; i < reps; ++i) {
-    if (!(s = cuda_check(cudaMemsetAsync(run.flush.data(), i & 0xff, run.flush.bytes(), nullptr),
-                         "L2 flush")).ok())
-      return s;
+    if (!(s = bench::flush_l2_by_reading(run.flush.data(), run.flush.bytes(), nullptr)).ok()) return s;
     if (!(s = timer.start(nullptr)).ok()) return s;
     if (!(s = call()).ok()) return s;
     double t = 0;
@@ -421,7 +419,7 @@ int run_bench_decode(const DecodeBenchOptions& o) {
     }
     std::cout << "timing: CUDA events around each call, median over the repetitions after "
               << (o.warmup >= 0 ? o.warmup : 3) << " warm-up calls; before each repetition the L2 ("
-              << fmt(l2 / 1048576.0, "%.0f") << " MiB) is flushed by a cudaMemsetAsync of "
+              << fmt(l2 / 1048576.0, "%.0f") << " MiB) is flushed by reading "
               << fmt(flush / 1048576.0, "%.0f") << " MiB outside the timed region\n";
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);

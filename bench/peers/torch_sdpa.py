@@ -28,15 +28,16 @@ SEQLENS = [512, 1024, 2048, 4096, 8192, 16384]
 
 
 def time_ms(fn, reps, flush=None, warmup=3):
-    """Median CUDA-event time of fn() in ms after `warmup` calls. With `flush` (a CUDA tensor),
-    the tensor is overwritten before every repetition, outside the timed region: the L2 holds
-    none of fn's inputs, and the GPU is busy while the host enqueues the call."""
+    """Median CUDA-event time of fn() in ms after `warmup` calls. With `flush` (a CUDA tensor
+    larger than the L2), the tensor is read (a max reduction) before every repetition, outside
+    the timed region: the L2 holds none of fn's inputs and no dirty lines whose write-back would
+    run inside the timed call, and the GPU is busy while the host enqueues the call."""
     for _ in range(warmup):
         fn()
     times = []
     for i in range(reps):
         if flush is not None:
-            flush.fill_(i & 0x7F)
+            flush.max()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()

@@ -12,7 +12,8 @@ If that raises, K and V are expanded to hq heads (repeat_interleave) and the cal
 row's "peer_call" says which ("sdpa enable_gqa" or "expanded kv"). metrics.gbps always uses
 flashlane's byte formula (K and V of heads_kv heads, plus q and o), whatever the call read.
 Timing as flashlane's decode rows: CUDA events around each call, the L2 flushed before each
-repetition by overwriting a buffer of max(256 MiB, 2 x L2) outside the timed region, the median
+repetition by reading (a max reduction) a buffer of max(256 MiB, 2 x L2) outside the timed
+region, so no dirty lines are written back inside the timed call; the median
 after 3 warm-up calls. metrics.copy_gbps: a 1 GiB device-to-device copy_ measured here (read +
 write bytes, median of 10). A backend that raises writes a row that says so, with no number.
 """

@@ -109,8 +109,9 @@ const char* kvcache_runtime_mode(const KvCacheProblem& problem);
 
 /// Attention against a KV cache, appending k_new / v_new first when given. Dispatch, strict
 /// mode, receipts and error rules as forward() (dispatch.h); the receipt's runtime_mode is
-/// kvcache_runtime_mode(problem). Backends with decode code today: reference_cpu (float64
-/// accumulation). Every other backend refuses with a tag (sm90.decode_not_implemented, ...).
+/// kvcache_runtime_mode(problem). Backends with decode code today: reference_cpu (host tensors,
+/// float64 accumulation) and reference_cuda (CUDA tensors, fp32 accumulation, metadata read on
+/// the device). Every other backend refuses with a tag (sm90.decode_not_implemented, ...).
 Status forward_kvcache(const KvCacheProblem& problem, const Request& request = {},
                        cudaStream_t stream = nullptr);
 

@@ -20,8 +20,9 @@ flash_attn/flash_attn_interface.py), made exact in include/flashlane/kvcache.h:
   out = 0 and lse = -inf.
 
 NumPy arrays run on reference_cpu (float64 accumulation). PyTorch tensors go to the dispatcher
-as they are: no backend has GPU decode code yet, so CUDA tensors are refused with a tag
-(``sm90.decode_not_implemented`` when the request names sm90 strictly). flashlane additions:
+as they are: CUDA tensors run on reference_cuda (fp32 accumulation), the GPU backend with decode
+code today; a strict request for a backend without it is refused with a tag
+(``sm90.decode_not_implemented`` for sm90). flashlane additions:
 ``backend`` and ``strict`` as in flashlane.flash_attn_func. Errors raise FlashlaneError with the
 stable code (``page_table_invalid``, ``cache_overflow``, ...) and, for refusals, the tag; on any
 error neither the outputs nor the cache are written.

@@ -49,6 +49,12 @@ Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& inf
                                cudaStream_t stream);
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
                                cudaStream_t stream, ReferenceNumerics numerics);
+/// Straightforward CUDA reference of a KV-cache call (flashlane/kvcache.h): the append (rotary in
+/// the accumulation type, rounded to the cache dtype by the store), then attention with fp32
+/// accumulation (float64 for float64 tensors); all tensors on one CUDA device, every piece of
+/// metadata read on the device (graph-capturable) (src/reference/reference_cuda_kvcache.cu).
+Status reference_cuda_kvcache(const KvCacheProblem& p, const ProblemInfo& info,
+                              cudaStream_t stream);
 
 /// Hopper kernels. `variant` receives the tile shape and features of the launch.
 /// Only called when the sm90 rules of the applicability table pass.

@@ -24,20 +24,11 @@ bool is_device_row(const Rule& r) {
 }
 
 std::vector<Rule> decode_rows(const BackendDef& def) {
-  std::vector<Rule> rows;
-  if (def.id == Backend::kReferenceCuda) {
-    rows.push_back(selection_rule("reference_cuda.decode_not_implemented",
-                                  "not a KV-cache (decode) call: reference_cuda has no decode "
-                                  "code yet (reference_cpu has)",
-                                  rules::not_decode));
-    return rows;
-  }
-  // A backend registered later without decode code.
-  rows.push_back(selection_rule(std::string(def.name) + ".decode_not_implemented",
-                                std::string("not a KV-cache (decode) call: ") + def.name +
-                                    " has no decode code yet (reference_cpu has)",
-                                rules::not_decode));
-  return rows;
+  // A backend registered without decode code.
+  return {selection_rule(std::string(def.name) + ".decode_not_implemented",
+                         std::string("not a KV-cache (decode) call: ") + def.name +
+                             " has no decode code (reference_cpu, reference_cuda and sm90 have)",
+                         rules::not_decode)};
 }
 
 }  // namespace flashlane::detail

@@ -666,10 +666,11 @@ TEST(ServingPlan, RefusesAtConstructionWithTheTag) {
 #else
   EXPECT_EQ(st.reason_tag(), "sm90.not_compiled") << st.to_string();
 #endif
+  // reference_cuda has decode code: judged without the device rows, the plan holds.
   cfg.decode_backend = fl::Backend::kReferenceCuda;
   st = fl::ServingPlan::create(cfg, &plan);
 #if FLASHLANE_TEST_HAS_SM90
-  EXPECT_EQ(st.reason_tag(), "reference_cuda.decode_not_implemented") << st.to_string();
+  EXPECT_TRUE(st.ok()) << st.to_string();
 #endif
   cfg.decode_backend = fl::Backend::kSm100;
   EXPECT_EQ(fl::ServingPlan::create(cfg, &plan).reason_tag(), "sm100.not_implemented");

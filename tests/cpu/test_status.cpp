@@ -203,19 +203,19 @@ TEST(SurfaceCatalog, IdsModesAndTags) {
     EXPECT_EQ(s->reason_tag, "surface.not_implemented");
     for (const auto& b : s->backends) EXPECT_FALSE(b.applies) << id << " " << b.backend;
   }
-  // The decode surfaces have code on reference_cpu and sm90 (when compiled); every other
-  // backend carries its tag.
+  // The decode surfaces have code on reference_cpu, reference_cuda and sm90 (when compiled);
+  // every other backend carries its tag.
   for (const char* id : {"decode", "paged_decode", "append_decode"}) {
     const fd::Surface* s = fd::find_surface(id);
     ASSERT_NE(s, nullptr);
     EXPECT_TRUE(s->has_code) << id;
     EXPECT_EQ(s->reason_tag, "");
     EXPECT_TRUE(fd::surface_backend(*s, "reference_cpu")->applies) << id;
+    EXPECT_TRUE(fd::surface_backend(*s, "reference_cuda")->applies) << id;
+    EXPECT_EQ(fd::surface_backend(*s, "reference_cuda")->reason_tag, "") << id;
     EXPECT_EQ(fd::surface_backend(*s, "sm90")->applies, FLASHLANE_TEST_HAS_SM90 != 0) << id;
     EXPECT_EQ(fd::surface_backend(*s, "sm90")->reason_tag,
               FLASHLANE_TEST_HAS_SM90 ? "" : "sm90.not_compiled") << id;
-    EXPECT_EQ(fd::surface_backend(*s, "reference_cuda")->reason_tag,
-              "reference_cuda.decode_not_implemented") << id;
     EXPECT_EQ(fd::surface_backend(*s, "sm100")->reason_tag, "sm100.not_implemented") << id;
   }
   const fd::Surface* dense = fd::find_surface("dense_fwd");
@@ -533,11 +533,15 @@ TEST(StatusTest, DecodeAndOtherSurfacesWithoutCodeAreRed) {
       EXPECT_EQ(c.light, "red") << id << " " << c.backend;
       EXPECT_FALSE(c.reason_tag.empty()) << id << " " << c.backend;
     }
-  // Decode: code on reference_cpu and sm90; without receipts sm90 is yellow (code, no proof),
-  // the backends without decode code are red with their tag.
+  // Decode: code on reference_cpu, reference_cuda and sm90; without receipts they are not red
+  // (sm90: yellow, code without proof); the backends without decode code are red with their tag.
   for (const char* id : {"decode", "paged_decode", "append_decode"})
     for (const auto& c : surface(rep, id).cells) {
-      if (c.backend == "reference_cpu") continue;
+      if (c.backend == "reference_cpu" || c.backend == "reference_cuda") {
+        EXPECT_NE(c.light, "red") << id << " " << c.backend;
+        EXPECT_EQ(c.reason_tag, "") << id << " " << c.backend;
+        continue;
+      }
       if (c.backend == "sm90" && FLASHLANE_TEST_HAS_SM90) {
         EXPECT_EQ(c.light, "yellow") << id;
         continue;

@@ -1,5 +1,6 @@
 // backends/reference_cuda.cpp: plain CUDA, fp32 accumulation, every feature, any sm >= 80
-// (src/reference/reference_cuda.cu). Auto's choice on a GPU that sm90 does not serve.
+// (src/reference/reference_cuda.cu; KV-cache calls: src/reference/reference_cuda_kvcache.cu).
+// Auto's choice on a GPU that sm90 does not serve.
 #include "dispatch/backend_registry.h"
 #include "dispatch/backends.h"
 
@@ -18,6 +19,12 @@ Status run_backward(const AttentionProblem& p, const ProblemInfo& info, cudaStre
                     std::string* variant) {
   *variant = "reference_cuda_f32acc";
   return reference_cuda_backward(p, info, stream);
+}
+
+Status run_decode(const KvCacheProblem& p, const ProblemInfo& info, cudaStream_t stream,
+                  std::string* variant) {
+  *variant = "reference_cuda_f32acc";
+  return reference_cuda_kvcache(p, info, stream);
 }
 
 }  // namespace
@@ -39,6 +46,7 @@ const BackendDef& reference_cuda_backend() {
           },
       .forward = run_forward,
       .backward = run_backward,
+      .decode = run_decode,
   });
   return def;
 }
