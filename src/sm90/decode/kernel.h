@@ -11,9 +11,9 @@
 // Four warps share each 64-key tile, 16 keys each: every warp keeps its own online softmax
 // (max, sum, O in registers) over its keys, as in Flash-Decoding, and the warps are merged in
 // shared memory at the end, in a fixed order (deterministic). K/V tiles stream through a
-// multistage cp.async pipeline (kv_tile_loader.h); the products are mma.sync m16n8k16 (fp32
-// accumulation) with ldmatrix operands: memory-bound work, where WGMMA's tile sizes would only
-// pad the 4-16 useful rows further.
+// multistage cp.async pipeline (kv_tile_loader.h) that refills a slot before waiting for the
+// next tile; the products are mma.sync m16n8k16 (fp32 accumulation) with ldmatrix operands:
+// memory-bound work, where WGMMA's tile sizes would only pad the 4-16 useful rows further.
 //
 // Output: num_splits == 1 writes O (input dtype) and LSE; otherwise each CTA writes its partial
 // O (fp32, already normalized by its own sum) and LSE to the workspace for combine.h. A row
@@ -173,7 +173,9 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(kHeadDim))
   const int lrow = lane % 8, lmat = lane / 8;
 
   for (int t = 0; t < n_tiles; ++t) {
-    cute::cp_async_wait<kStages - 2>();
+    // Tile t + kStages - 1 goes into the slot of tile t - 1 as soon as every warp is done with
+    // that one, before waiting for tile t: kStages tiles in flight while the CTA waits (one
+    // barrier more per tile than waiting first, for half again as many bytes in flight).
     __syncthreads();
     {
       const int next = t + kStages - 1;
@@ -184,6 +186,8 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(kHeadDim))
       }
       cute::cp_async_fence();
     }
+    cute::cp_async_wait<kStages - 1>();
+    __syncthreads();  // tile t, copied by every thread, is visible to all
     const cute::uint128_t* k_tile = k_smem + (t % kStages) * Geo::kTileElems / 8;
     const cute::uint128_t* v_tile = v_smem + (t % kStages) * Geo::kTileElems / 8;
 
@@ -294,6 +298,9 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(kHeadDim))
     }
   }
   cute::cp_async_wait<0>();
+  // The combine kernel (a programmatic dependent launch) may be scheduled from here on; it
+  // waits for this grid's completion before reading anything.
+  asm volatile("griddepcontrol.launch_dependents;");
 
   // Merge the four warps. Row sums over the quad first.
   l_lo += __shfl_xor_sync(0xffffffffu, l_lo, 1);

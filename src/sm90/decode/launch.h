@@ -75,9 +75,21 @@ Status launch_decode(DecodeParams p, bool paged, cudaStream_t stream) {
     }
   }
   if (st.ok() && p.num_splits > 1) {
-    const int64_t rows = q_rows;
-    decode_combine_kernel<kHeadDim, kBf16>
-        <<<unsigned((rows + kCombineRowsPerCta - 1) / kCombineRowsPerCta), 32 * kCombineRowsPerCta, 0, stream>>>(p);
+    // A programmatic dependent launch: the combine CTAs are scheduled while the attention
+    // kernel finishes and wait for it with griddepcontrol.wait (graph-capturable).
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(unsigned(q_rows));
+    cfg.blockDim = dim3(32 * kCombineWarps);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaError_t e = cudaLaunchKernelEx(&cfg, decode_combine_kernel<kHeadDim, kBf16>, p);
+        e != cudaSuccess) {
+      st = decode_launch_error(e, "combine launch");
+    }
     check("combine launch");
   }
   if (ws != nullptr) {
