@@ -4,7 +4,7 @@ the rows of ONE receipts file: `flashlane bench --preset decode` and
 bench/peers/torch_sdpa_decode.py appended to the same file in one device call.
 
     python3 bench/decode_table.py RECEIPTS.jsonl [--backend sm90] [--plot OUT.png]
-                                               [--allow-unchecked]
+                                               [--allow-unchecked] [--markdown]
 
 Table, one line per flashlane cell (layout, batch, cache length, GQA): the backend's GB/s,
 its % of the copy bandwidth measured in the same run (metrics.copy_gbps of its row), cuDNN's
@@ -157,6 +157,33 @@ def print_table(ours, peers, copy_default, backend):
         print(f"{cell_name(key, layout):34s} {fmt(g):>10s} {pct} {fmt(c)} {fmt(f2)} {ratio}  {note}")
 
 
+def markdown(ours, peers, backend):
+    """One Markdown table per (layout, GQA): rows batch, columns cache length, each cell
+    "backend / cuDNN / FA2 GB/s (backend / cuDNN)"; '-' where a number is missing."""
+    groups = sorted({(layout, k[2], k[3], k[4]) for k, layout in ours})
+    for layout, hq, hkv, d in groups:
+        keys = [k for k, l in ours if l == layout and (k[2], k[3], k[4]) == (hq, hkv, d)]
+        batches = sorted({k[0] for k in keys})
+        lens = sorted({k[1] for k in keys})
+        print(f"\n{layout}, GQA {hq}/{hkv}, head_dim {d}: {backend} / cuDNN / FA2 GB/s "
+              f"({backend} / cuDNN)\n")
+        print("| batch | " + " | ".join(f"{s // 1024}k" for s in lens) + " |")
+        print("|---|" + "---|" * len(lens))
+        for b in batches:
+            cells = []
+            for s in lens:
+                key = (b, s, hq, hkv, d)
+                g = number(ours.get((key, layout)))
+                c = number(peers.get((key, "cudnn")))
+                f2 = number(peers.get((key, "flash2")))
+                if g is None:
+                    cells.append("-")
+                    continue
+                txt = f"**{g:.0f}** / {fmt(c, '{:.0f}').strip()} / {fmt(f2, '{:.0f}').strip()}"
+                cells.append(txt + (f" ({g / c:.2f}x)" if c else ""))
+            print(f"| {b} | " + " | ".join(cells) + " |")
+
+
 def plot(ours, peers, path, backend):
     import matplotlib
 
@@ -195,6 +222,8 @@ def main(argv=None):
     ap.add_argument("receipts")
     ap.add_argument("--backend", default="sm90")
     ap.add_argument("--plot", default=None, help="write a matplotlib plot here")
+    ap.add_argument("--markdown", action="store_true",
+                    help="also print batch x cache-length Markdown tables per layout and GQA")
     ap.add_argument("--allow-unchecked", action="store_true",
                     help="judge numbers of rows whose check did not run (said per cell)")
     a = ap.parse_args(argv)
@@ -208,6 +237,8 @@ def main(argv=None):
           f"{copy:.0f} GB/s (median of the rows' copy_gbps)" if copy else
           f"{len(ours)} {a.backend} decode cells, {len(peers)} peer rows; no copy bandwidth in the file")
     print_table(ours, peers, copy, a.backend)
+    if a.markdown:
+        markdown(ours, peers, a.backend)
     skipped = [cell_name(k, l) for (k, l), r in sorted(ours.items()) if r.get("status", "").startswith("skipped")]
     if skipped:
         print(f"skipped (memory budget, not judged): {', '.join(skipped)}")

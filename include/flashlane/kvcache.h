@@ -109,9 +109,13 @@ const char* kvcache_runtime_mode(const KvCacheProblem& problem);
 
 /// Attention against a KV cache, appending k_new / v_new first when given. Dispatch, strict
 /// mode, receipts and error rules as forward() (dispatch.h); the receipt's runtime_mode is
-/// kvcache_runtime_mode(problem). Backends with decode code today: reference_cpu (host tensors,
-/// float64 accumulation) and reference_cuda (CUDA tensors, fp32 accumulation, metadata read on
-/// the device). Every other backend refuses with a tag (sm90.decode_not_implemented, ...).
+/// kvcache_runtime_mode(problem). Backends with decode code: reference_cpu (host tensors,
+/// float64 accumulation), reference_cuda (CUDA tensors, fp32 accumulation, metadata read on the
+/// device) and sm90 (H100/H200: split-KV with the query heads of a KV head packed into one tile,
+/// any page size, head_dim == head_dim_v in {64, 128, 256}; docs/sm90_decode.md). sm90 reads
+/// every metadata tensor on the device and allocates its workspace on `stream`, so a call with
+/// check_metadata_values = false is CUDA-graph capturable and replays with new cache_seqlens.
+/// Every other backend refuses with its tag (sm100.not_implemented, ...).
 Status forward_kvcache(const KvCacheProblem& problem, const Request& request = {},
                        cudaStream_t stream = nullptr);
 

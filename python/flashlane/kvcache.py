@@ -20,9 +20,10 @@ flash_attn/flash_attn_interface.py), made exact in include/flashlane/kvcache.h:
   out = 0 and lse = -inf.
 
 NumPy arrays run on reference_cpu (float64 accumulation). PyTorch tensors go to the dispatcher
-as they are: CUDA tensors run on reference_cuda (fp32 accumulation), the GPU backend with decode
-code today; a strict request for a backend without it is refused with a tag
-(``sm90.decode_not_implemented`` for sm90). flashlane additions:
+as they are: CUDA tensors run on sm90 on an H100/H200 (head_dim 64, 128 or 256; split-KV,
+``num_splits`` forces the count) and otherwise on reference_cuda (fp32 accumulation); a strict
+request for a backend that cannot serve the call is refused with its tag
+(``sm90.decode_head_dim_unsupported``, ...). flashlane additions:
 ``backend`` and ``strict`` as in flashlane.flash_attn_func. Errors raise FlashlaneError with the
 stable code (``page_table_invalid``, ``cache_overflow``, ...) and, for refusals, the tag; on any
 error neither the outputs nor the cache are written.
