@@ -257,6 +257,8 @@ def test_serving_plan():
         # Any page size: the sm90 paged gather moves single key rows (the package builds every
         # head dim of the kernel table, 128 among them).
         plan = flashlane.ServingPlan("sm90", "sm90", kv_layout="paged", page_size=8)
+        assert plan.decode_mode == "append_decode" and plan.page_size == 8  # append=True default
+        plan = flashlane.ServingPlan("sm90", "sm90", kv_layout="paged", page_size=8, append=False)
         assert plan.decode_mode == "paged_decode"
     plan = flashlane.ServingPlan("reference_cpu", "reference_cpu", kv_layout="paged",
                                  page_size=8, heads_q=8, heads_kv=2, window_size=(64, 0),
