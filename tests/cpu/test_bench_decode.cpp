@@ -12,9 +12,12 @@
 #include "bench/device_fill.h"
 #include "bench/gate.h"
 #include "bench/proof.h"
+#include "support/gate_checks.h"
 
 namespace fl = flashlane;
 namespace fb = flashlane::bench;
+using flashlane::test_support::dump;
+using flashlane::test_support::has_rule;
 
 namespace {
 
@@ -52,18 +55,6 @@ fb::ProofRow decode_row(const fb::DecodeCell& c) {
   r.metrics.checked_tensor = "o";
   fb::compute_counts_for_status(&r);
   return r;
-}
-
-bool has_rule(const fb::GateResult& g, const std::string& rule) {
-  for (const auto& v : g.violations)
-    if (v.rule == rule) return true;
-  return false;
-}
-
-std::string dump(const fb::GateResult& g) {
-  std::string s;
-  for (const auto& v : g.violations) s += v.to_string() + "\n";
-  return s;
 }
 
 }  // namespace

@@ -28,9 +28,12 @@
 #include "bench/proof.h"
 #include "bench/sampling.h"
 #include "flashlane/flashlane.h"
+#include "support/gate_checks.h"
 
 namespace fl = flashlane;
 namespace fb = flashlane::bench;
+using flashlane::test_support::dump;
+using flashlane::test_support::has_rule;
 
 namespace {
 
@@ -455,18 +458,6 @@ fb::ProofRow sampled_row() {
         {"nan_count", 0}, {"count", 4 * 16384 * 128}, {"pass", true}}});
   fb::compute_counts_for_status(&r);
   return r;
-}
-
-bool has_rule(const fb::GateResult& g, const std::string& rule) {
-  for (const auto& v : g.violations)
-    if (v.rule == rule) return true;
-  return false;
-}
-
-std::string dump(const fb::GateResult& g) {
-  std::string s;
-  for (const auto& v : g.violations) s += v.to_string() + "\n";
-  return s;
 }
 
 }  // namespace

@@ -19,9 +19,12 @@
 #include "bench/proof.h"
 #include "bench/timer.h"
 #include "core/numeric.h"
+#include "support/gate_checks.h"
 
 namespace fl = flashlane;
 namespace fb = flashlane::bench;
+using flashlane::test_support::dump;
+using flashlane::test_support::has_rule;
 
 namespace {
 
@@ -100,18 +103,6 @@ fb::GateConfig config_requiring(const std::vector<fb::ProofRow>& rows) {
   }
   c.claims = {"fwd"};
   return c;
-}
-
-bool has_rule(const fb::GateResult& g, const std::string& rule) {
-  for (const auto& v : g.violations)
-    if (v.rule == rule) return true;
-  return false;
-}
-
-std::string dump(const fb::GateResult& g) {
-  std::string s;
-  for (const auto& v : g.violations) s += v.to_string() + "\n";
-  return s;
 }
 
 std::string temp_path(const std::string& name) {

@@ -24,9 +24,12 @@
 #include "flashlane/flashlane.h"
 #include "flashlane/version.h"
 #include "support/host_problem.h"
+#include "support/gate_checks.h"
 
 namespace fl = flashlane;
 namespace fb = flashlane::bench;
+using flashlane::test_support::dump;
+using flashlane::test_support::has_rule;
 namespace fd = flashlane::detail;
 
 namespace {
@@ -79,18 +82,6 @@ fb::ProofRow row(const std::string& backend = "sm90", const std::string& mode = 
   r.metrics.validation_scope.kind = "full";
   fb::compute_counts_for_status(&r);
   return r;
-}
-
-bool has_rule(const fb::GateResult& g, const std::string& rule, const std::string& detail_part = "") {
-  for (const auto& v : g.violations)
-    if (v.rule == rule && v.detail.find(detail_part) != std::string::npos) return true;
-  return false;
-}
-
-std::string dump(const fb::GateResult& g) {
-  std::string s;
-  for (const auto& v : g.violations) s += v.to_string() + "\n";
-  return s;
 }
 
 /// A small manifest for dense_fwd on sm90: L0, L1, R1, R2 (two cells), R7 (gate over them),

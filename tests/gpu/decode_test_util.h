@@ -396,6 +396,28 @@ class DeviceDecode {
   std::string error_;
 };
 
+/// One KV-cache call on device tensors and what it left: its status and receipt, O, LSE and
+/// the cache after the append.
+struct DecodeRun {
+  Status status;
+  Receipt receipt;
+  DecodeTensor o, lse, k_cache, v_cache;
+};
+
+/// Poisons o / lse, runs forward_kvcache with `request` on `stream`, and downloads the results.
+inline DecodeRun run_kvcache(DeviceDecode& dev, const Request& request,
+                             cudaStream_t stream = nullptr) {
+  DecodeRun r;
+  dev.poison_outputs(stream);
+  r.status = forward_kvcache(dev.problem(), request, stream);
+  r.receipt = last_receipt();
+  r.o = dev.download(kSlotO);
+  r.lse = dev.download(kSlotLse);
+  r.k_cache = dev.download(kSlotKCache);
+  r.v_cache = dev.download(kSlotVCache);
+  return r;
+}
+
 /// Rotates the first rotary_dim features of x (float64) at position pos, as kvcache.h says.
 inline void rotate_row(const HostDecode& h, int64_t pos, double* x) {
   const int64_t rd = h.spec.rotary_dim, half = rd / 2;

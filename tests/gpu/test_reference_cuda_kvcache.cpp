@@ -85,22 +85,9 @@ void expect_close(const char* name, const std::vector<double>& got, const std::v
                      << (bad ? want[worst] : 0.0);
 }
 
-struct RefCudaRun {
-  fl::Status status;
-  fl::Receipt receipt;
-  DecodeTensor o, lse, k_cache, v_cache;
-};
-
-RefCudaRun run_reference_cuda(DeviceDecode& dev, cudaStream_t stream = nullptr) {
-  RefCudaRun r;
-  dev.poison_outputs(stream);
-  r.status = fl::forward_kvcache(dev.problem(), kReferenceCudaStrict, stream);
-  r.receipt = fl::last_receipt();
-  r.o = dev.download(ts::kSlotO);
-  r.lse = dev.download(ts::kSlotLse);
-  r.k_cache = dev.download(ts::kSlotKCache);
-  r.v_cache = dev.download(ts::kSlotVCache);
-  return r;
+/// The strict reference_cuda request on `stream` (decode_test_util.h, run_kvcache).
+ts::DecodeRun run_reference_cuda(DeviceDecode& dev, cudaStream_t stream = nullptr) {
+  return ts::run_kvcache(dev, kReferenceCudaStrict, stream);
 }
 
 /// O and LSE of a run against the float64 reference (or, where rotary made the stored K differ
@@ -129,7 +116,7 @@ void check_case(const DecodeSpec& spec) {
   ASSERT_TRUE(rs.ok()) << "reference: " << rs.to_string();
   DeviceDecode dev(host);
   ASSERT_TRUE(dev.ok()) << dev.error();
-  const RefCudaRun r = run_reference_cuda(dev);
+  const ts::DecodeRun r = run_reference_cuda(dev);
   ASSERT_TRUE(r.status.ok()) << r.status.to_string();
   EXPECT_EQ(r.receipt.actual_backend, "reference_cuda");
   EXPECT_EQ(r.receipt.runtime_mode, fl::kvcache_runtime_mode(dev.problem()));

@@ -26,6 +26,7 @@
 #include "flashlane/flashlane.h"
 #include "flashlane/receipt.h"
 #include "support/host_problem.h"
+#include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
 using fl::DType;
@@ -35,26 +36,6 @@ using fl::test_support::HostProblemConfig;
 using fl::test_support::HostTensor;
 
 namespace {
-
-std::string sm90_skip_reason() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cannot query device 0";
-  if (prop.major != 9 || prop.minor != 0) {
-    return std::string("device 0 is ") + prop.name + ", not sm_90";
-  }
-  return {};
-}
-
-#define SKIP_UNLESS_SM90()                       \
-  do {                                           \
-    const std::string why_ = sm90_skip_reason(); \
-    if (!why_.empty()) GTEST_SKIP() << why_;     \
-  } while (0)
 
 /// Device copies of every buffer of a backward HostProblem and the problem over them.
 class DeviceCopy {

@@ -35,6 +35,7 @@
 #include "flashlane/flashlane.h"
 #include "gpu/decode_test_util.h"
 #include "sm90_compiled.h"  // generated: kCompiledHeadDims (cmake/sm90_kernels.cmake)
+#include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
 using fl::DType;
@@ -48,26 +49,6 @@ using fl::test_support::HostDecode;
 namespace ts = fl::test_support;
 
 namespace {
-
-std::string sm90_skip_reason() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cannot query device 0";
-  if (prop.major != 9 || prop.minor != 0) {
-    return std::string("device 0 is ") + prop.name + ", not sm_90";
-  }
-  return {};
-}
-
-#define SKIP_UNLESS_SM90()                       \
-  do {                                           \
-    const std::string why_ = sm90_skip_reason(); \
-    if (!why_.empty()) GTEST_SKIP() << why_;     \
-  } while (0)
 
 const fl::Request kSm90Strict{fl::Backend::kSm90, true};
 
@@ -114,23 +95,9 @@ int64_t splits_of(const std::string& variant) {
   return j > i ? std::stoll(variant.substr(i, j - i)) : -1;
 }
 
-struct Sm90Run {
-  fl::Status status;
-  fl::Receipt receipt;
-  DecodeTensor o, lse, k_cache, v_cache;
-};
-
-/// Poisons o / lse, runs the strict sm90 request on `stream`, and downloads the results.
-Sm90Run run_sm90(DeviceDecode& dev, cudaStream_t stream = nullptr) {
-  Sm90Run r;
-  dev.poison_outputs(stream);
-  r.status = fl::forward_kvcache(dev.problem(), kSm90Strict, stream);
-  r.receipt = fl::last_receipt();
-  r.o = dev.download(ts::kSlotO);
-  r.lse = dev.download(ts::kSlotLse);
-  r.k_cache = dev.download(ts::kSlotKCache);
-  r.v_cache = dev.download(ts::kSlotVCache);
-  return r;
+/// The strict sm90 request on `stream` (decode_test_util.h, run_kvcache).
+ts::DecodeRun run_sm90(DeviceDecode& dev, cudaStream_t stream = nullptr) {
+  return ts::run_kvcache(dev, kSm90Strict, stream);
 }
 
 /// The receipt of a run that must have executed on sm90.
@@ -152,7 +119,7 @@ void check_case(const DecodeSpec& spec) {
   ASSERT_TRUE(rs.ok()) << "reference: " << rs.to_string();
   DeviceDecode dev(host);
   ASSERT_TRUE(dev.ok()) << dev.error();
-  const Sm90Run r = run_sm90(dev);
+  const ts::DecodeRun r = run_sm90(dev);
   ASSERT_TRUE(r.status.ok()) << "a strict sm90 request for a supported decode call must run: "
                              << r.status.to_string();
   check_receipt(r.receipt, dev);
@@ -374,7 +341,7 @@ TEST(Sm90Decode, NumSplitsForcedAndHeuristic) {
     h.spec.num_splits = n;
     DeviceDecode dev(h);
     ASSERT_TRUE(dev.ok()) << dev.error();
-    const Sm90Run r = run_sm90(dev);
+    const ts::DecodeRun r = run_sm90(dev);
     ASSERT_TRUE(r.status.ok()) << r.status.to_string();
     check_receipt(r.receipt, dev);
     const int64_t used = splits_of(r.receipt.variant);
@@ -406,9 +373,9 @@ TEST(Sm90Decode, DeterministicAcrossRuns) {
     const HostDecode host(s);
     DeviceDecode dev(host);
     ASSERT_TRUE(dev.ok()) << dev.error();
-    const Sm90Run a = run_sm90(dev);
+    const ts::DecodeRun a = run_sm90(dev);
     ASSERT_TRUE(a.status.ok()) << a.status.to_string();
-    const Sm90Run b = run_sm90(dev);
+    const ts::DecodeRun b = run_sm90(dev);
     ASSERT_TRUE(b.status.ok()) << b.status.to_string();
     EXPECT_TRUE(a.o.bytes == b.o.bytes) << "O differs between two identical calls";
     EXPECT_TRUE(a.lse.bytes == b.lse.bytes) << "LSE differs between two identical calls";

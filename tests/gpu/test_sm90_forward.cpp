@@ -26,6 +26,7 @@
 #include "flashlane/receipt.h"
 #include "sm90/common/params_builder.h"
 #include "support/host_problem.h"
+#include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
 using fl::DType;
@@ -35,28 +36,6 @@ using fl::test_support::HostProblemConfig;
 using fl::test_support::HostTensor;
 
 namespace {
-
-/// Empty when the current device is an sm_90 GPU, else the reason to skip.
-std::string sm90_skip_reason() {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    return "no CUDA device";
-  }
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cannot query device 0";
-  if (prop.major != 9 || prop.minor != 0) {
-    return std::string("device 0 is ") + prop.name + " (sm_" + std::to_string(prop.major) +
-           std::to_string(prop.minor) + "), not sm_90";
-  }
-  return {};
-}
-
-#define SKIP_UNLESS_SM90()                              \
-  do {                                                  \
-    const std::string why_ = sm90_skip_reason();        \
-    if (!why_.empty()) GTEST_SKIP() << why_;            \
-  } while (0)
 
 /// Device copies of a HostProblem's buffers (padding included) and the problem over them.
 class DeviceCopy {
