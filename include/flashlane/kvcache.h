@@ -89,6 +89,9 @@ struct KvCacheProblem {
   MaskType mask = MaskType::kNoMask;    // kNoMask or kCausalBottomRight
   int64_t window_left = -1, window_right = -1;
   double softcap = 0.0;
+  /// Optional attention sinks, float32 [heads_q], contiguous: as AttentionProblem's
+  /// learnable_sink (flashlane/problem.h); LSE includes them.
+  TensorView learnable_sink;
   /// Split-KV hint (FlashAttention's num_splits: 0 = heuristic, 1 = no split, n = n chunks).
   /// It never changes the result; backends may ignore it.
   int64_t num_splits = 0;

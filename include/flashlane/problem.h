@@ -26,6 +26,16 @@
 //   seqlen_k here is the number of keys actually used (seqused_k[b] when given).
 // softcap s > 0: score = s * tanh(softmax_scale * q.k / s) (Gemma 2), softmax without more scaling.
 // A query row with no visible key writes O = 0 and LSE = -inf (never NaN); its gradients are 0.
+//
+// Attention sinks (gpt-oss; FlashAttention-4's learnable_sink): learnable_sink float32 [heads_q]
+// holds one logit per query head, in the units of the final scores (after softmax_scale and
+// softcap; the sink itself is neither scaled nor capped). It joins every row's softmax as a key
+// without a value:  lse_i = log(exp(sink_h) + sum_j visible exp(s_ij)),  p_ij = exp(s_ij - lse_i),
+// o_i = sum_j p_ij v_j. So the returned LSE includes the sink, the rows' weights sum to less
+// than 1, and a row with no visible key writes O = 0 and LSE = sink_h. Its gradient is
+//   dsink_h = -sum over batch and rows i of head h of exp(sink_h - lse_i) * delta_i,
+//   delta_i = sum_d dout_id * o_id,
+// the sink's column of dS = P * (dP - delta) with dP = 0 (the sink has no value).
 #pragma once
 
 #include <cstdint>
@@ -66,6 +76,13 @@ struct AttentionProblem {
   TensorView lse;   // forward output (optional); backward input (required)
   TensorView dout;  // backward input
   TensorView dq, dk, dv;  // backward outputs
+
+  /// Optional attention sinks, float32 [heads_q], contiguous (see "Attention sinks" above);
+  /// forward and backward input. The backward needs the forward's LSE, which includes the sinks.
+  TensorView learnable_sink;
+  /// Backward only, optional output float32 [heads_q]: overwritten with d loss / d sink (needs
+  /// learnable_sink). Reduced in a fixed order: bitwise reproducible from run to run.
+  TensorView dlearnable_sink;
 
   // Variable-length (packed) batches. Giving cu_seqlens_q selects the varlen layout; then
   // cu_seqlens_k is required and max_seqlen_q / max_seqlen_k must bound the sequence lengths
@@ -109,6 +126,8 @@ struct ProblemInfo {
   bool bottom_right = false;  // diagonal alignment (see the mask rules above)
   int64_t window_left = -1, window_right = -1;  // normalized: causal -> window_right = 0
   bool deterministic = false;
+  bool has_sink = false;   // learnable_sink given
+  bool has_dsink = false;  // backward: dlearnable_sink given
   // KV-cache calls only (direction kDecode, flashlane/kvcache.h); zero / false otherwise.
   int64_t batch_cache = 0;        // dense cache: k_cache.shape[0]
   int64_t page_size = 0;          // paged: k_cache.shape[1]
