@@ -17,10 +17,15 @@ TEST(Sm90DecodeSplits, ForcedCountIsBoundedByKeyBlocksAndTheMaximum) {
 }
 
 TEST(Sm90DecodeSplits, HeuristicFillsTheMachineForFewItems) {
-  // Batch 1, 8 KV heads, one row tile: 8 items for 264 CTA slots (2 per SM at head_dim 128).
+  // Batch 1, 8 KV heads, one row tile: 8 items for 264 CTA slots (2 per SM at head_dim 128);
+  // at least one CTA per SM (the count is capped at 16 once that holds, see below).
   const int s = fs::decode_num_splits(8, 8192, 132, 128, 0);
-  EXPECT_GE(8 * s, 264 * 9 / 10);
+  EXPECT_GE(8 * s, 132 * 9 / 10);
   EXPECT_LE(8 * s, 264);
+  // Batch 4: 32 items; every CTA slot.
+  const int s4 = fs::decode_num_splits(32, 8192, 132, 128, 0);
+  EXPECT_GE(32 * s4, 264 * 9 / 10);
+  EXPECT_LE(32 * s4, 264);
   // Every split keeps at least two key blocks: 1024 keys = 16 blocks, at most 8 splits.
   EXPECT_EQ(fs::decode_num_splits(8, 1024, 132, 128, 0), 8);
   // head_dim 256 runs one CTA per SM.
@@ -40,4 +45,17 @@ TEST(Sm90DecodeSplits, SharedMemoryFitsTwoCtasPerSmUpToHeadDim128) {
   EXPECT_LE(fs::decode_smem_bytes(256), 227 * 1024);
   EXPECT_TRUE(fs::decode_q_in_smem(256));
   EXPECT_FALSE(fs::decode_q_in_smem(128));
+}
+
+TEST(Sm90DecodeSplits, CapsAtSixteenWhenEverySmStillGetsACta) {
+  // Batch 1, 8 KV heads, 8k keys: the wave efficiency alone would take 33 splits (264 slots / 8
+  // items); 8 x 16 = 128 CTAs still cover 97% of 132 SMs.
+  EXPECT_EQ(fs::decode_num_splits(8, 8192, 132, 128, 0), fs::kPreferredMaxSplits);
+  EXPECT_EQ(fs::decode_num_splits(8, 131072, 132, 128, 0), fs::kPreferredMaxSplits);
+  // MQA (1 item): 16 CTAs would leave most SMs idle; the count stays above 16.
+  EXPECT_GT(fs::decode_num_splits(1, 131072, 132, 128, 0), fs::kPreferredMaxSplits);
+  // Counts at or below 16, and forced counts, are unchanged.
+  EXPECT_EQ(fs::decode_num_splits(8, 1024, 132, 128, 0), 8);
+  EXPECT_EQ(fs::decode_num_splits(8, 8192, 132, 128, 64), 64);
+  EXPECT_EQ(fs::decode_num_splits(512, 8192, 132, 128, 0), 1);
 }

@@ -31,6 +31,9 @@ constexpr int decode_smem_bytes(int head_dim) {
 }
 
 inline constexpr int kMaxDecodeSplits = 128;
+/// The heuristic's count is capped at kPreferredMaxSplits when that many still give 90% of the
+/// SMs a CTA each (decode_num_splits).
+inline constexpr int kPreferredMaxSplits = 16;
 
 /// Number of splits for `work_items` = batch * heads_kv * m_blocks CTAs without splitting, a
 /// per-sequence capacity of `capacity` keys, on `num_sms` SMs.
@@ -39,6 +42,11 @@ inline constexpr int kMaxDecodeSplits = 128;
 ///     slots = num_sms * ctas_per_sm, is within 5% of the best over s in [1, max], where max
 ///     keeps at least two key blocks per split (a split of one block pays its epilogue and the
 ///     combine for 64 keys). Items already filling 80% of the slots are not split.
+///     A count above kPreferredMaxSplits becomes kPreferredMaxSplits when work_items *
+///     kPreferredMaxSplits CTAs still give 90% of the SMs one CTA each: the second CTA per SM
+///     does not add bandwidth at batch 1, and the combine reads half the partials (ncu, H200,
+///     batch 1, GQA 32/8, head_dim 128: attention + combine 15.5 + 5.5 us with 16 splits
+///     against 16.8 + 7.0 us with 32 at 8k keys; 39.9 + 5.6 against 39.7 + 7.0 at 32k).
 inline int decode_num_splits(int64_t work_items, int64_t capacity, int num_sms, int head_dim,
                              int64_t requested) {
   const int64_t key_blocks = std::max<int64_t>(1, (capacity + kDecodeBlockN - 1) / kDecodeBlockN);
@@ -54,10 +62,18 @@ inline int decode_num_splits(int64_t work_items, int64_t capacity, int num_sms, 
   };
   double best = 0.0;
   for (int64_t s = 1; s <= max_s; ++s) best = std::max(best, efficiency(s));
+  int64_t chosen = 1;
   for (int64_t s = 1; s <= max_s; ++s) {
-    if (efficiency(s) >= 0.95 * best) return int(s);
+    if (efficiency(s) >= 0.95 * best) {
+      chosen = s;
+      break;
+    }
   }
-  return 1;
+  if (chosen > kPreferredMaxSplits &&
+      work_items * kPreferredMaxSplits * 10 >= int64_t(std::max(num_sms, 1)) * 9) {
+    chosen = kPreferredMaxSplits;
+  }
+  return int(chosen);
 }
 
 }  // namespace flashlane::sm90
