@@ -11,7 +11,9 @@
 #                  bench (`flashlane bench --preset decode`, then bench/peers/torch_sdpa_decode.py
 #                  appending to the same file, then bench/decode_table.py on it), sanitize
 #                  (compute-sanitizer memcheck and racecheck on `flashlane run --decode --device
-#                  cuda`, dense and paged); default "build smoke tests bench sanitize"
+#                  cuda`, dense and paged), ab (ncu kernel times, attention + combine, of the
+#                  heuristic's split count and of forced counts, GQA 32/8, head_dim 128, at
+#                  batch 1, 4 and 16: ab.txt); default "build smoke tests bench sanitize"
 #   DECODE_BENCH_ARGS  more arguments of `flashlane bench --preset decode` (e.g. "--num-splits 4")
 #   DECODE_BUDGET_S    the bench's --budget-s (default 300: no new cell group starts after it)
 #   DECODE_HEAD_DIMS   head dims of the library build (default 128: the grid's; "" for all)
@@ -65,6 +67,8 @@ if has smoke; then
 --head-dim 128 --num-splits 1
 --head-dim 128 --num-splits 3
 --head-dim 128 --num-splits 64
+--head-dim 128 --num-splits 16
+--head-dim 256 --num-splits 16 --page-size 16
 --head-dim 128 --seqlen-q 4 --mask causal_bottom_right
 --head-dim 128 --seqlen-q 7 --mask causal_bottom_right --heads-q 64
 --head-dim 64 --seqlen-q 33 --mask causal_bottom_right --page-size 16
@@ -103,6 +107,28 @@ if has bench; then
   python3 "$root/bench/decode_table.py" "$receipts" > "$out/decode-table.txt" 2>&1
   summary+=("decode_table: rc=$? $(grep -cE '^bar .*: PASS' "$out/decode-table.txt") of 4 bars pass")
   grep -E "^bar " "$out/decode-table.txt"
+fi
+if has ab; then
+  : > "$out/ab.txt"
+  while read -r batch cache splits; do
+    [[ -z "$batch" ]] && continue
+    lens=$(printf "%s," $(seq 1 "$batch" | sed "s/.*/$cache/")); lens=${lens%,}
+    timeout 120 ncu --metrics gpu__time_duration.sum --kernel-name regex:decode "$tool" run --decode \
+      --device cuda --backend sm90 --strict --batch "$batch" --heads-q 32 --heads-kv 8 --head-dim 128 \
+      --seqlen-cache "$cache" --cache-seqlens "$lens" --num-splits "$splits" > "$out/ab-run.log" 2>&1
+    t=$(grep -E "gpu__time_duration" "$out/ab-run.log" | awk '{print $NF}' | paste -sd+)
+    sum=$(grep -E "gpu__time_duration" "$out/ab-run.log" | awk '{s += $NF} END {print s}')
+    v=$(grep -oE '"variant": *"[^"]*"' "$out/ab-run.log" | head -1 | sed 's/"variant": *//')
+    echo "batch $batch cache $cache splits $splits: us ${t:-none} = ${sum:-none} $v $(grep -oE 'result: [A-Z]+' "$out/ab-run.log" | head -1)" | tee -a "$out/ab.txt"
+  done <<'AB'
+1 8192 0
+1 8192 32
+1 32768 0
+1 32768 32
+4 8192 0
+16 8192 0
+AB
+  summary+=("ab: $(wc -l < "$out/ab.txt") rows (ab.txt)")
 fi
 if has sanitize; then
   : > "$out/sanitize.log"

@@ -135,7 +135,8 @@ Status select_kvcache(const KvCacheProblem& problem, const Request& request, Pla
 
 namespace {
 
-const char* mode_name(Direction d, bool varlen) {
+const char* mode_name(Direction d, bool varlen, bool sinks) {
+  if (sinks) return d == Direction::kForward ? "sinks_fwd" : "sinks_bwd";
   if (d == Direction::kForward) return varlen ? "varlen_fwd" : "fwd";
   return varlen ? "varlen_bwd" : "bwd";
 }
@@ -225,7 +226,7 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.requested_backend = backend_name(request.backend);
   r.strict = request.strict;
   r.deterministic = direction == Direction::kBackward && problem.deterministic;
-  r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined());
+  r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined(), problem.learnable_sink.defined());
   r.surface = detail::surface_for_mode(r.runtime_mode);
   return run_with_receipt(
       std::move(r), names_cuda_tensors(problem),

@@ -117,6 +117,7 @@ Status sm90_decode(const KvCacheProblem& pb, const ProblemInfo& info, cudaStream
   p.score_to_log2 = scale.score_to_log2;
   p.softcap_prescale = scale.softcap_prescale;
   p.has_softcap = scale.has_softcap;
+  if (info.has_sink) p.learnable_sink = static_cast<const float*>(pb.learnable_sink.data);
   p.rule.window_left = info.window_left;
   p.rule.window_right = info.window_right;
   p.rule.bottom_right = true;
@@ -163,6 +164,7 @@ Status sm90_decode(const KvCacheProblem& pb, const ProblemInfo& info, cudaStream
       v += "+window";
     }
     if (info.softcap > 0.0) v += "+softcap";
+    if (info.has_sink) v += "+sink";
     *variant = v;
   }
   return Status::Ok();

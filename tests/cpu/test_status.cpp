@@ -187,16 +187,18 @@ TEST(SurfaceCatalog, IdsModesAndTags) {
   EXPECT_EQ(fd::surface_for_mode("varlen_bwd"), "varlen_bwd");
   EXPECT_EQ(fd::surface_for_mode("paged_decode"), "paged_decode");
   EXPECT_EQ(fd::surface_for_mode("nonsense"), "");
-  for (const char* id : {"attention_sinks", "context_parallel"}) {
-    const fd::Surface* s = fd::find_surface(id);
+  EXPECT_EQ(fd::surface_for_mode("sinks_fwd"), "attention_sinks");
+  EXPECT_EQ(fd::surface_for_mode("sinks_bwd"), "attention_sinks");
+  {
+    const fd::Surface* s = fd::find_surface("context_parallel");
     ASSERT_NE(s, nullptr);
-    EXPECT_FALSE(s->has_code) << id;
+    EXPECT_FALSE(s->has_code);
     EXPECT_EQ(s->reason_tag, "surface.not_implemented");
-    for (const auto& b : s->backends) EXPECT_FALSE(b.applies) << id << " " << b.backend;
+    for (const auto& b : s->backends) EXPECT_FALSE(b.applies) << b.backend;
   }
-  // The decode surfaces have code on reference_cpu, reference_cuda and sm90 (when compiled);
-  // every other backend carries its tag.
-  for (const char* id : {"decode", "paged_decode", "append_decode"}) {
+  // The decode surfaces and the sinks have code on reference_cpu, reference_cuda and sm90 (when
+  // compiled); every other backend carries its tag.
+  for (const char* id : {"decode", "paged_decode", "append_decode", "attention_sinks"}) {
     const fd::Surface* s = fd::find_surface(id);
     ASSERT_NE(s, nullptr);
     EXPECT_TRUE(s->has_code) << id;
@@ -516,17 +518,17 @@ TEST(StatusTest, NoReceiptsIsYellowOnL1WithR1Owed) {
   EXPECT_EQ(c.owed[0].rfind("R1", 0), 0u) << c.owed[0];
 }
 
-TEST(StatusTest, DecodeAndOtherSurfacesWithoutCodeAreRed) {
+TEST(StatusTest, SurfacesWithoutCodeAreRed) {
   auto rows = grid_rows();
   const fb::StatusReport rep = status_of(rows);
-  for (const char* id : {"attention_sinks", "context_parallel"})
-    for (const auto& c : surface(rep, id).cells) {
-      EXPECT_EQ(c.light, "red") << id << " " << c.backend;
-      EXPECT_FALSE(c.reason_tag.empty()) << id << " " << c.backend;
-    }
-  // Decode: code on reference_cpu, reference_cuda and sm90; without receipts they are not red
-  // (sm90: yellow, code without proof); the backends without decode code are red with their tag.
-  for (const char* id : {"decode", "paged_decode", "append_decode"})
+  for (const auto& c : surface(rep, "context_parallel").cells) {
+    EXPECT_EQ(c.light, "red") << c.backend;
+    EXPECT_FALSE(c.reason_tag.empty()) << c.backend;
+  }
+  // Decode and sinks: code on reference_cpu, reference_cuda and sm90; without receipts they are
+  // not red (sm90: yellow, code without proof); the backends without the code are red with
+  // their tag.
+  for (const char* id : {"decode", "paged_decode", "append_decode", "attention_sinks"})
     for (const auto& c : surface(rep, id).cells) {
       if (c.backend == "reference_cpu" || c.backend == "reference_cuda") {
         EXPECT_NE(c.light, "red") << id << " " << c.backend;

@@ -26,6 +26,7 @@
 #include "flashlane/flashlane.h"
 #include "flashlane/receipt.h"
 #include "support/host_problem.h"
+#include "gpu/sink_util.h"
 #include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
@@ -59,6 +60,24 @@ class DeviceCopy {
     for (void* p : ptrs_) cudaFree(p);
   }
   const fl::AttentionProblem& problem() const { return problem_; }
+  /// Attention sinks: the logits, and a NaN-poisoned float32 [heads_q] gradient buffer.
+  void set_sinks(const fl::TensorView& sink) {
+    problem_.learnable_sink = sink;
+    const int64_t heads = sink.shape[0];
+    void* d = nullptr;
+    EXPECT_EQ(cudaMalloc(&d, size_t(heads) * sizeof(float)), cudaSuccess);
+    EXPECT_EQ(cudaMemset(d, 0xff, size_t(heads) * sizeof(float)), cudaSuccess);  // NaN bits
+    ptrs_.push_back(d);
+    problem_.dlearnable_sink =
+        fl::TensorView::contiguous(d, fl::DType::kFloat32, {heads}, fl::Device::cuda(0));
+  }
+  std::vector<float> download_dsink() const {
+    std::vector<float> out(size_t(problem_.dlearnable_sink.shape[0]));
+    EXPECT_EQ(cudaMemcpy(out.data(), problem_.dlearnable_sink.data, out.size() * sizeof(float),
+                         cudaMemcpyDeviceToHost),
+              cudaSuccess);
+    return out;
+  }
   /// Uploads the (poisoned) gradient buffers of `hp` again.
   void reupload_grads(const HostProblem& hp) {
     const HostTensor* g[] = {&hp.dq, &hp.dk, &hp.dv};
@@ -167,7 +186,7 @@ std::string run_once(const DeviceCopy& dev, Path path) {
     EXPECT_TRUE(st.ok()) << st.to_string();
     const fl::Receipt& r = fl::last_receipt();
     EXPECT_EQ(r.actual_backend, "sm90");
-    EXPECT_EQ(r.runtime_mode, info.varlen ? "varlen_bwd" : "bwd");
+    EXPECT_EQ(r.runtime_mode, info.has_sink ? "sinks_bwd" : info.varlen ? "varlen_bwd" : "bwd");
     variant = r.variant;
   }
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -179,7 +198,10 @@ std::string run_once(const DeviceCopy& dev, Path path) {
 /// to 2); printed by the last test of the suite, to show the margin.
 double g_worst_ratio = 0;
 
-void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
+/// sinks: attention sinks (problem.h) for the references' forward and backward and the kernel's
+/// backward; dlearnable_sink is then checked by the same rule, and bitwise across two runs.
+void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
+                fl::test_support::SinkBuffers* sinks = nullptr) {
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = true;
   cfg.nan_unused_kv = true;
@@ -191,20 +213,33 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
   for (auto m : {&HostProblem::q, &HostProblem::k, &HostProblem::v, &HostProblem::dout}) {
     copy_values(low.*m, ref.*m);
   }
+  fl::AttentionProblem ref_problem = ref.problem(), low_problem = low.problem();
+  std::vector<float> dsink_ref, dsink_low;
+  if (sinks != nullptr) {
+    dsink_ref.assign(size_t(cfg.heads_q), NAN);
+    dsink_low.assign(size_t(cfg.heads_q), NAN);
+    ref_problem.learnable_sink = low_problem.learnable_sink = sinks->host_view();
+    ref_problem.dlearnable_sink = fl::TensorView::contiguous(
+        dsink_ref.data(), DType::kFloat32, {cfg.heads_q}, fl::Device::cpu());
+    low_problem.dlearnable_sink = fl::TensorView::contiguous(
+        dsink_low.data(), DType::kFloat32, {cfg.heads_q}, fl::Device::cpu());
+  }
   fl::ProblemInfo info64, info_low;
-  ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kForward, &info64).ok());
-  ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kForward, &info_low).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref.problem(), info64).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(low.problem(), info_low).ok());
+  ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kForward, &info64).ok());
+  ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kForward, &info_low).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref_problem, info64).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(low_problem, info_low).ok());
   std::memcpy(got.o.bytes.data(), low.o.bytes.data(), low.o.bytes.size());
   std::memcpy(got.lse.bytes.data(), low.lse.bytes.data(), low.lse.bytes.size());
-  ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kBackward, &info64).ok());
-  ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kBackward, &info_low).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_backward(ref.problem(), info64).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_backward(low.problem(), info_low,
+  ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kBackward, &info64).ok());
+  ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kBackward, &info_low).ok());
+  ASSERT_EQ(info64.has_dsink, sinks != nullptr);
+  ASSERT_TRUE(fl::detail::reference_cpu_backward(ref_problem, info64).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_backward(low_problem, info_low,
                                                  fl::detail::ReferenceNumerics::kLowPrecision).ok());
 
   DeviceCopy dev(got);
+  if (sinks != nullptr) dev.set_sinks(sinks->device_view());
   const std::string variant = run_once(dev, path);
   EXPECT_EQ(variant.rfind("bwd_m", 0), 0u) << variant;
   EXPECT_EQ(variant.find(cfg.deterministic ? "+deterministic" : "+atomic_dq") != std::string::npos,
@@ -226,6 +261,24 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
         << g.name << " error " << e.err << " vs low-precision reference " << e.ref_err << " ("
         << variant << ")";
     g_worst_ratio = std::max(g_worst_ratio, e.err / (e.ref_err + 1e-5));
+  }
+
+  std::vector<float> dsink;
+  if (sinks != nullptr) {
+    dsink = dev.download_dsink();
+    double err = 0, ref_err = 0;
+    for (size_t h = 0; h < dsink.size(); ++h) {
+      ASSERT_TRUE(std::isfinite(dsink[h])) << "dsink[" << h << "] = " << dsink[h];
+      err = std::max(err, std::fabs(double(dsink[h]) - dsink_ref[h]));
+      ref_err = std::max(ref_err, std::fabs(double(dsink_low[h]) - dsink_ref[h]));
+    }
+    EXPECT_LE(err, 2 * ref_err + 1e-5)
+        << "dsink error " << err << " vs low-precision reference " << ref_err;
+    g_worst_ratio = std::max(g_worst_ratio, err / (ref_err + 1e-5));
+    HostProblem again(cfg);  // the sink gradient is reproducible in every mode
+    dev.reupload_grads(again);
+    run_once(dev, path);
+    EXPECT_EQ(dev.download_dsink(), dsink) << "dsink differs between two runs";
   }
 
   if (cfg.deterministic) {  // a second run must reproduce every bit
@@ -383,6 +436,42 @@ TEST(Sm90Backward, VarlenSequsedAndNaNPadding) {
 }
 
 // Named to run last (GoogleTest runs a file's tests in order of definition).
+// Attention sinks (problem.h): dQ, dK, dV from the forward's LSE (which includes the sinks)
+// and dlearnable_sink = -sum P_sink * delta, against the float64 reference. Head 0's sink
+// dominates, head 1's has no effect; rows without a visible key (bottom-right causal, more
+// queries than keys); GQA, softcap, window, varlen, deterministic mode; every head dim.
+TEST(Sm90Backward, AttentionSinks) {
+  SKIP_UNLESS_SM90();
+  for (auto& dd : kDims) {
+    if (!fl::detail::sm90_backward_supports(dd[0], dd[1])) continue;
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      HostProblemConfig c = base(dt, dd[0], dd[1], fresh_seed());
+      c.batch = 2;
+      c.heads_q = 6;
+      c.heads_kv = 2;
+      c.seqlen_q = 300;
+      c.seqlen_k = 200;
+      c.mask = MaskType::kCausalBottomRight;
+      fl::test_support::SinkBuffers sinks(c.heads_q, c.seed);
+      check_case(c, Path::kDirect, &sinks);
+      c.mask = MaskType::kNoMask;
+      c.seqlen_q = 200;
+      c.seqlen_k = 333;
+      c.softcap = 15.0;
+      c.deterministic = true;
+      check_case(c, Path::kDirect, &sinks);
+      c.softcap = 0.0;
+      c.deterministic = false;
+      c.mask = MaskType::kCausal;
+      c.window_left = 64;
+      c.seqlens_q = {130, 7, 250};
+      c.seqlens_k = {130, 200, 251};
+      check_case(c, Path::kDispatcherStrict, &sinks);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
 TEST(Sm90Backward, ZZWorstErrorRatio) {
   SKIP_UNLESS_SM90();
   std::printf("[sm90 bwd] worst err / (ref_lowp err + 1e-5) so far: %.3f (the rule allows 2)\n",

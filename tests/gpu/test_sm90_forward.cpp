@@ -26,6 +26,7 @@
 #include "flashlane/receipt.h"
 #include "sm90/common/params_builder.h"
 #include "support/host_problem.h"
+#include "gpu/sink_util.h"
 #include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
@@ -59,6 +60,7 @@ class DeviceCopy {
     for (void* p : ptrs_) cudaFree(p);
   }
   const fl::AttentionProblem& problem() const { return problem_; }
+  void set_learnable_sink(const fl::TensorView& sink) { problem_.learnable_sink = sink; }
   /// Copies o and lse (whole buffers) back into `dst`.
   void download(HostProblem& dst) const {
     EXPECT_EQ(cudaMemcpy(dst.o.bytes.data(), ptrs_[3], dst.o.bytes.size(), cudaMemcpyDeviceToHost),
@@ -174,9 +176,11 @@ using InputShaper = std::function<void(HostProblem&)>;
 /// one (the standard bound for recursive summation, Higham, "Accuracy and Stability of Numerical
 /// Algorithms", sec. 3.1). LSE inherits that error of the row's largest scores; with |LSE| ~ 300
 /// it is 1e-4 and more, beyond the rule's absolute 1e-5. 0 elsewhere.
+/// sinks: attention sinks (problem.h) given to the references and the kernel alike.
 void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
                 fl::sm90::ScheduleOverride schedule = fl::sm90::ScheduleOverride::kAuto,
-                const InputShaper& shape_inputs = {}, double lse_ulps = 0.0) {
+                const InputShaper& shape_inputs = {}, double lse_ulps = 0.0,
+                fl::test_support::SinkBuffers* sinks = nullptr) {
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = false;
   cfg.nan_unused_kv = true;
@@ -191,13 +195,17 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   HostProblem ref(cfg64);
   copy_inputs(low, ref);
 
+  fl::AttentionProblem ref_problem = ref.problem(), low_problem = low.problem();
+  if (sinks != nullptr) ref_problem.learnable_sink = low_problem.learnable_sink = sinks->host_view();
   fl::ProblemInfo info64, info_low;
-  ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kForward, &info64).ok());
-  ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kForward, &info_low).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref.problem(), info64).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(low.problem(), info_low).ok());
+  ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kForward, &info64).ok());
+  ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kForward, &info_low).ok());
+  ASSERT_EQ(info64.has_sink, sinks != nullptr);
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref_problem, info64).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(low_problem, info_low).ok());
 
   DeviceCopy dev(got);
+  if (sinks != nullptr) dev.set_learnable_sink(sinks->device_view());
   fl::ProblemInfo info;
   const fl::Status vs = fl::validate(dev.problem(), fl::Direction::kForward, &info);
   ASSERT_TRUE(vs.ok()) << vs.to_string();
@@ -225,6 +233,7 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
     ASSERT_TRUE(st.ok()) << st.to_string();
     const fl::Receipt& r = fl::last_receipt();
     EXPECT_EQ(r.actual_backend, "sm90");
+    EXPECT_EQ(r.runtime_mode, sinks != nullptr ? "sinks_fwd" : cfg.seqlens_q.empty() ? "fwd" : "varlen_fwd");
     variant = r.variant;
   }
   fl::sm90::set_schedule_override(fl::sm90::ScheduleOverride::kAuto);
@@ -546,6 +555,40 @@ TEST(Sm90Forward, EmulatedExp2Variant) {
     if (HasFatalFailure()) return;
   }
 #endif
+}
+
+// Attention sinks (problem.h): one logit per query head joins every row's softmax denominator.
+// Head 0's sink dominates (O ~ 0, LSE ~ the sink), head 1's has no effect, the others are around
+// the rows' LSE. Rows without a visible key (bottom-right causal, more queries than keys) write
+// O = 0 and LSE = sink. Masks, GQA, softcap (the sink is not capped), varlen, every head dim.
+TEST(Sm90Forward, AttentionSinks) {
+  SKIP_UNLESS_SM90();
+  for (auto& dd : kDims) {
+    if (!fl::detail::sm90_forward_supports(dd[0], dd[1])) continue;
+    for (DType dt : {DType::kBFloat16, DType::kFloat16}) {
+      HostProblemConfig c = base(dt, dd[0], dd[1], fresh_seed());
+      c.batch = 2;
+      c.heads_q = 6;
+      c.heads_kv = 2;
+      c.seqlen_q = 300;
+      c.seqlen_k = 200;
+      c.mask = MaskType::kCausalBottomRight;
+      fl::test_support::SinkBuffers sinks(c.heads_q, c.seed);
+      check_case(c, Path::kDirect, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      c.mask = MaskType::kNoMask;
+      c.seqlen_q = 257;
+      c.seqlen_k = 1000;
+      c.softcap = 15.0;
+      check_case(c, Path::kDirect, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      c.softcap = 0.0;
+      c.mask = MaskType::kCausal;
+      c.window_left = 100;
+      c.seqlens_q = {130, 7, 400};
+      c.seqlens_k = {130, 300, 401};
+      check_case(c, Path::kDispatcherStrict, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      if (HasFatalFailure()) return;
+    }
+  }
 }
 
 TEST(Sm90Forward, RandomizedSweep) {

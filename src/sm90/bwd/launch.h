@@ -3,7 +3,7 @@
 // (cudaMallocAsync, graph-capturable): LSE (log2) and delta per query row, the fp32 dQ
 // accumulator and, in deterministic mode, one counter per accumulator tile. Launch sequence,
 // all on `stream`, every launch checked:
-//   memset(dQ accumulator, counters) -> preprocess -> bwd_kernel -> postprocess [-> zero tails]
+//   memset(dQ accumulator, counters) -> preprocess [-> sink_grad] -> bwd_kernel -> postprocess [-> zero tails]
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -108,6 +108,10 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   if (st.ok() && p.seqlen_q > 0) {
     bwd_preprocess_kernel<Element, DV, BM><<<q_grid, kRowThreads, 0, stream>>>(p);
     check("preprocess launch");
+  }
+  if (st.ok() && p.dlearnable_sink != nullptr) {
+    bwd_sink_grad_kernel<kRowThreads><<<unsigned(p.heads_q), kRowThreads, 0, stream>>>(p);
+    check("sink gradient launch");
   }
 
   if (st.ok() && p.seqlen_k > 0 && p.rows_k > 0) {

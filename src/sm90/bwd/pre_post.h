@@ -3,6 +3,7 @@
 //   preprocess:  delta = rowsum(dO * O) (fp32) and LSE in log2 units (+inf where LSE is -inf:
 //                every P of a row that sees no key is exp2(-inf) = 0, never NaN); rows of the
 //                tile past the sequence get +inf / 0.
+//   sink_grad:   dlearnable_sink (problem.h) from the preprocess's LSE and delta, when asked.
 //   postprocess: dQ = softmax_scale * accumulator in the output dtype, undoing the
 //                accumulator's MMA thread order (kernel_traits.h).
 //   zero_tail:   varlen rows after the last sequence of dQ, dK, dV written as zeros.
@@ -68,6 +69,37 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
       p.delta[ws + r] = i < s.len_q ? sum : 0.f;
       p.lse_log2[ws + r] = lse_log2;
     }
+  }
+}
+
+/// The attention sinks' gradient (problem.h): dsink_h = -sum over batch and query rows of head h
+/// of P_sink * delta, with P_sink = exp(sink_h - LSE) = exp2(sink_h * log2(e) - lse_log2). Grid
+/// (heads_q); thread t sums rows t, t + kThreads, ... of each sequence in batch order and the
+/// CTA adds its threads in a fixed tree, so the result is the same on every run. Runs after the
+/// preprocess, on the same stream.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) bwd_sink_grad_kernel(const BwdParams p) {
+  const int h = blockIdx.x;
+  const float sink_log2 = p.learnable_sink[h] * kLog2eF;
+  float acc = 0.f;
+  for (int b = 0; b < p.batch; ++b) {
+    const QuerySeq s = query_seq(p, b);
+    const int64_t ws = (int64_t(h) * p.ws_tiles + q_tile_base(p, b)) * p.block_m;
+    for (int i = threadIdx.x; i < s.len_q; i += kThreads) {
+      acc = fmaf(score_exp2(sink_log2 - p.lse_log2[ws + i]), p.delta[ws + i], acc);
+    }
+  }
+  CUTE_UNROLL
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  __shared__ float warp_sum[kThreads / 32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sum[warp] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    CUTE_UNROLL
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sum[w];
+    p.dlearnable_sink[h] = -total;
   }
 }
 

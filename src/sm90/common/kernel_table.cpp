@@ -44,6 +44,7 @@ std::string variant_features(const ProblemInfo& info) {
   if (info.softcap > 0.0) s += "+softcap";
   if (info.varlen) s += "+varlen";
   if (info.heads_q != info.heads_kv) s += "+gqa";
+  if (info.has_sink) s += "+sink";
   return s;
 }
 

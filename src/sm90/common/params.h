@@ -55,6 +55,9 @@ struct FwdParams {
 
   MaskRule mask{};  // normalized window bounds + diagonal alignment (see problem.h)
 
+  // Attention sinks (problem.h): float32 [heads_q] logits in natural-log units, or nullptr.
+  const float* learnable_sink = nullptr;
+
   // Forward launch only: the tile grid.
   int num_m_blocks = 0;
   int num_tiles = 0;
@@ -87,6 +90,9 @@ struct BwdParams : FwdParams {
   //   delta    [heads_q, ws_tiles * block_m]  rowsum(dO * O)
   //   dq_accum [heads_q, ws_tiles, block_m * head_dim]  in the MMA's thread order
   //                                          (bwd/split_keys.h, bwd/split_head_dim.h)
+  // Sink gradient (problem.h), float32 [heads_q], or nullptr: written by bwd_sink_grad_kernel
+  // from lse_log2 and delta (bwd/pre_post.h).
+  float* dlearnable_sink = nullptr;
   float* lse_log2 = nullptr;
   float* delta = nullptr;
   float* dq_accum = nullptr;

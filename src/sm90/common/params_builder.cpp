@@ -79,6 +79,8 @@ Status fill_common(const AttentionProblem& pb, const ProblemInfo& info, FwdParam
     p.seqused_k = static_cast<const int32_t*>(pb.seqused_k.data);
   }
 
+  if (info.has_sink) p.learnable_sink = static_cast<const float*>(pb.learnable_sink.data);
+
   const ScoreScale scale = score_scale(info.softmax_scale, info.softcap);
   p.score_to_log2 = scale.score_to_log2;
   p.softcap_prescale = scale.softcap_prescale;
@@ -146,6 +148,7 @@ Status build_bwd_params(const AttentionProblem& pb, const ProblemInfo& info, Bwd
   strides_of(pb.dv, packed_kv, &p.dv_row_stride, &p.dv_head_stride, &p.dv_batch_stride);
   p.softmax_scale = float(info.softmax_scale);
   p.deterministic = info.deterministic;
+  if (info.has_dsink) p.dlearnable_sink = static_cast<float*>(pb.dlearnable_sink.data);
   return Status::Ok();
 }
 

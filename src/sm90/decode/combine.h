@@ -4,7 +4,9 @@
 // LSE_s (-inf when the split saw no key). With LSE = log(sum_s exp(LSE_s)), computed after
 // subtracting the maximum,
 //   O = sum_s exp(LSE_s - LSE) * O_s.
-// A row whose every split is -inf writes O = 0 and LSE = -inf.
+// A row whose every split is -inf writes O = 0 and LSE = -inf. An attention sink (problem.h)
+// joins the LSE sum as one more term exp(sink) without an O: LSE = log(exp(sink) + sum_s
+// exp(LSE_s)), so a row whose every split is empty writes O = 0 and LSE = sink.
 //
 // One CTA of four warps per query row. Every warp reduces the LSEs (lane-strided loads); warp w
 // then sums splits w, w + 4, ... (each lane owning head_dim / 32 features, four splits' loads in
@@ -41,12 +43,15 @@ __global__ void __launch_bounds__(32 * kCombineWarps)
   for (int s = lane; s < p.num_splits; s += 32) lse_max = fmaxf(lse_max, lse_s[s * rows]);
   CUTE_UNROLL
   for (int off = 16; off > 0; off /= 2) lse_max = fmaxf(lse_max, __shfl_xor_sync(0xffffffffu, lse_max, off));
+  const float sink = p.learnable_sink != nullptr ? p.learnable_sink[h] : -INFINITY;
+  lse_max = fmaxf(lse_max, sink);
   float lse = -INFINITY;
   if (lse_max != -INFINITY) {
     float sum = 0.f;
     for (int s = lane; s < p.num_splits; s += 32) sum += __expf(lse_s[s * rows] - lse_max);
     CUTE_UNROLL
     for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (sink != -INFINITY) sum += __expf(sink - lse_max);
     lse = lse_max + __logf(sum);
   }
 

@@ -371,9 +371,19 @@ __global__ void __launch_bounds__(kDecodeThreads, decode_ctas_per_sm(kHeadDim))
     for (int w = 0; w < 4; ++w) row_sum += warp_sum[w][out_row] * score_exp2(warp_max[w][out_row] - row_max);
   }
   // Natural-log LSE: (M + log2 L) * ln 2; -inf for a row that saw no key.
-  const float lse = row_sum > 0.f ? (row_max + __log2f(row_sum)) * kLn2F : -INFINITY;
+  float lse = row_sum > 0.f ? (row_max + __log2f(row_sum)) * kLn2F : -INFINITY;
 
   if (p.num_splits == 1) {
+    if (p.learnable_sink != nullptr) {
+      // The sink joins the denominator (problem.h): LSE' = log(e^LSE + e^sink), O' = O e^(LSE - LSE').
+      const float sink = p.learnable_sink[row.q_head];
+      const float top = fmaxf(lse, sink);
+      const float with_sink = top + __logf(__expf(lse - top) + __expf(sink - top));
+      const float factor = __expf(lse - with_sink);  // 0 for a row that saw no key
+      CUTE_UNROLL
+      for (int j = 0; j < kCols; ++j) acc[j] *= factor;
+      lse = with_sink;
+    }
     auto* o = static_cast<Element*>(p.o) + b * p.o_batch_stride + int64_t(row.q_pos) * p.o_row_stride +
               int64_t(row.q_head) * p.o_head_stride + col0;
     CUTE_UNROLL

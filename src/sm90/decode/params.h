@@ -46,6 +46,9 @@ struct DecodeParams {
   float score_to_log2 = 0.f, softcap_prescale = 0.f;
   bool has_softcap = false;
   MaskRule rule;  // bottom_right always (the query rows are the last seqlen_q positions)
+  // Attention sinks (problem.h): float32 [heads_q], natural-log units, or nullptr. Added by the
+  // combine (or by the attention kernel itself when the keys are not split).
+  const float* learnable_sink = nullptr;
 
   // Tiling: packed rows = seqlen_q * group per (batch, kv head), tiles of kDecodeBlockM rows.
   int m_blocks = 0;

@@ -119,11 +119,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       constexpr int kRows = decltype(size<0>(rowcol_view(tOrO)))::value;
       using Softmax = FwdSoftmax<Traits, kRows>;
       float inv_sum[kRows], lse[kRows];
+      // The head's attention sink in log2 units (-inf: none; problem.h).
+      const float sink_log2 =
+          p.learnable_sink != nullptr ? p.learnable_sink[tile.head] * kLog2eF : -INFINITY;
       if (range.empty()) {
-        // No visible key for any row of this tile: O = 0, LSE = -inf.
+        // No visible key for any row of this tile: O = 0, LSE = -inf (the sink's, with one).
         clear(tOrO);
         CUTE_UNROLL
-        for (int r = 0; r < kRows; ++r) lse[r] = -INFINITY;
+        for (int r = 0; r < kRows; ++r) lse[r] = sink_log2 * kLn2F;
       } else {
         Softmax softmax(p.score_to_log2);
         Mainloop::compute(p, ss, pipe_k, pipe_v, state, tile, seq, range, q_phase, thread_idx,
@@ -132,7 +135,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // All WGMMAs reading sQ have completed (warpgroup_wait inside compute).
         cutlass::arch::NamedBarrier::arrive(kQueryEmptyThreads,
                                             uint32_t(FwdBarrier::kQueryEmpty));
-        softmax.finalize(inv_sum, lse);
+        softmax.finalize(inv_sum, lse, sink_log2);
         Tensor tOrO_rc = rowcol_view(tOrO);
         Softmax::scale_rows(tOrO_rc, inv_sum);
       }

@@ -138,14 +138,33 @@ struct OnlineSoftmax {
   /// Row normalizers and natural-log LSE. A row that saw no visible key (its maximum is still
   /// -inf; its row sum is 0, or ~1e-38 per column where exp2_fma ran) gets factor 0 (O = 0) and
   /// LSE -inf.
-  __device__ void finalize(float (&inv_sum)[kRows], float (&lse)[kRows]) const {
+  ///
+  /// With an attention sink (problem.h; sink_log2 = sink * log2(e), -inf without one) the sink
+  /// joins the denominator as a key without a value. In log2 units, with m = row_max *
+  /// score_to_log2 (possibly stale, see the top of the file) and top = max(m, sink_log2):
+  ///   total = sum * 2^(m - top) + 2^(sink_log2 - top),  factor = 2^(m - top) / total,
+  ///   LSE = (top + log2(total)) * ln 2.
+  /// Forming the terms relative to top keeps both <= 1 (total in [1, 2 + sum]), so a sink far
+  /// above the scores cannot overflow; a row with no visible key gets O = 0 and LSE = sink.
+  /// Without a sink the first branch is taken: the same instructions as before sinks existed.
+  __device__ void finalize(float (&inv_sum)[kRows], float (&lse)[kRows],
+                           float sink_log2 = -INFINITY) const {
     CUTE_UNROLL
     for (int r = 0; r < kRows; ++r) {
       const float sum = softmax_detail::quad_sum(row_sum[r]);
       const bool empty = row_max[r] == -INFINITY;
-      inv_sum[r] = empty ? 0.f : 1.f / sum;
-      lse[r] = empty ? -INFINITY
-                     : (row_max[r] * score_to_log2 + __log2f(sum)) * kLn2F;
+      if (sink_log2 == -INFINITY) {
+        inv_sum[r] = empty ? 0.f : 1.f / sum;
+        lse[r] = empty ? -INFINITY
+                       : (row_max[r] * score_to_log2 + __log2f(sum)) * kLn2F;
+      } else {
+        const float m = empty ? -INFINITY : row_max[r] * score_to_log2;
+        const float top = fmaxf(m, sink_log2);
+        const float keys = empty ? 0.f : score_exp2(m - top);
+        const float total = fmaf(sum, keys, score_exp2(sink_log2 - top));
+        inv_sum[r] = keys / total;
+        lse[r] = (top + __log2f(total)) * kLn2F;
+      }
     }
   }
 };
