@@ -76,16 +76,16 @@ def build_cases(args):
 
     def raw_fwd(tq, tk, tv, to, tl):
         def call():
-            r = _C.forward(tq, tk, tv, to, tl, None, None, None, 0, 0, scale, mask, -1, -1, 0.0,
-                           backend, False, 0, True)
+            r = _C.forward(tq, tk, tv, to, tl, None, None, None, None, 0, 0, scale, mask, -1, -1,
+                           0.0, backend, False, 0, True)
             if r is not None:
                 raise RuntimeError(r)
         return call
 
     def raw_bwd(tq, tk, tv, to, tl, tdo, tdq, tdk, tdv):
         def call():
-            r = _C.backward(tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, None, None, None, 0, 0, scale,
-                            mask, -1, -1, 0.0, False, backend, False, 0, True)
+            r = _C.backward(tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, None, None, None, None, None,
+                            0, 0, scale, mask, -1, -1, 0.0, False, backend, False, 0, True)
             if r is not None:
                 raise RuntimeError(r)
         return call
@@ -97,15 +97,15 @@ def build_cases(args):
     to_dl = torch.utils.dlpack.to_dlpack
 
     def raw_fwd_dlpack():
-        r = _C.forward(to_dl(q), to_dl(k), to_dl(v), to_dl(out), to_dl(lse), None, None, None, 0,
-                       0, scale, mask, -1, -1, 0.0, backend, False, 0, True)
+        r = _C.forward(to_dl(q), to_dl(k), to_dl(v), to_dl(out), to_dl(lse), None, None, None,
+                       None, 0, 0, scale, mask, -1, -1, 0.0, backend, False, 0, True)
         if r is not None:
             raise RuntimeError(r)
 
     def raw_bwd_dlpack():
         r = _C.backward(to_dl(q), to_dl(k), to_dl(v), to_dl(out_ref), to_dl(lse_ref), to_dl(dout),
-                        to_dl(dq), to_dl(dk), to_dl(dv), None, None, None, 0, 0, scale, mask, -1,
-                        -1, 0.0, False, backend, False, 0, True)
+                        to_dl(dq), to_dl(dk), to_dl(dv), None, None, None, None, None, 0, 0,
+                        scale, mask, -1, -1, 0.0, False, backend, False, 0, True)
         if r is not None:
             raise RuntimeError(r)
 

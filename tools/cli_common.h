@@ -9,8 +9,12 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "flashlane/status.h"
 
@@ -32,6 +36,32 @@ inline std::string fmt(double x, const char* format = "%.3g") {
   char buf[64];
   std::snprintf(buf, sizeof buf, format, x);
   return buf;
+}
+
+/// The value of --learnable-sink: a number (every query head's sink logit) or "random" (one
+/// logit per head, uniform in [-1, 3), from `seed`; the same on every platform). Returns false
+/// with `why` for anything else.
+inline bool parse_learnable_sink(const std::string& text, int64_t heads_q, uint64_t seed,
+                                 std::vector<float>* out, std::string* why) {
+  out->assign(static_cast<size_t>(heads_q > 0 ? heads_q : 0), 0.0f);
+  if (text == "random") {
+    std::mt19937_64 rng(seed ^ 0x51e4c0ffee5eedull);
+    for (float& x : *out) x = static_cast<float>(4.0 * static_cast<double>(rng() >> 11) * 0x1.0p-53 - 1.0);
+    return true;
+  }
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(text, &used);
+  } catch (...) {
+    used = 0;
+  }
+  if (text.empty() || used != text.size() || !std::isfinite(v)) {
+    *why = "--learnable-sink must be a finite number (every head's sink) or 'random', not '" + text + "'";
+    return false;
+  }
+  for (float& x : *out) x = static_cast<float>(v);
+  return true;
 }
 
 void add_info_command(CLI::App& app, int* exit_code);

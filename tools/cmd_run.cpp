@@ -1,7 +1,7 @@
 // tools/cmd_run.cpp: `flashlane run`: one problem from flags, random normal(0, 1) inputs from a
 // seeded generator, poisoned outputs, the requested backend through flashlane::forward/backward
 // (CUDA tensors for CUDA backends when a device exists, host tensors otherwise), then
-// FlashAttention's check for O, LSE (and dQ, dK, dV with --bwd):
+// FlashAttention's check for O, LSE (and dQ, dK, dV with --bwd; dsink too with --learnable-sink):
 //   max|out - ref64| <= 2 * max|ref_lowp - ref64| + 1e-5
 // ref64: reference_cpu on float64 upcasts of the same inputs; ref_lowp: reference_cpu on the
 // low-precision inputs writing low-precision outputs, emulating a fused kernel's roundings
@@ -35,6 +35,8 @@ struct RunOptions {
   int64_t window_left = -1, window_right = -1;
   double softcap = 0, softmax_scale = 0;
   std::string varlen_lengths, seqlens_q, seqlens_k, seqused_k;
+  std::string learnable_sink;  // a number or "random" (when given)
+  bool has_learnable_sink = false;
   bool strict = false, bwd = false, json = false;
   uint64_t seed = 0;
 };
@@ -111,6 +113,11 @@ int run_problem(const RunOptions& o) {
   }
   if (!o.seqused_k.empty() && !bench::parse_int_list(o.seqused_k, &spec.seqused_k))
     return usage_error("--seqused-k must be comma-separated integers");
+  if (o.has_learnable_sink) {
+    std::string bad;
+    if (!parse_learnable_sink(o.learnable_sink, spec.heads_q, spec.seed, &spec.learnable_sink, &bad))
+      return usage_error(bad);
+  }
   std::string why;
   if (!spec.check(&why)) return usage_error(why);
   Backend backend;
@@ -277,6 +284,9 @@ void add_run_command(CLI::App& app, int* exit_code) {
   sub->add_option("--seqlens-q", o->seqlens_q, "Varlen query lengths \"q1,q2\"");
   sub->add_option("--seqlens-k", o->seqlens_k, "Varlen key lengths \"k1,k2\" (default: seqlens-q)");
   sub->add_option("--seqused-k", o->seqused_k, "Used keys per sequence \"u1,u2\"");
+  CLI::Option* sink_opt = sub->add_option("--learnable-sink", o->learnable_sink,
+                  "Attention sinks: one logit for every query head (e.g. 0.5), or 'random' "
+                  "(seeded, uniform in [-1, 3)); the backward also checks dlearnable_sink");
   sub->add_option("--backend", o->backend, backend_names())->capture_default_str();
   sub->add_flag("--strict", o->strict, "Fail instead of falling back (exit 2 with the tag)");
   sub->add_option("--seed", o->seed, "Seed of the random inputs")->capture_default_str();
@@ -306,7 +316,8 @@ void add_run_command(CLI::App& app, int* exit_code) {
   sub->add_option("--device", dec->device,
                   "--decode: cpu (host tensors) or cuda (the call on CUDA device 0 tensors)")
       ->capture_default_str();
-  sub->callback([o, dec, decode, seqlen_q_opt, exit_code] {
+  sub->callback([o, dec, decode, seqlen_q_opt, sink_opt, exit_code] {
+    o->has_learnable_sink = sink_opt->count() > 0;
     if (!*decode) {
       *exit_code = run_problem(*o);
       return;
@@ -323,6 +334,8 @@ void add_run_command(CLI::App& app, int* exit_code) {
     d.window_left = o->window_left;
     d.window_right = o->window_right;
     d.softcap = o->softcap;
+    d.learnable_sink = o->learnable_sink;
+    d.has_learnable_sink = o->has_learnable_sink;
     d.backend = o->backend;
     d.strict = o->strict;
     d.json = o->json;

@@ -1,7 +1,8 @@
 // tools/cmd_run_decode.cpp: `flashlane run --decode`: one KV-cache call (flashlane/kvcache.h)
 // from flags, on host (or --device cuda) tensors with seeded uniform inputs: a dense cache (or paged with
 // --page-size, pages shuffled), --cache-seqlens keys already cached per sequence, optional
-// --seqlen-new keys appended (with --rotary-dim, rotary on q and the new keys). The requested
+// --seqlen-new keys appended (with --rotary-dim, rotary on q and the new keys), attention sinks
+// with --learnable-sink. The requested
 // backend runs through flashlane::forward_kvcache (strict: exit 2 with the tag on refusal), then
 // reference_cpu repeats the call on float64 copies of the same inputs and O / LSE are compared
 // (pass: max|O - O64| <= 1e-5 for fp32/fp64 inputs, 2e-2 for 16-bit; LSE alike).
@@ -84,6 +85,11 @@ int run_decode(const DecodeOptions& o) {
   if (b < 1 || sq < 0 || hq < 1 || hk < 1 || d < 1 || dv < 1 || o.seqlen_cache < 0 ||
       o.seqlen_new < 0 || o.page_size < 0 || o.rotary_dim < 0 || o.rotary_dim % 2 != 0)
     return usage_error("sizes must be positive (rotary-dim even)");
+  std::vector<float> sinks;
+  if (o.has_learnable_sink) {
+    std::string bad;
+    if (!parse_learnable_sink(o.learnable_sink, hq, o.seed, &sinks, &bad)) return usage_error(bad);
+  }
 
   std::mt19937_64 g(o.seed);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
@@ -120,6 +126,9 @@ int run_decode(const DecodeOptions& o) {
       sn.set(t * (o.rotary_dim / 2) + c, std::sin(a));
     }
 
+  Host sink(DType::kFloat32, {hq});
+  for (size_t h = 0; h < sinks.size(); ++h) sink.set(static_cast<int64_t>(h), sinks[h]);
+
   auto make = [&](Host& q_, Host& kc_, Host& vc_, Host& o_, Host& lse_, Host& kn_, Host& vn_) {
     KvCacheProblem p;
     p.q = q_.view();
@@ -138,6 +147,7 @@ int run_decode(const DecodeOptions& o) {
       p.rotary_sin = sn.view();
       p.rotary_interleaved = !o.rotary_neox;
     }
+    if (!sinks.empty()) p.learnable_sink = sink.view();
     p.mask = mask;
     p.window_left = o.window_left;
     p.window_right = o.window_right;
@@ -182,6 +192,7 @@ int run_decode(const DecodeOptions& o) {
       to_device(&problem.rotary_cos, cs);
       to_device(&problem.rotary_sin, sn);
     }
+    if (!sinks.empty()) to_device(&problem.learnable_sink, sink);
     problem.check_metadata_values = false;
     if (!st.ok()) {
       std::cerr << "flashlane run --decode: copying the inputs to the device failed: " << st.to_string() << std::endl;
@@ -245,7 +256,8 @@ int run_decode(const DecodeOptions& o) {
               << (paged ? "paged cache, page_size " + std::to_string(o.page_size)
                         : std::string("dense cache"))
               << ", capacity " << o.seqlen_cache << ", seqlen_new " << o.seqlen_new
-              << ", rotary_dim " << o.rotary_dim << " (" << (on_cuda ? "CUDA" : "host")
+              << ", rotary_dim " << o.rotary_dim << (sinks.empty() ? "" : ", sinks") << " ("
+              << (on_cuda ? "CUDA" : "host")
               << " tensors, seed " << o.seed << ")\n";
     std::cout << "receipt decode: " << receipt_to_json(receipt) << "\n";
     std::printf("check vs reference_cpu float64: max|dO| %.4g, max|dLSE| %.4g, nan %lld, "

@@ -14,6 +14,8 @@ struct DecodeOptions {
   std::string dtype = "bf16", mask = "no_mask", backend = "auto";
   int64_t window_left = -1, window_right = -1;
   double softcap = 0;
+  std::string learnable_sink;  // a number (every head) or "random" (cli_common.h), when given
+  bool has_learnable_sink = false;
   bool strict = false, json = false;
   std::string device = "cpu";  // "cuda": the call runs on CUDA device 0 tensors (copies of the inputs)
   uint64_t seed = 0;

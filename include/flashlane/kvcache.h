@@ -33,14 +33,16 @@
 // positions (after the append). The masks of problem.h apply with the diagonal bottom-right
 // aligned (the query rows are the last seqlen_q positions): diag(i) = i + seqlen_k(b) -
 // seqlen_q. mask must be kNoMask or kCausalBottomRight (kCausal, top-left, has no meaning against
-// a cache and is refused). GQA/MQA, softcap, softmax_scale as in problem.h. A row with no visible
-// key (an empty cache, or rows above the causal diagonal) writes O = 0 and LSE = -inf. Cache
-// positions at or beyond seqlen_k(b), and pages no used page_table entry names, are never read.
+// a cache and is refused). GQA/MQA, softcap, softmax_scale and learnable_sink as in problem.h. A
+// row with no visible key (an empty cache, or rows above the causal diagonal) writes O = 0 and
+// LSE = -inf (LSE = learnable_sink[h] with sinks). Cache positions at or beyond seqlen_k(b), and
+// pages no used page_table entry names, are never read.
 //
 // Validation (nothing is written, neither o nor lse nor the cache, when it fails):
 //   kNullPointer, kDeviceMismatch, kUnsupportedDType, kDTypeMismatch, kRankMismatch,
 //   kShapeMismatch, kHeadsNotDivisible, kHeadDimInvalid, kNotContiguous, kMisaligned,
-//   kWindowInvalid, kSoftmaxScaleInvalid, kSoftcapInvalid as for forward();
+//   kWindowInvalid, kSoftmaxScaleInvalid, kSoftcapInvalid as for forward() (learnable_sink:
+//   float32 [heads_q], stride 1, on q's device);
 //   kInvalidArgument     k_new without v_new (or the reverse), rotary without k_new, rotary_cos
 //                        without rotary_sin, k_new without cache_seqlens, cache_batch_idx with a
 //                        page_table, mask kCausal, num_splits < 0;

@@ -152,12 +152,14 @@ struct ProblemInfo {
 
 /// Validates `problem` for `direction`. On success fills `info` (if non-null). On failure returns
 /// a Status with a specific ErrorCode and a message naming the argument and its value; it never
-/// writes any tensor. Checks: null pointers; dtypes (q/k/v/o/dout/dq/dk/dv: float16, bfloat16,
-/// float32, float64, all equal; lse float32; cu_seqlens/seqused_k int32); ranks and shapes of
-/// every tensor; heads_q % heads_kv; head_dim and head_dim_v in 8..256, multiples of 8;
-/// unit stride in the last dimension; 16-byte alignment of base pointers and strides of CUDA
-/// tensors (q/k/v/o/dout/dq/dk/dv); cu_seqlens contents; seqused_k contents; window >= -1;
-/// softmax_scale finite and > 0; softcap finite and >= 0; all tensors on one device; dropout.
+/// writes any tensor. Checks: null pointers; dlearnable_sink only with learnable_sink
+/// (kInvalidArgument); dtypes (q/k/v/o/dout/dq/dk/dv: float16, bfloat16, float32, float64, all
+/// equal; lse, learnable_sink and dlearnable_sink float32; cu_seqlens/seqused_k int32); ranks and
+/// shapes of every tensor (the sinks [heads_q]); heads_q % heads_kv; head_dim and head_dim_v in
+/// 8..256, multiples of 8; unit stride in the last dimension; 16-byte alignment of base pointers
+/// and strides of CUDA tensors (q/k/v/o/dout/dq/dk/dv); cu_seqlens contents; seqused_k contents;
+/// window >= -1; softmax_scale finite and > 0; softcap finite and >= 0; all tensors on one
+/// device; dropout. The forward ignores dout, dq, dk, dv and dlearnable_sink.
 Status validate(const AttentionProblem& problem, Direction direction, ProblemInfo* info);
 
 /// FLOPs of the forward pass as FlashAttention counts them: 4 * visible pairs * head_dim

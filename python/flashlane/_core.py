@@ -175,6 +175,32 @@ def check_dropout(dropout_p: float) -> None:
                              f"dropout_p = {dropout_p} (dropout is not supported; must be 0)")
 
 
+#: The learnable_sink paragraph of every front's docstring (documents_sink appends it).
+SINK_DOC = """
+    learnable_sink (keyword only): None, or attention sinks: one logit per query head, shape
+    [heads_q] (a torch tensor on q's device, a NumPy array, or a sequence of numbers). Any float
+    dtype: the library computes with float32 sinks ({conversion}). The sink of head h joins
+    the softmax of every row of head h as a key without a value, in the units of the final
+    scores (after softmax_scale and softcap; the sink itself is neither scaled nor capped):
+    lse_i = log(exp(sink_h) + sum_j exp(s_ij)), p_ij = exp(s_ij - lse_i), out_i = sum_j p_ij v_j.
+    So a row's weights sum to less than 1, the returned LSE includes the sink, and a row that sees
+    no key gives out = 0 and lse = sink_h. These are gpt-oss's attention sinks (transformers'
+    GptOssAttention.sinks, passed to attention functions as s_aux) and FlashAttention 4's
+    learnable_sink (include/flashlane/problem.h, "Attention sinks")."""
+
+
+def documents_sink(grad: bool = True):
+    """Appends SINK_DOC to the decorated function's docstring (grad=False: forward-only calls)."""
+    def decorate(fn):
+        text = SINK_DOC.format(conversion=(
+            "others are converted for the call, and autograd returns a torch tensor's gradient "
+            "in its own dtype" if grad else "others are converted for the call, which has no "
+            "backward"))
+        fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + text
+        return fn
+    return decorate
+
+
 # ------------------------------------------------------------------------------------------------
 # NumPy: host arrays, run by reference_cpu (or refused, with the tag, by any other backend).
 
@@ -187,9 +213,20 @@ def _np_int32(np, a):
     return a
 
 
+def np_sink(np, learnable_sink):
+    """The sinks as the C++ API takes them: a contiguous float32 array (other float dtypes and
+    sequences of numbers are converted; anything else goes on as it is, for validation to name)."""
+    if learnable_sink is None:
+        return None
+    a = np.asarray(learnable_sink)
+    if np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
 def numpy_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=None,
                   max_seqlen_q=0, max_seqlen_k=0, softmax_scale, mask, window, softcap,
-                  backend, strict):
+                  backend, strict, learnable_sink=None):
     import numpy as np
 
     varlen = cu_seqlens_q is not None
@@ -199,7 +236,8 @@ def numpy_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=No
     else:
         lse = np.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=np.float32)
     result = _C.forward(q, k, v, out, lse, _np_int32(np, cu_seqlens_q), _np_int32(np, cu_seqlens_k),
-                        _np_int32(np, seqused_k), int(max_seqlen_q or 0), int(max_seqlen_k or 0),
+                        _np_int32(np, seqused_k), np_sink(np, learnable_sink),
+                        int(max_seqlen_q or 0), int(max_seqlen_k or 0),
                         softmax_scale, mask, window[0], window[1], float(softcap), backend,
                         bool(strict), 0, True)
     _after_cpp_call()
@@ -209,16 +247,24 @@ def numpy_forward(q, k, v, *, cu_seqlens_q=None, cu_seqlens_k=None, seqused_k=No
 
 def numpy_backward(dout, q, k, v, out, lse, *, cu_seqlens_q=None, cu_seqlens_k=None,
                    seqused_k=None, max_seqlen_q=0, max_seqlen_k=0, softmax_scale, mask, window,
-                   softcap, deterministic=False, backend="auto", strict=False):
-    """Gradients (dq, dk, dv) of host arrays; FlashAttention's backward contract."""
+                   softcap, deterministic=False, backend="auto", strict=False,
+                   learnable_sink=None):
+    """Gradients (dq, dk, dv) of host arrays; FlashAttention's backward contract. With
+    learnable_sink (lse then the forward's, sinks included): (dq, dk, dv, dlearnable_sink), the
+    sinks' gradient in learnable_sink's dtype (float32 for a sequence of numbers)."""
     import numpy as np
 
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    sink = np_sink(np, learnable_sink)
+    dsink = None if sink is None else np.empty(sink.shape, dtype=np.float32)
     result = _C.backward(q, k, v, out, lse, dout, dq, dk, dv, _np_int32(np, cu_seqlens_q),
-                         _np_int32(np, cu_seqlens_k), _np_int32(np, seqused_k),
+                         _np_int32(np, cu_seqlens_k), _np_int32(np, seqused_k), sink, dsink,
                          int(max_seqlen_q or 0), int(max_seqlen_k or 0), softmax_scale, mask,
                          window[0], window[1], float(softcap), bool(deterministic), backend,
                          bool(strict), 0, True)
     _after_cpp_call()
     raise_if_error(result)
-    return dq, dk, dv
+    if dsink is None:
+        return dq, dk, dv
+    like = getattr(learnable_sink, "dtype", np.float32)
+    return dq, dk, dv, dsink.astype(like if np.issubdtype(like, np.floating) else np.float32)

@@ -22,8 +22,11 @@ Not implemented, refused with FlashlaneError (``.code``, ``.reason_tag``) and a 
 FlashAttention 2 then returns ``(out, softmax_lse, S_dmask)`` and flashlane computes no
 probabilities), ``block_table`` (``flash_attn.block_table_unsupported``).
 
-flashlane additions, keyword only: ``backend`` ("auto" or a backend name) and ``strict``, as in
-flashlane.flash_attn_func. PyTorch tensors get autograd; NumPy arrays run on reference_cpu.
+flashlane additions, keyword only (so that positional calls keep FlashAttention 2's meaning):
+``backend`` ("auto" or a backend name) and ``strict``, as in flashlane.flash_attn_func, and
+``learnable_sink``: attention sinks [heads_q] (gpt-oss; FlashAttention 4's ``learnable_sink``,
+which FlashAttention 2 does not have; see each function's docstring). PyTorch tensors get
+autograd (the sinks' gradient included); NumPy arrays run on reference_cpu.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from . import interface as _iface
+from ._core import documents_sink
 from ._fa_compat import check_common, mask_of, refuse, unpack_kv, unpack_qkv, window_fa2
 
 __all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func",
@@ -44,7 +48,7 @@ FLASH_ATTN_VERSION = 2
 
 def _attend(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal, window_size,
             softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict,
-            block_table=None):
+            block_table=None, *, learnable_sink=None):
     check_common(_API, q, dropout_p=dropout_p, alibi_slopes=alibi_slopes, backend=backend,
                  strict=strict)
     if return_attn_probs:
@@ -68,87 +72,98 @@ def _attend(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p, softmax_scale, causal,
                        max_seqlen_k=max_k if cu_q is not None else 0,
                        softmax_scale=softmax_scale, mask=mask_of(causal, window),
                        window_size=window, softcap=softcap, deterministic=deterministic,
-                       return_lse=False, backend=backend, strict=strict)
+                       return_lse=False, backend=backend, strict=strict,
+                       learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_func(q, k, v, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
                     causal: bool = False, window_size: Sequence[int] = (-1, -1),
                     softcap: float = 0.0, alibi_slopes=None, deterministic: bool = False,
                     return_attn_probs: bool = False, *, backend: str = "auto",
-                    strict: bool = False):
+                    strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_func: q [b, s_q, h_q, d], k/v [b, s_k, h_kv, d(_v)].
     Returns out [b, s_q, h_q, d_v]. See the module docstring for the semantics and refusals."""
     return _attend(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size,
-                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict)
+                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict,
+                   learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_qkvpacked_func(qkv, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
                               causal: bool = False, window_size: Sequence[int] = (-1, -1),
                               softcap: float = 0.0, alibi_slopes=None,
                               deterministic: bool = False, return_attn_probs: bool = False, *,
-                              backend: str = "auto", strict: bool = False):
+                              backend: str = "auto", strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_qkvpacked_func: qkv [b, s, 3, h, d] (q, k, v along dim 2).
     Returns out [b, s, h, d]. The q, k, v it attends are views of qkv (no copies)."""
     q, k, v = unpack_qkv(qkv, 2)
     return _attend(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size,
-                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict)
+                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict,
+                   learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_kvpacked_func(q, kv, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
                              causal: bool = False, window_size: Sequence[int] = (-1, -1),
                              softcap: float = 0.0, alibi_slopes=None,
                              deterministic: bool = False, return_attn_probs: bool = False, *,
-                             backend: str = "auto", strict: bool = False):
+                             backend: str = "auto", strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_kvpacked_func: q [b, s_q, h_q, d], kv [b, s_k, 2, h_kv, d].
     Returns out [b, s_q, h_q, d]."""
     k, v = unpack_kv(kv, 2)
     return _attend(q, k, v, None, None, 0, 0, dropout_p, softmax_scale, causal, window_size,
-                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict)
+                   softcap, alibi_slopes, deterministic, return_attn_probs, backend, strict,
+                   learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
                            causal: bool = False, window_size: Sequence[int] = (-1, -1),
                            softcap: float = 0.0, alibi_slopes=None, deterministic: bool = False,
                            return_attn_probs: bool = False, block_table=None, *,
-                           backend: str = "auto", strict: bool = False):
+                           backend: str = "auto", strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_varlen_func: q [total_q, h_q, d], k/v [total_k, h_kv, d(_v)],
     int32 cu_seqlens_q / cu_seqlens_k [batch + 1]. Windows are bounded by max_seqlen_k, as in
     FlashAttention 2. Returns out [total_q, h_q, d_v]."""
     return _attend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                   return_attn_probs, backend, strict, block_table)
+                   return_attn_probs, backend, strict, block_table, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p: float = 0.0,
                                      softmax_scale: Optional[float] = None, causal: bool = False,
                                      window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                                      alibi_slopes=None, deterministic: bool = False,
                                      return_attn_probs: bool = False, *, backend: str = "auto",
-                                     strict: bool = False):
+                                     strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_varlen_qkvpacked_func: qkv [total, 3, h, d], cu_seqlens
     [batch + 1] for queries and keys alike. Returns out [total, h, d]."""
     q, k, v = unpack_qkv(qkv, 1)
     return _attend(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, dropout_p,
                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                   return_attn_probs, backend, strict)
+                   return_attn_probs, backend, strict, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                     max_seqlen_k, dropout_p: float = 0.0,
                                     softmax_scale: Optional[float] = None, causal: bool = False,
                                     window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                                     alibi_slopes=None, deterministic: bool = False,
                                     return_attn_probs: bool = False, *, backend: str = "auto",
-                                    strict: bool = False):
+                                    strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_varlen_kvpacked_func: q [total_q, h_q, d], kv [total_k, 2, h_kv, d].
     Returns out [total_q, h_q, d]."""
     k, v = unpack_kv(kv, 1)
     return _attend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p,
                    softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                   return_attn_probs, backend, strict)
+                   return_attn_probs, backend, strict, learnable_sink=learnable_sink)
 
 
+@documents_sink(grad=False)
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
                             rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
                             cache_leftpad=None, block_table=None,
@@ -156,7 +171,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                             rotary_interleaved: bool = True, alibi_slopes=None,
                             num_splits: int = 0, return_softmax_lse: bool = False, *,
-                            backend: str = "auto", strict: bool = False):
+                            backend: str = "auto", strict: bool = False, learnable_sink=None):
     """flash_attn 2.x flash_attn_with_kvcache (block_table is the paged cache's page table).
     Semantics: flashlane.kvcache. Refused with a tag: cache_leftpad
     (flash_attn.cache_leftpad_unsupported), alibi_slopes (flash_attn.alibi_unsupported)."""
@@ -170,4 +185,4 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     return _kv(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                cache_batch_idx, block_table, softmax_scale, causal, window_size, softcap,
                rotary_interleaved, num_splits, return_softmax_lse, backend=backend,
-               strict=strict)
+               strict=strict, learnable_sink=learnable_sink)

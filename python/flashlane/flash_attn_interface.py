@@ -26,7 +26,10 @@ Not implemented, refused with FlashlaneError and a reason tag (and a receipt): `
 (``flash_attn_interface.attention_chunk_unsupported``), ``seqused_q``
 (``flash_attn_interface.seqused_q_unsupported``).
 
-flashlane additions, keyword only: ``backend`` and ``strict``, as in flashlane.flash_attn_func.
+flashlane additions, keyword only (so that positional calls keep FlashAttention 3's meaning):
+``backend`` and ``strict``, as in flashlane.flash_attn_func, and ``learnable_sink``: attention
+sinks [heads_q] (gpt-oss; FlashAttention 4's ``learnable_sink``; see each function's docstring),
+with autograd for PyTorch tensors.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from . import interface as _iface
+from ._core import documents_sink
 from ._fa_compat import mask_of, refuse, split_heads, unpack_qkv, window_fa3
 
 __all__ = ["flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_varlen_func",
@@ -46,7 +50,7 @@ FLASH_ATTN_VERSION = 3
 
 def _attend(q, k, v, cu_q, cu_k, max_q, max_k, seqused_q, seqused_k, softmax_scale, causal, qv,
             descales, window_size, attention_chunk, softcap, deterministic, return_attn_probs,
-            backend, strict):
+            backend, strict, *, learnable_sink=None):
     if qv is not None:
         refuse(_API, "invalid_argument", f"{_API}.qv_unsupported",
                "qv (the extra query-value product) is not supported", q, backend, strict)
@@ -73,23 +77,25 @@ def _attend(q, k, v, cu_q, cu_k, max_q, max_k, seqused_q, seqused_k, softmax_sca
                        max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=softmax_scale,
                        mask=mask_of(causal, window), window_size=window, softcap=softcap,
                        deterministic=deterministic, return_lse=bool(return_attn_probs),
-                       backend=backend, strict=strict)
+                       backend=backend, strict=strict, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_func(q, k, v, softmax_scale: Optional[float] = None, causal: bool = False,
                     qv=None, q_descale=None, k_descale=None, v_descale=None,
                     window_size: Sequence[int] = (-1, -1), attention_chunk: int = 0,
                     softcap: float = 0.0, num_splits: int = 1, pack_gqa=None,
                     deterministic: bool = False, sm_margin: int = 0,
                     return_attn_probs: bool = False, *, backend: str = "auto",
-                    strict: bool = False):
+                    strict: bool = False, learnable_sink=None):
     """FlashAttention 3 flash_attn_func: q [b, s_q, h_q, d], k/v [b, s_k, h_kv, d(_v)].
     Returns out, or (out, softmax_lse) with return_attn_probs=True."""
     return _attend(q, k, v, None, None, None, None, None, None, softmax_scale, causal, qv,
                    (q_descale, k_descale, v_descale), window_size, attention_chunk, softcap,
-                   deterministic, return_attn_probs, backend, strict)
+                   deterministic, return_attn_probs, backend, strict, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            seqused_q=None, seqused_k=None, softmax_scale: Optional[float] = None,
                            causal: bool = False, qv=None, q_descale=None, k_descale=None,
@@ -97,7 +103,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            attention_chunk: int = 0, softcap: float = 0.0, num_splits: int = 1,
                            pack_gqa=None, deterministic: bool = False, sm_margin: int = 0,
                            return_attn_probs: bool = False, *, backend: str = "auto",
-                           strict: bool = False):
+                           strict: bool = False, learnable_sink=None):
     """FlashAttention 3 flash_attn_varlen_func: q [total_q, h_q, d], k/v [total_k, h_kv, d(_v)],
     int32 cu_seqlens [batch + 1], optional int32 seqused_k [batch]. max_seqlen_* None: computed
     from cu_seqlens (a device-to-host read for CUDA tensors). Returns out [total_q, h_q, d_v], or
@@ -105,16 +111,17 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     return _attend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q,
                    seqused_k, softmax_scale, causal, qv, (q_descale, k_descale, v_descale),
                    window_size, attention_chunk, softcap, deterministic, return_attn_probs,
-                   backend, strict)
+                   backend, strict, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_qkvpacked_func(qkv, softmax_scale: Optional[float] = None, causal: bool = False,
                               q_descale=None, k_descale=None, v_descale=None,
                               window_size: Sequence[int] = (-1, -1), attention_chunk: int = 0,
                               softcap: float = 0.0, deterministic: bool = False,
                               num_heads_q: Optional[int] = None, sm_margin: int = 0,
                               return_attn_probs: bool = False, *, backend: str = "auto",
-                              strict: bool = False):
+                              strict: bool = False, learnable_sink=None):
     """FlashAttention 3 flash_attn_qkvpacked_func: qkv [b, s, 3, h, d], or [b, s, h_q + 2 * h_k, d]
     with num_heads_q (GQA packing along the heads). q, k, v are views of qkv (no copies)."""
     if qkv.ndim == 5:
@@ -127,9 +134,10 @@ def flash_attn_qkvpacked_func(qkv, softmax_scale: Optional[float] = None, causal
         q, k, v = split_heads(qkv, int(num_heads_q))
     return _attend(q, k, v, None, None, None, None, None, None, softmax_scale, causal, None,
                    (q_descale, k_descale, v_descale), window_size, attention_chunk, softcap,
-                   deterministic, return_attn_probs, backend, strict)
+                   deterministic, return_attn_probs, backend, strict, learnable_sink=learnable_sink)
 
 
+@documents_sink(grad=False)
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary_cos=None,
                             rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
                             cache_leftpad=None, page_table=None, cu_seqlens_q=None,
@@ -140,7 +148,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
                             softcap: float = 0.0, rotary_interleaved: bool = True,
                             scheduler_metadata=None, num_splits: int = 0, pack_gqa=None,
                             sm_margin: int = 0, return_softmax_lse: bool = False, *,
-                            backend: str = "auto", strict: bool = False):
+                            backend: str = "auto", strict: bool = False, learnable_sink=None):
     """FlashAttention 3 flash_attn_with_kvcache (hopper/flash_attn_interface.py). Semantics:
     flashlane.kvcache; scheduler_metadata, pack_gqa and sm_margin are scheduling hints (ignored).
     Refused with a tag (flash_attn_interface.<what>_unsupported): qv, cache_leftpad,
@@ -165,4 +173,4 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     return _kv(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
                cache_batch_idx, page_table, softmax_scale, causal, window_size, softcap,
                rotary_interleaved, num_splits, return_softmax_lse, backend=backend,
-               strict=strict)
+               strict=strict, learnable_sink=learnable_sink)

@@ -8,14 +8,17 @@ seqlen_q] (varlen: [heads_q, total_q]), natural log.
 
 PyTorch tensors (CUDA or CPU) go through the custom op flashlane::fwd (autograd, torch.compile,
 CUDA graphs); NumPy arrays run on the host (reference_cpu) without autograd.
+
+Every call takes keyword-only ``learnable_sink``: gpt-oss's attention sinks, FlashAttention 4's
+argument of that name (one logit per query head; see the functions' docstrings).
 """
 
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from ._core import (check_backend, check_dropout, numpy_forward, resolve_mask, resolve_scale,
-                    resolve_window)
+from ._core import (check_backend, check_dropout, documents_sink, numpy_forward, resolve_mask,
+                    resolve_scale, resolve_window)
 
 __all__ = ["flash_attn_func", "flash_attn_varlen_func", "attention"]
 
@@ -59,7 +62,7 @@ _attention_op = None
 
 def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
          softmax_scale, mask, window_size, softcap, deterministic, return_lse, backend, strict,
-         backward_backend=None):
+         backward_backend=None, learnable_sink=None):
     check_backend(backend)
     if backward_backend is not None:
         check_backend(backward_backend)
@@ -75,21 +78,23 @@ def _run(q, k, v, *, cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_se
                                 max_seqlen_k=max_seqlen_k, softmax_scale=scale, mask=mask,
                                 window=window, softcap=softcap, deterministic=deterministic,
                                 backend=backend, strict=strict,
-                                backward_backend=backward_backend)
+                                backward_backend=backward_backend, learnable_sink=learnable_sink)
     else:  # NumPy: no autograd, so no backward to direct
         out, lse = numpy_forward(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
                                  seqused_k=seqused_k, max_seqlen_q=max_seqlen_q,
                                  max_seqlen_k=max_seqlen_k, softmax_scale=scale, mask=mask,
-                                 window=window, softcap=softcap, backend=backend, strict=strict)
+                                 window=window, softcap=softcap, backend=backend, strict=strict,
+                                 learnable_sink=learnable_sink)
     return (out, lse) if return_lse else out
 
 
+@documents_sink()
 def flash_attn_func(q, k, v, softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
                     deterministic: bool = False, return_lse: bool = False, backend: str = "auto",
                     strict: bool = False, mask: Optional[str] = None, *,
                     seqused_k=None, dropout_p: float = 0.0,
-                    backward_backend: Optional[str] = None):
+                    backward_backend: Optional[str] = None, learnable_sink=None):
     """FlashAttention's flash_attn_func. q [b, s_q, h_q, d], k/v [b, s_k, h_kv, d(_v)].
 
     causal=True is bottom-right aligned (FlashAttention); mask= names the mask explicitly
@@ -106,16 +111,18 @@ def flash_attn_func(q, k, v, softmax_scale: Optional[float] = None, causal: bool
                 max_seqlen_q=0, max_seqlen_k=0, softmax_scale=softmax_scale,
                 mask=resolve_mask(causal, mask), window_size=window_size, softcap=softcap,
                 deterministic=deterministic, return_lse=return_lse, backend=backend,
-                strict=strict, backward_backend=backward_backend)
+                strict=strict, backward_backend=backward_backend, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
                            max_seqlen_k=None, softmax_scale: Optional[float] = None,
                            causal: bool = False, window_size: Sequence[int] = (-1, -1),
                            softcap: float = 0.0, deterministic: bool = False,
                            return_lse: bool = False, backend: str = "auto", strict: bool = False,
                            mask: Optional[str] = None, seqused_k=None, *,
-                           dropout_p: float = 0.0, backward_backend: Optional[str] = None):
+                           dropout_p: float = 0.0, backward_backend: Optional[str] = None,
+                           learnable_sink=None):
     """FlashAttention's flash_attn_varlen_func: q [total_q, h_q, d], k/v [total_k, h_kv, d(_v)],
     int32 cu_seqlens_q / cu_seqlens_k [batch + 1]; optional int32 seqused_k [batch].
 
@@ -132,15 +139,16 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=Non
                 softmax_scale=softmax_scale, mask=resolve_mask(causal, mask),
                 window_size=window_size, softcap=softcap, deterministic=deterministic,
                 return_lse=return_lse, backend=backend, strict=strict,
-                backward_backend=backward_backend)
+                backward_backend=backward_backend, learnable_sink=learnable_sink)
 
 
+@documents_sink()
 def attention(q, k, v, mask: str = "no_mask", *, softmax_scale: Optional[float] = None,
               window_size: Sequence[int] = (-1, -1), softcap: float = 0.0,
               cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
               seqused_k=None, deterministic: bool = False, return_lse: bool = False,
               backend: str = "auto", strict: bool = False,
-              backward_backend: Optional[str] = None):
+              backward_backend: Optional[str] = None, learnable_sink=None):
     """Attention with the mask named explicitly: "no_mask", "causal" (top-left, as SDPA's
     is_causal=True) or "causal_bottom_right". FlashAttention layouts (bshd, or varlen when
     cu_seqlens_q is given). Other arguments as flash_attn_func."""
@@ -154,4 +162,4 @@ def attention(q, k, v, mask: str = "no_mask", *, softmax_scale: Optional[float] 
                 seqused_k=seqused_k, max_seqlen_q=max_q, max_seqlen_k=max_k,
                 softmax_scale=softmax_scale, mask=mask, window_size=window_size, softcap=softcap,
                 deterministic=deterministic, return_lse=return_lse, backend=backend,
-                strict=strict, backward_backend=backward_backend)
+                strict=strict, backward_backend=backward_backend, learnable_sink=learnable_sink)

@@ -15,9 +15,11 @@ flash_attn/flash_attn_interface.py), made exact in include/flashlane/kvcache.h:
   pairs dims (0, 1), (2, 3), ... (GPT-J); False pairs (i, i + rotary_dim / 2) (GPT-NeoX).
 - ``causal=True`` is bottom-right aligned (the query rows are the last positions);
   ``window_size``, ``softcap``, ``softmax_scale`` as in flash_attn_func; ``num_splits`` is a hint.
+- ``learnable_sink`` (keyword only): attention sinks, one logit per query head [heads_q]
+  (gpt-oss; FlashAttention 4's ``learnable_sink``), as in flash_attn_func: the LSE includes them.
 - Returns ``out`` [batch, seqlen_q, heads_q, d_v], or ``(out, softmax_lse)`` (float32
   [batch, heads_q, seqlen_q]) with ``return_softmax_lse=True``. A row with no visible key gives
-  out = 0 and lse = -inf.
+  out = 0 and lse = -inf (with sinks: lse = the head's sink).
 
 NumPy arrays run on reference_cpu (float64 accumulation). PyTorch tensors go to the dispatcher
 as they are: CUDA tensors run on sm90 on an H100/H200 (head_dim 64, 128 or 256; split-KV,
@@ -34,7 +36,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from . import _C
-from ._core import _after_cpp_call, check_backend, raise_if_error
+from ._core import _after_cpp_call, check_backend, documents_sink, np_sink, raise_if_error
 
 __all__ = ["flash_attn_with_kvcache"]
 
@@ -60,13 +62,15 @@ def _int32(x, like_torch: bool, device=None):
     return a
 
 
+@documents_sink(grad=False)
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
                             rotary_sin=None, cache_seqlens=None, cache_batch_idx=None,
                             page_table=None, softmax_scale: Optional[float] = None,
                             causal: bool = False, window_size: Sequence[int] = (-1, -1),
                             softcap: float = 0.0, rotary_interleaved: bool = True,
                             num_splits: int = 0, return_softmax_lse: bool = False,
-                            backend: str = "auto", strict: bool = False):
+                            backend: str = "auto", strict: bool = False, *,
+                            learnable_sink=None):
     """FlashAttention's flash_attn_with_kvcache on flashlane (see the module docstring)."""
     check_backend(backend)
     torch_path = _is_torch(q)
@@ -94,8 +98,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     if torch_path:
         import torch
 
+        from ._ops import sink_tensor
+
         out = torch.empty(shape_o, dtype=q.dtype, device=q.device)
         lse = torch.empty(shape_lse, dtype=torch.float32, device=q.device)
+        sink = sink_tensor(learnable_sink, q)
+        if sink is not None:
+            sink = sink.detach()  # no backward: the cast needs no autograd node
         if q.is_cuda:
             stream = torch.cuda.current_stream(q.device).cuda_stream
     else:
@@ -103,9 +112,10 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
 
         out = np.empty(shape_o, dtype=q.dtype)
         lse = np.empty(shape_lse, dtype=np.float32)
+        sink = np_sink(np, learnable_sink)
     result = _C.forward_kvcache(
         q, k_cache, v_cache, out, lse, cache_seqlens, cache_batch_idx, page_table, k, v,
-        rotary_cos, rotary_sin, bool(rotary_interleaved),
+        rotary_cos, rotary_sin, sink, bool(rotary_interleaved),
         None if softmax_scale is None else float(softmax_scale), mask, left, right,
         float(softcap), int(num_splits), backend, bool(strict), stream)
     _after_cpp_call()

@@ -174,7 +174,7 @@ def _sdpa_flash_fwd(query, key, value, dropout_p=0.0, is_causal=False, return_de
         out = query.new_empty((b, sq, h, value.shape[-1])).transpose(1, 2)
     lse = torch.empty((b, h, sq), dtype=torch.float32, device=query.device)
     q, k, v = _bshd(query), _bshd(key), _bshd(value)
-    _call(_forward_cpp, q, False, (q, k, v, out.transpose(1, 2), lse, None, None, None),
+    _call(_forward_cpp, q, False, (q, k, v, out.transpose(1, 2), lse, None, None, None, None),
           (0, 0, _scale(scale, d), "causal" if is_causal else "no_mask", -1, -1, 0.0,
            _settings.backend, _settings.strict))
     rng, offset = _zeros_rng(query.device)
@@ -206,7 +206,7 @@ def _sdpa_flash_bwd(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_
     q, k, v, o, do = (_bshd(t) for t in (query, key, value, out, grad_out))
     _call(_backward_cpp, q, False,
           (q, k, v, o, logsumexp, do, dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2),
-           None, None, None),
+           None, None, None, None, None),
           (0, 0, _scale(scale, d), "causal" if is_causal else "no_mask", -1, -1, 0.0,
            torch.are_deterministic_algorithms_enabled(), _settings.backend, _settings.strict))
     return dq, dk, dv
@@ -245,7 +245,7 @@ def _flash_fwd(query, key, value, cum_seq_q, cum_seq_k, max_q, max_k, dropout_p,
         lse = torch.empty((query.shape[0], query.shape[2], query.shape[1]), dtype=torch.float32,
                           device=query.device)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value))
-    _call(_forward_cpp, q, varlen, (q, k, v, out, lse, cum_seq_q, cum_seq_k, seqused_k),
+    _call(_forward_cpp, q, varlen, (q, k, v, out, lse, cum_seq_q, cum_seq_k, seqused_k, None),
           (int(max_q) if varlen else 0, int(max_k) if varlen else 0,
            _scale(scale, query.shape[-1]), _fa_mask(is_causal, window), window[0], window[1],
            0.0, _settings.backend, _settings.strict))
@@ -268,7 +268,7 @@ def _flash_bwd(grad_out, query, key, value, out, logsumexp, cum_seq_q, cum_seq_k
     q, k, v, o = (t if t.stride(-1) == 1 else t.contiguous() for t in (query, key, value, out))
     dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     _call(_backward_cpp, q, varlen,
-          (q, k, v, o, logsumexp, grad_out, dq, dk, dv, cum_seq_q, cum_seq_k, None),
+          (q, k, v, o, logsumexp, grad_out, dq, dk, dv, cum_seq_q, cum_seq_k, None, None, None),
           (int(max_q) if varlen else 0, int(max_k) if varlen else 0,
            _scale(scale, query.shape[-1]), _fa_mask(is_causal, window), window[0], window[1],
            0.0, torch.are_deterministic_algorithms_enabled(), _settings.backend,

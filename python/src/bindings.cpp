@@ -9,6 +9,8 @@
 // The entry points never raise for a flashlane error: they return None on success or a tuple
 // (code_name, code_value, message, reason_tag) that the Python layer turns into FlashlaneError.
 // The receipt of the call is the C++ thread-local one (last_receipt_json(), last_receipt_dict()).
+// Attention sinks (learnable_sink, dlearnable_sink: float32 [heads_q]) are passed through as
+// they come; the Python layer converts other float dtypes, and validation judges the rest.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
@@ -172,7 +174,8 @@ cudaStream_t to_stream(uintptr_t stream) { return reinterpret_cast<cudaStream_t>
 Result forward(const In& q, const In& k, const In& v, const Array& o,
                const std::optional<Array>& lse, const std::optional<In>& cu_seqlens_q,
                const std::optional<In>& cu_seqlens_k, const std::optional<In>& seqused_k,
-               int64_t max_seqlen_q, int64_t max_seqlen_k, std::optional<double> softmax_scale,
+               const std::optional<In>& learnable_sink, int64_t max_seqlen_q,
+               int64_t max_seqlen_k, std::optional<double> softmax_scale,
                const std::string& mask, int64_t window_left, int64_t window_right, double softcap,
                const std::string& backend, bool strict, uintptr_t stream,
                bool check_metadata_values) {
@@ -184,6 +187,7 @@ Result forward(const In& q, const In& k, const In& v, const Array& o,
     p.v = to_view("v", v);
     p.o = to_view("o", o);
     if (lse) p.lse = to_view("lse", *lse);
+    p.learnable_sink = opt_view("learnable_sink", learnable_sink);
     fill_common(p, Options{cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
                            softmax_scale, mask, window_left, window_right, softcap,
                            check_metadata_values});
@@ -197,9 +201,11 @@ Result forward(const In& q, const In& k, const In& v, const Array& o,
 Result backward(const In& q, const In& k, const In& v, const In& o, const In& lse,
                 const In& dout, const Array& dq, const Array& dk, const Array& dv,
                 const std::optional<In>& cu_seqlens_q, const std::optional<In>& cu_seqlens_k,
-                const std::optional<In>& seqused_k, int64_t max_seqlen_q, int64_t max_seqlen_k,
-                std::optional<double> softmax_scale, const std::string& mask, int64_t window_left,
-                int64_t window_right, double softcap, bool deterministic,
+                const std::optional<In>& seqused_k, const std::optional<In>& learnable_sink,
+                const std::optional<Array>& dlearnable_sink, int64_t max_seqlen_q,
+                int64_t max_seqlen_k, std::optional<double> softmax_scale,
+                const std::string& mask, int64_t window_left, int64_t window_right,
+                double softcap, bool deterministic,
                 const std::string& backend, bool strict, uintptr_t stream,
                 bool check_metadata_values) {
   flashlane::AttentionProblem p;
@@ -214,6 +220,8 @@ Result backward(const In& q, const In& k, const In& v, const In& o, const In& ls
     p.dq = to_view("dq", dq);
     p.dk = to_view("dk", dk);
     p.dv = to_view("dv", dv);
+    p.learnable_sink = opt_view("learnable_sink", learnable_sink);
+    if (dlearnable_sink) p.dlearnable_sink = to_view("dlearnable_sink", *dlearnable_sink);
     fill_common(p, Options{cu_seqlens_q, cu_seqlens_k, seqused_k, max_seqlen_q, max_seqlen_k,
                            softmax_scale, mask, window_left, window_right, softcap,
                            check_metadata_values});
@@ -230,7 +238,8 @@ Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, 
                        const std::optional<In>& cache_batch_idx,
                        const std::optional<In>& page_table, const std::optional<In>& k_new,
                        const std::optional<In>& v_new, const std::optional<In>& rotary_cos,
-                       const std::optional<In>& rotary_sin, bool rotary_interleaved,
+                       const std::optional<In>& rotary_sin,
+                       const std::optional<In>& learnable_sink, bool rotary_interleaved,
                        std::optional<double> softmax_scale, const std::string& mask,
                        int64_t window_left, int64_t window_right, double softcap,
                        int64_t num_splits, const std::string& backend, bool strict,
@@ -250,6 +259,7 @@ Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, 
     p.v_new = opt_view("v_new", v_new);
     p.rotary_cos = opt_view("rotary_cos", rotary_cos);
     p.rotary_sin = opt_view("rotary_sin", rotary_sin);
+    p.learnable_sink = opt_view("learnable_sink", learnable_sink);
     p.rotary_interleaved = rotary_interleaved;
     p.softmax_scale = softmax_scale;
     p.mask = to_mask(mask);
@@ -378,21 +388,24 @@ NB_MODULE(_C, m) {
   m.doc() = "flashlane extension: DLPack tensors in, flashlane::forward/backward, receipts out";
 
   m.def("forward", &forward, "q"_a, "k"_a, "v"_a, "o"_a, "lse"_a.none(), "cu_seqlens_q"_a.none(),
-        "cu_seqlens_k"_a.none(), "seqused_k"_a.none(), "max_seqlen_q"_a, "max_seqlen_k"_a,
-        "softmax_scale"_a.none(), "mask"_a, "window_left"_a, "window_right"_a, "softcap"_a,
-        "backend"_a, "strict"_a, "stream"_a, "check_metadata_values"_a,
+        "cu_seqlens_k"_a.none(), "seqused_k"_a.none(), "learnable_sink"_a.none(),
+        "max_seqlen_q"_a, "max_seqlen_k"_a, "softmax_scale"_a.none(), "mask"_a, "window_left"_a,
+        "window_right"_a, "softcap"_a, "backend"_a, "strict"_a, "stream"_a,
+        "check_metadata_values"_a,
         "flashlane::forward over DLPack tensors. Returns None, or (code, value, message, tag).");
   m.def("backward", &backward, "q"_a, "k"_a, "v"_a, "o"_a, "lse"_a, "dout"_a, "dq"_a, "dk"_a,
         "dv"_a, "cu_seqlens_q"_a.none(), "cu_seqlens_k"_a.none(), "seqused_k"_a.none(),
-        "max_seqlen_q"_a, "max_seqlen_k"_a, "softmax_scale"_a.none(), "mask"_a, "window_left"_a,
-        "window_right"_a, "softcap"_a, "deterministic"_a, "backend"_a, "strict"_a, "stream"_a,
+        "learnable_sink"_a.none(), "dlearnable_sink"_a.none(), "max_seqlen_q"_a,
+        "max_seqlen_k"_a, "softmax_scale"_a.none(), "mask"_a, "window_left"_a, "window_right"_a,
+        "softcap"_a, "deterministic"_a, "backend"_a, "strict"_a, "stream"_a,
         "check_metadata_values"_a,
         "flashlane::backward over DLPack tensors. Returns None, or (code, value, message, tag).");
   m.def("forward_kvcache", &forward_kvcache, "q"_a, "k_cache"_a, "v_cache"_a, "o"_a, "lse"_a.none(),
         "cache_seqlens"_a.none(), "cache_batch_idx"_a.none(), "page_table"_a.none(),
         "k_new"_a.none(), "v_new"_a.none(), "rotary_cos"_a.none(), "rotary_sin"_a.none(),
-        "rotary_interleaved"_a, "softmax_scale"_a.none(), "mask"_a, "window_left"_a,
-        "window_right"_a, "softcap"_a, "num_splits"_a, "backend"_a, "strict"_a, "stream"_a,
+        "learnable_sink"_a.none(), "rotary_interleaved"_a, "softmax_scale"_a.none(), "mask"_a,
+        "window_left"_a, "window_right"_a, "softcap"_a, "num_splits"_a, "backend"_a, "strict"_a,
+        "stream"_a,
         "flashlane::forward_kvcache over DLPack tensors (k_cache / v_cache written when k_new "
         "is given). Returns None, or (code, value, message, tag).");
   m.def("serving_plan", &serving_plan, "prefill_backend"_a, "decode_backend"_a,

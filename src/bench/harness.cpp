@@ -91,6 +91,9 @@ bool ProblemSpec::check(std::string* why) const {
   if (!seqused_k.empty() && static_cast<int64_t>(seqused_k.size()) != num_batches())
     return fail("seqused_k has " + std::to_string(seqused_k.size()) + " entries, batch is " +
                 std::to_string(num_batches()));
+  if (!learnable_sink.empty() && static_cast<int64_t>(learnable_sink.size()) != heads_q)
+    return fail("learnable_sink has " + std::to_string(learnable_sink.size()) +
+                " entries, heads_q is " + std::to_string(heads_q));
   return true;
 }
 
@@ -107,6 +110,7 @@ std::string ProblemSpec::describe() const {
   if (window_left >= 0 || window_right >= 0) s << " window(" << window_left << "," << window_right << ")";
   if (softcap > 0) s << " softcap" << softcap;
   if (!seqused_k.empty()) s << " seqused_k";
+  if (!learnable_sink.empty()) s << " sinks";
   return s.str();
 }
 
@@ -132,6 +136,7 @@ nlohmann::json spec_to_json(const ProblemSpec& s) {
     j["seqlens_k"] = s.seqlens_k;
   }
   if (!s.seqused_k.empty()) j["seqused_k"] = s.seqused_k;
+  if (!s.learnable_sink.empty()) j["learnable_sink"] = s.learnable_sink;
   j["seed"] = s.seed;
   return j;
 }
@@ -168,6 +173,7 @@ bool spec_from_json(const nlohmann::json& j, ProblemSpec* out, std::string* why)
       s.seqlens_k = j.at("seqlens_k").get<std::vector<int32_t>>();
     }
     if (j.contains("seqused_k")) s.seqused_k = j["seqused_k"].get<std::vector<int32_t>>();
+    if (j.contains("learnable_sink")) s.learnable_sink = j["learnable_sink"].get<std::vector<float>>();
     s.seed = j.value("seed", uint64_t{0});
     *out = std::move(s);
     return true;
@@ -457,6 +463,15 @@ Status build_tensors(const ProblemSpec& spec, const HostInputs& inputs, DType dt
     if (!(s = t->seqused.upload(spec.seqused_k.data(), B * 4)).ok()) return s;
     p.seqused_k = view(t->seqused, DType::kInt32, {B}, device);
   }
+  if (!spec.learnable_sink.empty()) {
+    if (!(s = alloc(t->sink, hq * 4)).ok()) return s;
+    if (!(s = t->sink.upload(spec.learnable_sink.data(), hq * 4)).ok()) return s;
+    p.learnable_sink = view(t->sink, DType::kFloat32, {hq}, device);
+    if (backward) {
+      if (!(s = alloc(t->dsink, hq * 4)).ok()) return s;
+      p.dlearnable_sink = view(t->dsink, DType::kFloat32, {hq}, device);
+    }
+  }
   p.softmax_scale = spec.softmax_scale;
   p.mask = spec.mask;
   p.window_left = spec.window_left;
@@ -476,6 +491,7 @@ Status poison_outputs(ProblemTensors* t, Direction direction) {
   }
   if (!(s = t->dq.fill_bytes(0xff)).ok()) return s;
   if (!(s = t->dk.fill_bytes(0xff)).ok()) return s;
+  if (!(s = t->dsink.fill_bytes(0xff)).ok()) return s;  // no-op without sinks
   return t->dv.fill_bytes(0xff);
 }
 
@@ -504,6 +520,9 @@ Status fetch_outputs(const ProblemTensors& t, Direction direction, Outputs* out)
   }
   if (!(s = fetch_tensor(t.dq, t.problem.dq, &out->dq)).ok()) return s;
   if (!(s = fetch_tensor(t.dk, t.problem.dk, &out->dk)).ok()) return s;
+  if (t.problem.dlearnable_sink.defined()) {
+    if (!(s = fetch_tensor(t.dsink, t.problem.dlearnable_sink, &out->dsink)).ok()) return s;
+  }
   return fetch_tensor(t.dv, t.problem.dv, &out->dv);
 }
 
@@ -623,6 +642,9 @@ CheckResult check_outputs(Direction direction, const Outputs& got, const Outputs
     c.figures.push_back(compare_tensor("dq", got.dq, ref64.dq, ref_lowp.dq));
     c.figures.push_back(compare_tensor("dk", got.dk, ref64.dk, ref_lowp.dk));
     c.figures.push_back(compare_tensor("dv", got.dv, ref64.dv, ref_lowp.dv));
+    if (!ref64.dsink.empty()) {
+      c.figures.push_back(compare_tensor("dsink", got.dsink, ref64.dsink, ref_lowp.dsink));
+    }
   }
   c.pass = true;
   for (const auto& f : c.figures) c.pass = c.pass && f.pass;

@@ -46,6 +46,7 @@ struct ProblemSpec {
   std::optional<double> softmax_scale;
   std::vector<int32_t> seqlens_q, seqlens_k;  // varlen lengths (empty: bshd)
   std::vector<int32_t> seqused_k;             // optional, [batch]
+  std::vector<float> learnable_sink;          // attention sinks, [heads_q] (empty: none)
   uint64_t seed = 0;
 
   bool varlen() const { return !seqlens_q.empty(); }
@@ -106,28 +107,32 @@ class Buffer {
 };
 
 /// Every tensor of a problem, in one dtype, on one device, with the views filled in.
+/// With sinks: learnable_sink (sink), and dlearnable_sink (dsink) when backward.
 struct ProblemTensors {
   ProblemSpec spec;
   DType dtype = DType::kBFloat16;
   Device device{};
   bool backward = false;
-  Buffer q, k, v, o, lse, dout, dq, dk, dv, cu_q, cu_k, seqused;
+  Buffer q, k, v, o, lse, dout, dq, dk, dv, cu_q, cu_k, seqused, sink, dsink;
   AttentionProblem problem;
   size_t bytes_allocated = 0;  // sum of the buffers above
 };
 
-/// Allocates and fills the inputs (values of `inputs` stored as `dtype`), poisons the outputs
-/// (o, lse, and dq, dk, dv when `backward`). dout is filled when `backward`.
+/// Allocates and fills the inputs (values of `inputs` stored as `dtype`; the sinks of the spec
+/// as float32), poisons the outputs (o, lse, and dq, dk, dv, dlearnable_sink when `backward`).
+/// dout is filled when `backward`.
 Status build_tensors(const ProblemSpec& spec, const HostInputs& inputs, DType dtype, Device device,
                      bool backward, ProblemTensors* out);
-/// Poisons the outputs again (NaN everywhere): forward o and lse, backward dq, dk, dv.
+/// Poisons the outputs again (NaN everywhere): forward o and lse, backward dq, dk, dv (and
+/// dlearnable_sink).
 Status poison_outputs(ProblemTensors* t, Direction direction);
 
-/// Host copies (double) of the outputs of one run.
+/// Host copies (double) of the outputs of one run (dsink: empty without sinks).
 struct Outputs {
-  std::vector<double> o, lse, dq, dk, dv;
+  std::vector<double> o, lse, dq, dk, dv, dsink;
 };
-/// Copies the outputs of `direction` (forward: o, lse; backward: dq, dk, dv) to the host.
+/// Copies the outputs of `direction` (forward: o, lse; backward: dq, dk, dv, and
+/// dlearnable_sink with sinks) to the host.
 Status fetch_outputs(const ProblemTensors& t, Direction direction, Outputs* out);
 
 /// Copies one tensor held in `buffer` (viewed as `view`, contiguous from the buffer's start) to
@@ -150,7 +155,7 @@ Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DTyp
 
 /// Error figures of one output tensor.
 struct ErrorFigure {
-  std::string tensor;             // "o", "lse", "dq", "dk", "dv"
+  std::string tensor;             // "o", "lse", "dq", "dk", "dv", "dsink"
   double max_abs_diff = 0.0;      // max |out - ref64|
   double ref_max_abs_diff = 0.0;  // max |ref_lowp - ref64|
   double tolerance = 0.0;         // 2 * ref_max_abs_diff + 1e-5
@@ -174,7 +179,8 @@ struct CheckResult {
   const ErrorFigure* worst() const;
   int64_t nan_count() const;
 };
-/// Compares the outputs of `direction` (forward: o, lse; backward: dq, dk, dv).
+/// Compares the outputs of `direction` (forward: o, lse; backward: dq, dk, dv, and dsink when
+/// the references have it).
 CheckResult check_outputs(Direction direction, const Outputs& got, const Outputs& ref64,
                           const Outputs& ref_lowp);
 

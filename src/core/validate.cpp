@@ -6,17 +6,22 @@
 // function check_<phase>(problem, Derived*), run in the order of kPhases below; Derived carries
 // what the phases derive (device, dtype, batch, heads, head dims, scale, totals, sequence
 // lengths) to the later phases and to fill_info():
-//   1. presence     required tensors given, data pointers non-null       kNullPointer
+//   1. presence     required tensors given, data pointers non-null;      kNullPointer,
+//                   dlearnable_sink only with learnable_sink              kInvalidArgument
 //   2. devices      every tensor on q's device                            kDeviceMismatch
-//   3. dtypes       floating set, all equal to q, lse float32, int32 meta kUnsupportedDType, ...
-//   4. ranks        bshd 4 / varlen 3 (lse 3 / 2, metadata 1)             kRankMismatch
-//   5. shapes       non-negative, every dimension agreeing                kShapeMismatch
+//   3. dtypes       floating set, all equal to q, lse and sinks float32,  kUnsupportedDType, ...
+//                   int32 metadata
+//   4. ranks        bshd 4 / varlen 3 (lse 3 / 2, metadata and sinks 1)   kRankMismatch
+//   5. shapes       non-negative, every dimension agreeing (sinks         kShapeMismatch
+//                   [heads_q])
 //   6. heads, head dims                                                   kHeadsNotDivisible, ...
-//   7. strides      last dim contiguous; CUDA base pointers and strides   kNotContiguous,
-//                   16-byte aligned                                       kMisaligned
+//   7. strides      last dim contiguous (sinks: stride 1); CUDA base      kNotContiguous,
+//                   pointers and strides of the data tensors 16-byte      kMisaligned
+//                   aligned
 //   8. options      mask, window, softmax_scale, softcap, dropout, max_seqlen
 //   9. metadata     contents of cu_seqlens / seqused_k (host read or one synchronous cudaMemcpy)
-// Only the tensors the direction uses are checked: forward ignores dout, dq, dk and dv.
+// Only the tensors the direction uses are checked: forward ignores dout, dq, dk, dv and
+// dlearnable_sink.
 // Varlen seqlen_q / seqlen_k in ProblemInfo are max_seqlen_q / max_seqlen_k when given (> 0; a
 // given bound below the real maximum is an error when values are checked), else the maxima read
 // from cu_seqlens.
@@ -44,7 +49,7 @@ constexpr int64_t kHeadDimMultiple = 8;
 constexpr int64_t kAlignBytes = 16;  // TMA / vectorized loads need 16-byte aligned rows
 
 /// One tensor argument as validation sees it.
-enum class Kind { kFloating, kLse, kCuSeqlens, kSeqused };
+enum class Kind { kFloating, kLse, kCuSeqlens, kSeqused, kSink };
 struct Arg {
   const char* name;
   const TensorView* t;
@@ -226,6 +231,8 @@ std::vector<Arg> collect_args(const AttentionProblem& p, const Derived& d) {
     args.push_back({"dk", &p.dk, true, Kind::kFloating});
     args.push_back({"dv", &p.dv, true, Kind::kFloating});
   }
+  args.push_back({"learnable_sink", &p.learnable_sink, false, Kind::kSink});
+  if (d.backward) args.push_back({"dlearnable_sink", &p.dlearnable_sink, false, Kind::kSink});
   args.push_back({"cu_seqlens_q", &p.cu_seqlens_q, false, Kind::kCuSeqlens});
   args.push_back({"cu_seqlens_k", &p.cu_seqlens_k, d.varlen, Kind::kCuSeqlens});
   args.push_back({"seqused_k", &p.seqused_k, false, Kind::kSeqused});
@@ -238,6 +245,11 @@ Status check_presence(const AttentionProblem& p, Derived* d) {
     return fail(ErrorCode::kInvalidArgument,
                 "cu_seqlens_k is given but cu_seqlens_q is not: the varlen layout needs both, the "
                 "bshd layout neither");
+  }
+  if (d->backward && p.dlearnable_sink.defined() && !p.learnable_sink.defined()) {
+    return fail(ErrorCode::kInvalidArgument,
+                "dlearnable_sink is given but learnable_sink is not: the sink gradient needs the "
+                "sinks of the forward");
   }
   for (const Arg& a : d->args) {
     if (!a.t->defined()) {
@@ -290,6 +302,12 @@ Status check_dtypes(const AttentionProblem& p, Derived* d) {
           return fail(ErrorCode::kSequsedInvalid, got + " is not supported (must be int32)");
         }
         break;
+      case Kind::kSink:
+        if (a.t->dtype != DType::kFloat32) {
+          return fail(ErrorCode::kUnsupportedDType,
+                      got + " is not supported (" + a.name + " is float32 [heads_q])");
+        }
+        break;
     }
   }
   const DType dtype = p.q.dtype;
@@ -323,6 +341,7 @@ Status check_ranks(const AttentionProblem&, Derived* d) {
         break;
       case Kind::kCuSeqlens: layout = "[batch + 1]"; break;
       case Kind::kSeqused: layout = "[batch]"; break;
+      case Kind::kSink: layout = "sinks [heads_q]"; break;
     }
     if (a.t->rank != want) {
       const ErrorCode code =
@@ -334,8 +353,8 @@ Status check_ranks(const AttentionProblem&, Derived* d) {
   return Status::Ok();
 }
 
-/// Part of phase 5: every dimension of k, v, o and lse agrees with q (or k), and each gradient
-/// has the shape of what it differentiates. Rows are checked in order; the first mismatch wins.
+/// Part of phase 5: every dimension of k, v, o, lse and the sinks agrees with q (or k), and each
+/// gradient has the shape of what it differentiates. Rows are checked in order; the first mismatch wins.
 Status check_dims_agree(const AttentionProblem& p, const Derived& d) {
   struct Row {
     bool check;
@@ -348,6 +367,8 @@ Status check_dims_agree(const AttentionProblem& p, const Derived& d) {
     const char* meaning;
   };
   const bool bshd = !d.varlen, varlen = d.varlen, lse = p.lse.defined();
+  const bool sink = p.learnable_sink.defined();
+  const bool dsink = d.backward && p.dlearnable_sink.defined();
   const int s = d.s_dim, h = d.h_dim, hd = d.d_dim;
   const char* seq_q = varlen ? "total_q" : "seqlen_q";
   const char* seq_k = varlen ? "total_k" : "seqlen_k";
@@ -366,6 +387,8 @@ Status check_dims_agree(const AttentionProblem& p, const Derived& d) {
       {lse && bshd, "lse", &p.lse, 0, "q", &p.q, 0, "batch"},  // [batch, heads_q, seqlen_q]
       {lse && bshd, "lse", &p.lse, 1, "q", &p.q, 2, "heads_q"},
       {lse && bshd, "lse", &p.lse, 2, "q", &p.q, 1, "seqlen_q"},
+      {sink, "learnable_sink", &p.learnable_sink, 0, "q", &p.q, h, "heads_q"},
+      {dsink, "dlearnable_sink", &p.dlearnable_sink, 0, "q", &p.q, h, "heads_q"},
   };
   for (const Row& r : rows) {
     if (!r.check) continue;
@@ -655,6 +678,8 @@ ProblemInfo fill_info(const AttentionProblem& p, const Derived& d) {
   info.window_left = p.window_left;
   info.window_right = d.causal ? 0 : p.window_right;
   info.deterministic = p.deterministic;
+  info.has_sink = p.learnable_sink.defined();
+  info.has_dsink = d.backward && p.dlearnable_sink.defined();
   return info;
 }
 

@@ -3,11 +3,14 @@
 // Phases, most basic first (the first failing one gives the Status), as validate.cpp orders them:
 //   1. presence   required tensors, pairs (k_new/v_new, rotary_cos/rotary_sin), combinations
 //   2. devices    every tensor on q's device
-//   3. dtypes     floating tensors equal to q (rotary: any floating), lse float32, int32 metadata
-//   4. ranks
-//   5. shapes     every dimension agreeing; the cache layout (dense or paged)
+//   3. dtypes     floating tensors equal to q (rotary: any floating), lse and learnable_sink
+//                 float32, int32 metadata
+//   4. ranks      (learnable_sink 1)
+//   5. shapes     every dimension agreeing (learnable_sink [heads_q]); the cache layout (dense
+//                 or paged)
 //   6. heads and head dims
-//   7. strides    last dimension contiguous; CUDA floating tensors 16-byte aligned
+//   7. strides    last dimension contiguous (learnable_sink: stride 1); CUDA data tensors
+//                 16-byte aligned
 //   8. options    mask, window, softmax_scale, softcap, num_splits, rotary_dim
 //   9. metadata   values of cache_seqlens, cache_batch_idx, page_table; rotary coverage
 // Nothing is written to any tensor; `info` only on success.
@@ -33,7 +36,7 @@ using detail::shape_str;
 using detail::str;
 using detail::str_double;
 
-enum class Kind { kData, kRotary, kLse, kSeqlens, kBatchIdx, kPageTable };
+enum class Kind { kData, kRotary, kLse, kSink, kSeqlens, kBatchIdx, kPageTable };
 
 struct Arg {
   const char* name;
@@ -52,6 +55,10 @@ ErrorCode meta_code(Kind kind) {
     default: return ErrorCode::kShapeMismatch;
   }
 }
+
+/// True for the tensors whose malformed rank or shape has the plain codes (kRankMismatch,
+/// kShapeMismatch) rather than a metadata code of their own.
+bool plain_code(Kind kind) { return kind == Kind::kData || kind == Kind::kLse || kind == Kind::kSink; }
 
 struct Derived {
   std::vector<Arg> args;
@@ -76,7 +83,8 @@ std::vector<Arg> collect(const KvCacheProblem& p) {
           {"k_new", &p.k_new, Kind::kData},
           {"v_new", &p.v_new, Kind::kData},
           {"rotary_cos", &p.rotary_cos, Kind::kRotary},
-          {"rotary_sin", &p.rotary_sin, Kind::kRotary}};
+          {"rotary_sin", &p.rotary_sin, Kind::kRotary},
+          {"learnable_sink", &p.learnable_sink, Kind::kSink}};
 }
 
 // ---- 1. presence
@@ -152,6 +160,12 @@ Status check_dtypes(const KvCacheProblem& p, Derived* d) {
           return fail(ErrorCode::kUnsupportedDType, got + " is not supported (lse is float32)");
         }
         break;
+      case Kind::kSink:
+        if (a.t->dtype != DType::kFloat32) {
+          return fail(ErrorCode::kUnsupportedDType,
+                      got + " is not supported (learnable_sink is float32 [heads_q])");
+        }
+        break;
       default:
         if (a.t->dtype != DType::kInt32) return fail(meta_code(a.kind), got + " (must be int32)");
     }
@@ -176,14 +190,14 @@ Status check_ranks(const KvCacheProblem&, Derived* d) {
     switch (a.kind) {
       case Kind::kData: want = 4; break;
       case Kind::kLse: want = 3; break;
+      case Kind::kSink:
       case Kind::kSeqlens:
       case Kind::kBatchIdx: want = 1; break;
       case Kind::kPageTable:
       case Kind::kRotary: want = 2; break;
     }
     if (a.t->rank != want) {
-      const ErrorCode code = a.kind == Kind::kData || a.kind == Kind::kLse ? ErrorCode::kRankMismatch
-                                                                           : meta_code(a.kind);
+      const ErrorCode code = plain_code(a.kind) ? ErrorCode::kRankMismatch : meta_code(a.kind);
       return fail(code, std::string(a.name) + ".rank = " + str(a.t->rank) + " (expected " +
                             str(want) + "; shape " + shape_str(*a.t) + ")");
     }
@@ -205,8 +219,7 @@ Status check_shapes(const KvCacheProblem& p, Derived* d) {
     if (!a.t->defined()) continue;
     for (int i = 0; i < a.t->rank; ++i) {
       if (a.t->shape[i] < 0) {
-        return fail(a.kind == Kind::kData || a.kind == Kind::kLse ? ErrorCode::kShapeMismatch
-                                                                  : meta_code(a.kind),
+        return fail(plain_code(a.kind) ? ErrorCode::kShapeMismatch : meta_code(a.kind),
                     std::string(a.name) + ".shape[" + str(i) + "] = " + str(a.t->shape[i]) +
                         " is negative");
       }
@@ -238,6 +251,9 @@ Status check_shapes(const KvCacheProblem& p, Derived* d) {
     check(expect_dim("lse", p.lse, 0, d->batch, "batch (q.shape[0])"));
     check(expect_dim("lse", p.lse, 1, heads_q, "heads_q (q.shape[2])"));
     check(expect_dim("lse", p.lse, 2, d->seqlen_q, "seqlen_q (q.shape[1])"));
+  }
+  if (p.learnable_sink.defined()) {
+    check(expect_dim("learnable_sink", p.learnable_sink, 0, heads_q, "heads_q (q.shape[2])"));
   }
   if (d->append) {
     d->seqlen_new = p.k_new.shape[1];
@@ -538,6 +554,7 @@ ProblemInfo fill_info(const KvCacheProblem& p, const Derived& d) {
   info.head_dim = d.head_dim;
   info.head_dim_v = d.head_dim_v;
   info.has_lse = p.lse.defined();
+  info.has_sink = p.learnable_sink.defined();
   info.softmax_scale = d.scale;
   info.softcap = p.softcap;
   info.mask = p.mask;

@@ -9,6 +9,11 @@
 //     read, never multiplied by a zero weight, so NaN in unused K/V cannot leak); softmax with
 //     max subtraction; O = sum_j p_j v_j; LSE = m + log(sum_j exp(s_j - m)) (natural log, as
 //     FlashAttention-2 stores it). A row with no visible key writes O = 0 and LSE = -inf.
+//   Attention sinks (gpt-oss's learnable per-head sink logit; FlashAttention-4's
+//     learnable_sink; include/flashlane/problem.h): the sink joins the row's softmax as one more
+//     logit without a value: m = max(sink, max_j s_j), l = exp(sink - m) + sum_j exp(s_j - m),
+//     O = sum_j exp(s_j - m) v_j / l, LSE = m + log(l). A row with no visible key writes O = 0 and
+//     LSE = sink.
 //   Backward: FlashAttention-2 (Dao 2023, arXiv:2307.08691), section 3.2, the standard softmax
 //     backward with P recomputed from the caller's LSE: P_ij = exp(s_ij - lse_i),
 //     D_i = dout_i . o_i, dV_j += P_ij dout_i, dP_ij = dout_i . v_j, dS_ij = P_ij (dP_ij - D_i);
@@ -16,6 +21,12 @@
 //     dK_j += scale dS_raw q_i. GQA: dK/dV of a kv head sum over the query heads of its group.
 //     Rows with lse = -inf (fully masked) contribute nothing; their dQ is 0. Keys beyond
 //     seqused_k get dK = dV = 0.
+//   Sink gradient: the sink's column of dS with dP = 0 (it has no value),
+//     dsink_h = -sum_{b, i} exp(sink_h - lse_i) D_i over every query row of head h (rows with
+//     lse = -inf contribute nothing); dQ, dK, dV are unchanged given the LSE, which includes the
+//     sink. Each (batch, kv head) task writes its per-(batch, head) partial sums into its own
+//     slots; they are summed over the batch in index order afterwards, so dlearnable_sink does
+//     not depend on the thread count or the schedule.
 //   Note: the accuracy of the backward is bounded by the float32 LSE it is given (about 1e-7
 //   relative in P), not by the float64 accumulation.
 //   Low precision (ReferenceNumerics::kLowPrecision, the "ref_lowp" of FlashAttention's test
@@ -23,7 +34,10 @@
 //   rounds scores and P to fp32 and P to the input dtype before P V; the backward emulates a
 //   fused kernel (FlashAttention-2/3): fp32 scores, P, D, dP and dS, P and dS rounded once to the
 //   input dtype before the dV / dK / dQ products, wide (float64) sums, softmax_scale applied to
-//   dQ and dK once at the end.
+//   dQ and dK once at the end. The sink is one more fp32 term of the row statistics, as a fused
+//   kernel keeps them (fp32 row max and row sum): exp(sink - m) rounded to fp32 joins the row
+//   sum before its rounding; in the backward, the sink's probability f32(exp(f32(sink - lse)))
+//   times the fp32 D.
 //
 // Parallelism: std::thread over (batch, query head) for the forward and over (batch, kv head)
 // for the backward, so every output element is written by exactly one thread (no races, and
@@ -224,6 +238,13 @@ inline double capped(double raw, double softcap) {
   return softcap > 0.0 ? softcap * std::tanh(raw / softcap) : raw;
 }
 
+/// learnable_sink[h] (float32 [heads_q]), or -inf without sinks: a logit that adds nothing.
+double sink_logit(const AttentionProblem& p, const ProblemInfo& info, int64_t h) {
+  if (!info.has_sink || !p.learnable_sink.defined()) return kNegInf;
+  const TensorView& t = p.learnable_sink;
+  return numeric::load(t.data, t.dtype, h * t.stride[0]);
+}
+
 }  // namespace
 
 Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info) {
@@ -250,6 +271,7 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
   Status st = parallel_for(info.batch * info.heads_q, work, [&](int64_t task) {
     const int64_t b = task / info.heads_q, h = task % info.heads_q, hk = h / group;
     const Sequence s = layout.sequence(b);
+    const double sink = sink_logit(p, info, h);  // -inf without sinks
     // Rows of the used keys only: keys at or beyond used_k are never read.
     std::vector<double> kbuf(static_cast<size_t>(s.used_k * d)), vbuf(static_cast<size_t>(s.used_k * dv));
     for (int64_t j = 0; j < s.used_k; ++j) {
@@ -262,13 +284,13 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
       const int64_t o_off = layout.row(p.o, b, token, h);
       int64_t first = 0, last = 0;
       rule.key_range(i, s.seqlen_q, s.used_k, &first, &last);
-      if (first >= last) {
+      if (first >= last) {  // only the sink (if any) in the softmax: O = 0, LSE = sink
         zero_row(p.o, o_off, dv);
-        if (write_lse) store_lse(p.lse, layout.lse(b, h, token), kNegInf);
+        if (write_lse) store_lse(p.lse, layout.lse(b, h, token), sink);
         continue;
       }
       load_row(p.q, layout.row(p.q, b, token, h), d, qrow.data());
-      double m = kNegInf;
+      double m = sink;  // the sink takes part in the row maximum
       for (int64_t j = first; j < last; ++j) {
         double sc = capped(scale * dot(qrow.data(), &kbuf[j * d], d), softcap);
         if (emulate) sc = f32(sc);
@@ -291,6 +313,9 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
         const double pj_lowp = numeric::round_to(info.dtype, pj);
         for (int64_t c = 0; c < dv; ++c) orow[c] = f32(orow[c] + pj_lowp * vbuf[j * dv + c]);
       }
+      if (sink != kNegInf) {
+        l += emulate ? f32(std::exp(static_cast<float>(sink - m))) : std::exp(sink - m);
+      }
       if (emulate) l = f32(l);
       const double inv_l = 1.0 / l;
       for (int64_t c = 0; c < dv; ++c) orow[c] *= inv_l;
@@ -305,7 +330,9 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
     for (int64_t token = layout.covered_q(); token < p.q.shape[0] && token < p.o.shape[0]; ++token) {
       for (int64_t h = 0; h < info.heads_q; ++h) {
         zero_row(p.o, layout.row(p.o, 0, token, h), dv);
-        if (write_lse && token < p.lse.shape[1]) store_lse(p.lse, layout.lse(0, h, token), kNegInf);
+        if (write_lse && token < p.lse.shape[1]) {
+          store_lse(p.lse, layout.lse(0, h, token), sink_logit(p, info, h));
+        }
       }
     }
   }
@@ -345,6 +372,10 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
   const double work = 5.0 * static_cast<double>(info.total_q) * static_cast<double>(info.heads_q) *
                       static_cast<double>(std::max<int64_t>(info.seqlen_k, 1)) *
                       static_cast<double>(d + dv);
+  // Sink gradient partials: dsink_part[b * heads_q + h] = sum_i exp(sink_h - lse_i) D_i over the
+  // rows of sequence b, written only by the task (b, h / group).
+  const bool want_dsink = info.has_dsink && p.dlearnable_sink.defined();
+  std::vector<double> dsink_part(want_dsink ? static_cast<size_t>(info.batch * info.heads_q) : 0, 0.0);
   Status st = parallel_for(info.batch * heads_kv, work, [&](int64_t task) {
     const int64_t b = task / heads_kv, hk = task % heads_kv;
     const Sequence s = layout.sequence(b);
@@ -356,22 +387,29 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
     }
     std::vector<double> qrow(d), dqrow(d), dorow(dv), orow(dv);
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+      const double sink = want_dsink ? sink_logit(p, info, h) : kNegInf;
+      double dsink_sum = 0.0;  // sum_i exp(sink - lse_i) D_i over this sequence's rows
       for (int64_t i = 0; i < s.seqlen_q; ++i) {
         const int64_t token = s.q_start + i;
         const int64_t dq_off = layout.row(p.dq, b, token, h);
         int64_t first = 0, last = 0;
         rule.key_range(i, s.seqlen_q, s.used_k, &first, &last);
         const double lse = numeric::load(p.lse.data, p.lse.dtype, layout.lse(b, h, token));
-        // Fully masked row (or one the forward marked as such): no contribution, dQ = 0.
-        if (first >= last || lse == kNegInf) {
-          zero_row(p.dq, dq_off, d);
-          continue;
-        }
-        load_row(p.q, layout.row(p.q, b, token, h), d, qrow.data());
+        // Fully masked row (or one the forward marked as such): no dS term, dQ = 0.
+        const bool masked = first >= last || lse == kNegInf;
+        const bool sink_term = want_dsink && lse != kNegInf;  // every row the sink is part of
+        if (masked) zero_row(p.dq, dq_off, d);
+        if (masked && !sink_term) continue;
         load_row(p.dout, layout.row(p.dout, b, token, h), dv, dorow.data());
         load_row(p.o, layout.row(p.o, b, token, h), dv, orow.data());
         double D = dot(dorow.data(), orow.data(), dv);
         if (emulate) D = f32(D);
+        if (sink_term) {
+          const double p_sink = emulate ? f32(std::exp(f32(sink - lse))) : std::exp(sink - lse);
+          dsink_sum += p_sink * D;
+        }
+        if (masked) continue;
+        load_row(p.q, layout.row(p.q, b, token, h), d, qrow.data());
         std::fill(dqrow.begin(), dqrow.end(), 0.0);
         for (int64_t j = first; j < last; ++j) {
           const double* kj = &kbuf[j * d];
@@ -405,6 +443,7 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
         for (double& x : dqrow) x *= end_scale;
         store_row(p.dq, dq_off, d, dqrow.data());
       }
+      if (want_dsink) dsink_part[static_cast<size_t>(b * info.heads_q + h)] = dsink_sum;
     }
     for (double& x : dkacc) x *= end_scale;
     for (int64_t j = 0; j < s.seqlen_k; ++j) {
@@ -420,6 +459,16 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
     }
   });
   if (!st.ok()) return st;
+
+  // dsink_h = -sum over the batch, in index order, of the tasks' partial sums.
+  if (want_dsink) {
+    const TensorView& t = p.dlearnable_sink;
+    for (int64_t h = 0; h < info.heads_q; ++h) {
+      double sum = 0.0;
+      for (int64_t b = 0; b < info.batch; ++b) sum += dsink_part[static_cast<size_t>(b * info.heads_q + h)];
+      numeric::store(t.data, t.dtype, h * t.stride[0], -sum);
+    }
+  }
 
   // Varlen: packed rows after the last sequence belong to no sequence; their gradients are 0.
   if (info.varlen) {

@@ -12,6 +12,9 @@
 //      the cache (the appended values as stored), bottom-right aligned masks, softcap, softmax
 //      with max subtraction; O = sum p v / sum p, LSE = m + log(sum p). A row with no visible key
 //      writes O = 0, LSE = -inf. Positions at or beyond seqlen_k are never read.
+//      learnable_sink (gpt-oss's per-head sink logit, flashlane/problem.h): one more logit in
+//      every row's softmax, without a value: m = max(sink, max s), sum p includes
+//      exp(sink - m); a row with no visible key writes O = 0, LSE = sink.
 // The append of every sequence finishes before any attention starts (validation guarantees no two
 // sequences write one cache row or page, and no sequence reads a page another one writes).
 // Rotary: GPT-NeoX (non-interleaved) pairs (c, c + rotary_dim / 2), GPT-J (interleaved) pairs
@@ -97,7 +100,7 @@ bool causal_or_local(const KvCacheProblem& p) {
 Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info) {
   for (const TensorView* t : {&p.q, &p.k_cache, &p.v_cache, &p.o, &p.lse, &p.cache_seqlens,
                               &p.cache_batch_idx, &p.page_table, &p.k_new, &p.v_new,
-                              &p.rotary_cos, &p.rotary_sin}) {
+                              &p.rotary_cos, &p.rotary_sin, &p.learnable_sink}) {
     if (t->defined() && t->device.kind != DeviceKind::kCPU) {
       return Status(ErrorCode::kInternal, "reference_cpu called with a tensor not on the host");
     }
@@ -145,6 +148,9 @@ Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info) {
       }
       scores.assign(static_cast<size_t>(seqlen_k), 0.0);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const double sink = info.has_sink ? numeric::load(p.learnable_sink.data, p.learnable_sink.dtype,
+                                                          h * p.learnable_sink.stride[0])
+                                          : kNegInf;
         for (int64_t i = 0; i < info.seqlen_q; ++i) {
           const int64_t o_off = bshd(p.o, b, i, h);
           const int64_t lse_off =
@@ -154,12 +160,12 @@ Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info) {
           if (first >= last) {
             std::fill(orow.begin(), orow.end(), 0.0);
             store(p.o, o_off, dv, orow.data());
-            if (write_lse) numeric::store(p.lse.data, p.lse.dtype, lse_off, kNegInf);
+            if (write_lse) numeric::store(p.lse.data, p.lse.dtype, lse_off, sink);
             continue;
           }
           load(p.q, bshd(p.q, b, i, h), d, qrow.data());
           if (rotary) rotate(p, info, cached + (consecutive ? i : 0), qrow.data());
-          double m = kNegInf;
+          double m = sink;  // -inf without sinks
           for (int64_t j = first; j < last; ++j) {
             double raw = 0.0;
             for (int64_t c = 0; c < d; ++c) raw += qrow[c] * kbuf[j * d + c];
@@ -175,6 +181,7 @@ Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info) {
             l += pj;
             for (int64_t c = 0; c < dv; ++c) orow[c] += pj * vbuf[j * dv + c];
           }
+          if (sink != kNegInf) l += std::exp(sink - m);
           for (int64_t c = 0; c < dv; ++c) orow[c] /= l;
           store(p.o, o_off, dv, orow.data());
           if (write_lse) numeric::store(p.lse.data, p.lse.dtype, lse_off, m + std::log(l));

@@ -2,8 +2,9 @@
 // the GPU ground truth for shapes too large for reference_cpu. Same semantics as reference_cpu
 // (include/flashlane/problem.h): dtypes float16 / bfloat16 / float32 (float32 accumulation) and
 // float64 (float64 accumulation); bshd and varlen layouts (cu_seqlens read on the device),
-// seqused_k, GQA/MQA, every mask of MaskRule (src/core/attention_rules.h), softcap, LSE float32 in
-// natural log, arbitrary strides (last dim 1) and 64-bit element offsets everywhere.
+// seqused_k, GQA/MQA, every mask of MaskRule (src/core/attention_rules.h), softcap, attention sinks
+// (learnable_sink, dlearnable_sink), LSE float32 in natural log, arbitrary strides (last dim 1)
+// and 64-bit element offsets everywhere.
 //
 // Design: simple CUDA-core kernels, written for obvious correctness first, but sharing K/V tiles
 // in shared memory so the canonical benchmark grid can be checked in seconds.
@@ -21,13 +22,19 @@
 //     tile rows t, with P staged per warp in shared memory as [32][kRows].
 //   * Forward: online softmax in the log2 domain (scores prescaled by log2(e), exp2), one running
 //     max per row (warp-uniform) and per-lane partial sums reduced once at the end.
-//     Fully masked rows: O = 0, LSE = -inf.
+//     Fully masked rows: O = 0, LSE = -inf. Attention sinks: in the epilogue the sink, in the
+//     log2 domain like the scores, joins the row's maximum and sum (O and the sum rescaled when
+//     it raises the maximum); a row without visible keys writes O = 0, LSE = sink.
 //   * Backward: preprocess D_i = dout_i . o_i (one warp per row, into a cudaMallocAsync buffer
 //     freed with cudaFreeAsync on the stream, so the call stays graph-capturable); dQ kernel
 //     (warp rows = queries, lanes = keys) and dK/dV kernel (warp rows = keys, lanes = queries;
 //     loops over the query heads of the GQA group and over the query range that can see the key
 //     block). No atomics: every output element is written by exactly one thread, so the
 //     backward is deterministic by construction. Rows with lse = -inf contribute 0.
+//     dQ/dK/dV need nothing for sinks (P is recomputed from the LSE, which includes them);
+//     dlearnable_sink: one block per query head sums exp(sink - lse) D over every row of the
+//     batch (its threads stride over the rows in a fixed order, then a fixed shared-memory
+//     tree), so it is bitwise reproducible.
 //     ReferenceNumerics::kLowPrecision (Params::round_ps): P and dS, computed in fp32 as always,
 //     are rounded to the 16-bit input dtype before they enter the dV, dK and dQ sums, as a
 //     tensor-core kernel (FlashAttention-2/3) rounds its MMA operands and as FlashAttention's
@@ -169,6 +176,9 @@ struct Params {
   const int32_t* cu_k = nullptr;
   const int32_t* seqused_k = nullptr;
   int64_t cu_q_stride = 1, cu_k_stride = 1, seqused_stride = 1;
+  const float* sink = nullptr;  // learnable_sink [heads_q] (nullptr: no sinks)
+  float* dsink = nullptr;       // backward: dlearnable_sink [heads_q] (nullptr: not wanted)
+  int64_t sink_stride = 1, dsink_stride = 1;
   bool varlen = false;
   bool has_lse = false;
   bool vec_ok = false;  // every base pointer and row/head/batch stride allows 16-byte loads
@@ -414,6 +424,8 @@ fwd_kernel(const Params p) {
     int64_t kfirst, klast, unused;
     p.mask.key_range(q0, s.sq, s.used_k, &kfirst, &unused);
     p.mask.key_range(q0 + rows_here - 1, s.sq, s.used_k, &unused, &klast);
+    const float sink = p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
+    const Acc sink2 = static_cast<Acc>(sink) * Acc(kLog2e);  // log2 domain, like m
 
     __syncthreads();  // the previous block iteration is done with shared memory
     stage_rows<T, Acc>(sQ, pitch, kBlockRows, kPad, p.head_dim,
@@ -471,18 +483,25 @@ fwd_kernel(const Params p) {
       __syncwarp();
     }
 
-    // Epilogue: O = acc / l, LSE = (m + log2 l) * ln 2; fully masked rows: O = 0, LSE = -inf.
+    // Epilogue: the sink (if any) joins the row's maximum and sum; O = acc / l,
+    // LSE = (m + log2 l) * ln 2; rows without visible keys: O = 0, LSE = sink (-inf without).
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int64_t i = q0 + warp * kRows + r;
       const Acc lsum = warp_sum(l[r]);
       if (i >= s.sq) continue;
       const bool empty = !(lsum > Acc(0));
-      const Acc inv = empty ? Acc(0) : Acc(1) / lsum;
+      Acc m_row = m[r], l_row = lsum, o_mul = Acc(1);
+      if (!empty && sink2 != neg_inf<Acc>()) {
+        const Acc m_new = max(m_row, sink2);
+        o_mul = ex2(m_row - m_new);  // acc and lsum are relative to m_row
+        l_row = lsum * o_mul + ex2(sink2 - m_new);
+        m_row = m_new;
+      }
+      const Acc inv = empty ? Acc(0) : o_mul / l_row;
       store_cols<T, Acc, kPad>(row_ptr<T>(p.o, s.q_base, h, i), acc[r], inv, p.head_dim_v, lane);
       if (p.has_lse && lane == 0) {
-        const float lse = empty ? -std::numeric_limits<float>::infinity()
-                                : static_cast<float>(m[r] * Acc(kLn2) + lg(lsum));
+        const float lse = empty ? sink : static_cast<float>(m_row * Acc(kLn2) + lg(l_row));
         *row_ptr<float>(p.lse, s.q_base, h, i) = lse;
       }
     }
@@ -509,6 +528,42 @@ __global__ void __launch_bounds__(256) bwd_dot_do_o_kernel(const Params p) {
     for (int c = lane; c < p.head_dim_v; c += 32) sum = fma(to_acc<T, Acc>(d[c]), to_acc<T, Acc>(o[c]), sum);
     sum = warp_sum(sum);
     if (lane == 0) static_cast<Acc*>(p.dsum.ptr)[h * p.total_q + t] = sum;
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// Backward dsink: dsink[h] = -sum over the packed rows t of the batch of exp(sink_h - lse) D.
+// One block per query head (grid-stride over heads); thread x sums rows x, x + kDsinkThreads, ...
+// in order, then a fixed tree over the threads: the same bits on every run.
+
+constexpr int kDsinkThreads = 256;
+
+template <typename Acc>
+__global__ void __launch_bounds__(kDsinkThreads) bwd_dsink_kernel(const Params p) {
+  __shared__ Acc partial[kDsinkThreads];
+  // Rows of the sequences: bshd every packed row; varlen [0, cu_seqlens_q[batch]) (rows after
+  // the last sequence belong to none).
+  const int64_t rows = p.varlen ? p.cu_q[p.batch * p.cu_q_stride] : p.total_q;
+  for (int64_t h = blockIdx.x; h < p.heads_q; h += gridDim.x) {
+    const Acc sink = static_cast<Acc>(p.sink[h * p.sink_stride]);
+    Acc sum = Acc(0);
+    for (int64_t t = threadIdx.x; t < rows; t += kDsinkThreads) {
+      int64_t base, i;
+      if (p.varlen) { base = 0; i = t; } else { base = t / p.seqlen_q; i = t % p.seqlen_q; }
+      const Acc lse = static_cast<Acc>(*row_ptr<const float>(p.lse, base, h, i));
+      if (lse == neg_inf<Acc>()) continue;  // a row the sink is not part of
+      const Acc d = static_cast<const Acc*>(p.dsum.ptr)[h * p.total_q + t];
+      sum = fma(ex2((sink - lse) * Acc(kLog2e)), d, sum);
+    }
+    partial[threadIdx.x] = sum;
+    __syncthreads();
+#pragma unroll
+    for (int half = kDsinkThreads / 2; half > 0; half >>= 1) {
+      if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) p.dsink[h * p.dsink_stride] = static_cast<float>(-partial[0]);
+    __syncthreads();  // partial[0] is read before the next head overwrites it
   }
 }
 
@@ -829,6 +884,14 @@ Params make_params(const AttentionProblem& p, const ProblemInfo& info) {
     k.seqused_k = static_cast<const int32_t*>(p.seqused_k.data);
     k.seqused_stride = p.seqused_k.stride[0];
   }
+  if (info.has_sink && p.learnable_sink.defined()) {
+    k.sink = static_cast<const float*>(p.learnable_sink.data);
+    k.sink_stride = p.learnable_sink.stride[0];
+  }
+  if (info.has_dsink && p.dlearnable_sink.defined()) {
+    k.dsink = static_cast<float*>(p.dlearnable_sink.data);
+    k.dsink_stride = p.dlearnable_sink.stride[0];
+  }
   const int es = dtype_size(info.dtype);
   k.vec_ok = aligned16(p.q, es) && aligned16(p.k, es) && aligned16(p.v, es) &&
              aligned16(p.dout, es) && aligned16(p.o, es);
@@ -921,6 +984,10 @@ Status backward_t(Params prm, cudaStream_t stream) {
 
   Status st = launch(bwd_dot_do_o_kernel<T, Acc>, (prm.total_q * prm.heads_q + 7) / 8, 256, 0,
                      stream, prm, "backward preprocess launch");
+  if (st.ok() && prm.dsink != nullptr) {
+    st = launch(bwd_dsink_kernel<Acc>, prm.heads_q, kDsinkThreads, 0, stream, prm,
+                "backward dsink launch");
+  }
   if (st.ok()) {
     using Cq = DqCfg<Acc, kPad>;
     const int64_t rows = Cq::kWarps * Cq::kRows;
@@ -969,6 +1036,10 @@ Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cu
   prm.round_ps = backward && numerics == ReferenceNumerics::kLowPrecision;
   if (backward && !prm.has_lse) {
     return Status(ErrorCode::kInternal, "reference_cuda: backward without lse reached the backend");
+  }
+  if (prm.dsink != nullptr && prm.sink == nullptr) {
+    return Status(ErrorCode::kInternal,
+                  "reference_cuda: dlearnable_sink without learnable_sink reached the backend");
   }
   switch (info.dtype) {
     case DType::kFloat16: return dispatch_pad<__half, float>(backward, prm, stream);

@@ -3,7 +3,8 @@
 // Same rules as reference_cpu_kvcache (src/reference/reference_cpu_kvcache.cpp): dense cache
 // (cache_batch_idx) or paged cache (any page_size), cache_seqlens, append of k_new / v_new with
 // optional rotary (interleaved or GPT-NeoX), bottom-right aligned masks and windows (MaskRule),
-// softcap, GQA/MQA, LSE float32 in natural log, rows with no visible key O = 0 / LSE = -inf.
+// softcap, GQA/MQA, attention sinks (learnable_sink joins each row's maximum and sum at the end),
+// LSE float32 in natural log, rows with no visible key O = 0 / LSE = -inf (the sink with sinks).
 // Dtypes float16 / bfloat16 / float32 with float32 arithmetic, float64 with float64 arithmetic.
 //
 // Written for obvious correctness, not speed:
@@ -111,6 +112,8 @@ struct KvParams {
   bool q_consecutive = false;  // q row i rotated at cache_seqlens[b] + i (else at cache_seqlens[b])
   bool paged = false;
   bool has_lse = false;
+  const float* sink = nullptr;  // learnable_sink [heads_q] (nullptr: no sinks)
+  int64_t sink_stride = 1;
   int64_t batch = 0, seqlen_q = 0, heads_q = 0, heads_kv = 0, group = 1;
   int64_t head_dim = 0, head_dim_v = 0;
   int64_t seqlen_new = 0, capacity = 0, page_size = 0;
@@ -268,16 +271,24 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const KvParams p) {
     }
 
     const bool empty = first >= last;
+    // The sink (if any): one more logit of the row, without a value.
+    const float sink = p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
+    Acc o_mul = Acc(1);
+    if (!empty && static_cast<Acc>(sink) != neg_inf<Acc>()) {
+      const Acc m_new = max(m, static_cast<Acc>(sink));
+      o_mul = exp_acc(m - m_new);  // acc and l are relative to m
+      l = l * o_mul + exp_acc(static_cast<Acc>(sink) - m_new);
+      m = m_new;
+    }
     T* og = static_cast<T*>(p.o.ptr) + p.o.at(b, i, h);
 #pragma unroll
     for (int u = 0; u < kColsPerThread; ++u) {
       const int c = threadIdx.x + u * kThreads;
-      if (c < p.head_dim_v) og[c] = store_cvt<T, Acc>(empty ? Acc(0) : acc[u] / l);
+      if (c < p.head_dim_v) og[c] = store_cvt<T, Acc>(empty ? Acc(0) : acc[u] * o_mul / l);
     }
     if (p.has_lse && threadIdx.x == 0) {
       static_cast<float*>(p.lse.ptr)[p.lse.at(b, h, i)] =
-          empty ? -std::numeric_limits<float>::infinity()
-                : static_cast<float>(m + log_acc(l));
+          empty ? sink : static_cast<float>(m + log_acc(l));
     }
   }
 }
@@ -306,6 +317,10 @@ KvParams make_params(const KvCacheProblem& p, const ProblemInfo& info) {
   k.v_new = desc(p.v_new);
   k.lse = desc(p.lse);
   k.has_lse = p.lse.defined();
+  if (info.has_sink && p.learnable_sink.defined()) {
+    k.sink = static_cast<const float*>(p.learnable_sink.data);
+    k.sink_stride = p.learnable_sink.stride[0];
+  }
   if (p.cache_seqlens.defined()) {
     k.cache_seqlens = static_cast<const int32_t*>(p.cache_seqlens.data);
     k.cache_seqlens_stride = p.cache_seqlens.stride[0];

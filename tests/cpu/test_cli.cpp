@@ -294,3 +294,59 @@ TEST(CliTest, RunDecodeStrictRefusalsExitTwoWithTags) {
   EXPECT_EQ(bad.code, 2) << bad.out;
   EXPECT_NE(bad.out.find("cache_seqlens_invalid"), std::string::npos) << bad.out;
 }
+
+// --learnable-sink: a constant sink for every head or seeded random ones, forward, backward (the
+// dsink figure joins the check) and decode; a malformed value exits 2.
+TEST(CliTest, RunWithLearnableSinkPasses) {
+  const char* cases[] = {
+      "--learnable-sink 0.5 --mask causal_bottom_right --seqlen-q 96 --seqlen-k 40 --bwd",
+      "--learnable-sink random --heads-q 8 --heads-kv 2 --mask causal --bwd",
+      "--learnable-sink -1.5 --varlen-lengths \"0,30;5,20\" --mask causal --bwd --dtype fp16",
+      "--learnable-sink 2 --dtype fp32 --softcap 1.5",
+  };
+  for (const char* c : cases) {
+    const Result r = run_tool(std::string("run --backend reference_cpu --seqlen-q 64 --seed 3 ") + c);
+    EXPECT_EQ(r.code, 0) << c << "\n" << r.out;
+    EXPECT_NE(r.out.find("result: PASS"), std::string::npos) << c << "\n" << r.out;
+    EXPECT_NE(r.out.find(" sinks"), std::string::npos) << c << "\n" << r.out;  // the description
+  }
+  const Result j = run_tool("run --backend reference_cpu --heads-q 4 --learnable-sink 0.5 --bwd --json");
+  ASSERT_EQ(j.code, 0) << j.out;
+  const nlohmann::json out = nlohmann::json::parse(j.out);
+  ASSERT_EQ(out["problem"]["learnable_sink"].size(), 4u) << j.out;
+  for (const auto& s : out["problem"]["learnable_sink"]) EXPECT_EQ(s.get<double>(), 0.5);
+  ASSERT_EQ(out["check"]["bwd"]["tensors"].size(), 4u) << j.out;
+  EXPECT_EQ(out["check"]["bwd"]["tensors"][3]["tensor"], "dsink");
+  EXPECT_TRUE(out["check"]["bwd"]["tensors"][3]["pass"].get<bool>());
+  EXPECT_EQ(out["check"]["bwd"]["tensors"][3]["count"], 4);
+  // Random sinks: one per head, in [-1, 3), the same for the same seed.
+  const Result r1 = run_tool("run --backend reference_cpu --heads-q 6 --learnable-sink random --seed 9 --json");
+  const Result r2 = run_tool("run --backend reference_cpu --heads-q 6 --learnable-sink random --seed 9 --json");
+  ASSERT_EQ(r1.code, 0) << r1.out;
+  const nlohmann::json s1 = nlohmann::json::parse(r1.out)["problem"]["learnable_sink"];
+  ASSERT_EQ(s1.size(), 6u);
+  EXPECT_EQ(s1, nlohmann::json::parse(r2.out)["problem"]["learnable_sink"]);
+  std::set<double> distinct;
+  for (const auto& s : s1) {
+    EXPECT_GE(s.get<double>(), -1.0);
+    EXPECT_LT(s.get<double>(), 3.0);
+    distinct.insert(s.get<double>());
+  }
+  EXPECT_GT(distinct.size(), 1u);
+
+  const Result dec = run_tool(
+      "run --decode --backend reference_cpu --strict --batch 2 --seqlen-q 3 --heads-q 8 --heads-kv 2 "
+      "--seqlen-cache 40 --page-size 8 --cache-seqlens 0,17 --seqlen-new 2 --mask causal_bottom_right "
+      "--learnable-sink random --dtype fp32");
+  EXPECT_EQ(dec.code, 0) << dec.out;
+  EXPECT_NE(dec.out.find("result: PASS"), std::string::npos) << dec.out;
+  EXPECT_NE(dec.out.find(", sinks"), std::string::npos) << dec.out;
+
+  for (const char* bad : {"abc", "0.5x", "inf", ""}) {
+    const Result r = run_tool(std::string("run --backend reference_cpu --learnable-sink '") + bad + "'");
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.out;
+    EXPECT_NE(r.out.find("--learnable-sink"), std::string::npos) << bad << ": " << r.out;
+  }
+  const Result bad_decode = run_tool("run --decode --backend reference_cpu --learnable-sink nope");
+  EXPECT_EQ(bad_decode.code, 2) << bad_decode.out;
+}

@@ -78,8 +78,9 @@ struct Case {
   int64_t wl = -1, wr = -1;
   double softcap = 0.0;
   bool use_seqlens = true;
+  std::vector<float> sinks;  // learnable_sink, one per query head; empty: none
 
-  Buf q, kc, vc, o, lse, seqlens_t, page_table, k_new, v_new, cos, sin;
+  Buf q, kc, vc, o, lse, seqlens_t, page_table, k_new, v_new, cos, sin, sink_t;
   int64_t num_pages = 0, max_pages = 0;
 
   void build(uint64_t seed = 1) {
@@ -109,6 +110,10 @@ struct Case {
           for (int64_t c = 0; c < d; ++c) kc.set(kv_off(kc, b, t, h, c), u(g));
           for (int64_t c = 0; c < dv; ++c) vc.set(kv_off(vc, b, t, h, c), u(g));
         }
+    if (!sinks.empty()) {
+      sink_t = Buf(DType::kFloat32, {static_cast<int64_t>(sinks.size())});
+      for (size_t h = 0; h < sinks.size(); ++h) sink_t.set(static_cast<int64_t>(h), sinks[h]);
+    }
     o = Buf(dtype, {batch, seqlen_q, heads_q, dv}, 12345.0);
     lse = Buf(DType::kFloat32, {batch, heads_q, seqlen_q}, 12345.0);
     seqlens_t = ints(seqlens);
@@ -155,6 +160,7 @@ struct Case {
       p.rotary_sin = sin.view();
       p.rotary_interleaved = interleaved;
     }
+    if (!sinks.empty()) p.learnable_sink = sink_t.view();
     p.mask = mask;
     p.window_left = wl;
     p.window_right = wr;
@@ -208,6 +214,7 @@ void expect_matches_forward(Case& c, double tol) {
   p.o = o.view();
   p.lse = lse.view();
   p.seqused_k = used_t.view();
+  if (!c.sinks.empty()) p.learnable_sink = c.sink_t.view();
   p.mask = c.mask == fl::MaskType::kNoMask ? fl::MaskType::kNoMask : fl::MaskType::kCausalBottomRight;
   p.window_left = c.wl;
   p.window_right = c.wr;
@@ -386,6 +393,61 @@ TEST(KvCacheReference, EmptyCacheWithoutNewKeysWritesZeroAndMinusInf) {
   for (int64_t i = 0; i < c.lse.numel(); ++i) EXPECT_EQ(c.lse.get(i), -std::numeric_limits<double>::infinity());
 }
 
+// Attention sinks: the KV-cache reference with learnable_sink equals forward() with the same sinks
+// over the gathered cache (dense, paged, GQA with causal window and softcap, append with rotary),
+// and rows without a visible key give O = 0, LSE = sink.
+TEST(KvCacheReference, SinksMatchForwardOverTheCachePrefix) {
+  for (int variant = 0; variant < 4; ++variant) {
+    Case c;
+    c.seqlen_q = 3;
+    c.sinks = {0.5f, -1.25f, 2.0f, 3.5f};
+    if (variant == 1) c.page_size = 4;
+    if (variant == 2) {
+      c.heads_q = 6;
+      c.heads_kv = 2;
+      c.sinks = {0.5f, -1.25f, 2.0f, 3.5f, 0.0f, 1.0f};
+      c.seqlens = {1, 17};  // sequence 0: 1 key for 3 rows, the first two rows see nothing
+      c.mask = fl::MaskType::kCausalBottomRight;
+      c.wl = 3;
+      c.softcap = 1.5;  // below most sinks: a capped sink would show
+    }
+    if (variant == 3) {
+      c.page_size = 4;
+      c.seqlens = {3, 6};
+      c.seqlen_new = 2;
+      c.rotary_dim = 8;
+      c.mask = fl::MaskType::kCausalBottomRight;
+    }
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    c.build(40 + variant);
+    fl::ProblemInfo info;
+    ASSERT_TRUE(fl::validate_kvcache(c.problem(), &info).ok());
+    EXPECT_TRUE(info.has_sink);
+    ASSERT_TRUE(fl::forward_kvcache(c.problem(), cpu_strict()).ok());
+    expect_matches_forward(c, 1e-6);
+    if (variant == 2) {
+      for (int64_t h = 0; h < c.heads_q; ++h) {
+        for (int64_t i = 0; i < 2; ++i) {
+          EXPECT_EQ(c.lse.get(c.lse.off({0, h, i})), static_cast<double>(c.sinks[h]));
+          for (int64_t x = 0; x < c.dv; ++x) EXPECT_EQ(c.o.get(c.o.off({0, i, h, x})), 0.0);
+        }
+      }
+    }
+  }
+}
+
+TEST(KvCacheReference, EmptyCacheWithSinksWritesZeroAndTheSink) {
+  Case c;
+  c.seqlens = {0, 0};
+  c.sinks = {0.25f, -3.0f, 1.5f, 7.0f};
+  c.build(2);
+  ASSERT_TRUE(fl::forward_kvcache(c.problem(), cpu_strict()).ok());
+  for (int64_t i = 0; i < c.o.numel(); ++i) EXPECT_EQ(c.o.get(i), 0.0);
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      EXPECT_EQ(c.lse.get(c.lse.off({b, h, 0})), static_cast<double>(c.sinks[h]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Validation: stable codes, nothing written.
 
@@ -473,6 +535,62 @@ TEST(KvCacheValidation, CodesAndNothingWritten) {
     EXPECT_EQ(fl::last_receipt().status, fl::error_code_name(bad.code)) << bad.what;
     EXPECT_EQ(fl::last_receipt().runtime_mode, fl::kvcache_runtime_mode(p)) << bad.what;
   }
+}
+
+// learnable_sink: float32 [heads_q], stride 1, on q's device; each fault its code, nothing
+// written.
+TEST(KvCacheValidation, SinkCodesAndNothingWritten) {
+  struct SinkBad {
+    const char* what;
+    ErrorCode code;
+    const char* needle;
+    void (*mutate)(TensorView&);
+  };
+  const SinkBad cases[] = {
+      {"null data", ErrorCode::kNullPointer, "learnable_sink: data pointer is null",
+       [](TensorView& t) { t.data = nullptr; }},
+      {"on a CUDA device", ErrorCode::kDeviceMismatch, "learnable_sink.device = cuda:0",
+       [](TensorView& t) { t.device = fl::Device::cuda(0); }},
+      {"float16", ErrorCode::kUnsupportedDType, "learnable_sink.dtype = float16",
+       [](TensorView& t) { t.dtype = DType::kFloat16; }},
+      {"float64", ErrorCode::kUnsupportedDType, "learnable_sink.dtype = float64",
+       [](TensorView& t) { t.dtype = DType::kFloat64; }},
+      {"rank 2", ErrorCode::kRankMismatch, "learnable_sink.rank = 2",
+       [](TensorView& t) { t = TensorView::contiguous(t.data, DType::kFloat32, {2, 2}, fl::Device{}); }},
+      {"heads_kv entries", ErrorCode::kShapeMismatch, "learnable_sink.shape[0] = 2",
+       [](TensorView& t) { t.shape[0] = 2; }},
+      {"negative length", ErrorCode::kShapeMismatch, "learnable_sink.shape[0] = -4",
+       [](TensorView& t) { t.shape[0] = -4; }},
+      {"stride 2", ErrorCode::kNotContiguous, "learnable_sink.stride[0] = 2",
+       [](TensorView& t) { t.stride[0] = 2; }},
+  };
+  for (const SinkBad& bad : cases) {
+    Case c;
+    c.sinks = {0.5f, 1.0f, 1.5f, 2.0f};
+    c.seqlen_new = 1;
+    c.build(5);
+    fl::KvCacheProblem p = c.problem();
+    bad.mutate(p.learnable_sink);
+    const Buf k0 = c.kc, v0 = c.vc, o0 = c.o, l0 = c.lse;
+    const fl::Status st = fl::forward_kvcache(p, cpu_strict());
+    EXPECT_EQ(st.code(), bad.code) << bad.what << ": " << st.to_string();
+    EXPECT_NE(st.message().find(bad.needle), std::string::npos) << bad.what << ": " << st.to_string();
+    EXPECT_EQ(c.kc.bytes, k0.bytes) << bad.what;
+    EXPECT_EQ(c.vc.bytes, v0.bytes) << bad.what;
+    EXPECT_EQ(c.o.bytes, o0.bytes) << bad.what;
+    EXPECT_EQ(c.lse.bytes, l0.bytes) << bad.what;
+  }
+  Case ok;
+  ok.sinks = {0.5f, 1.0f, 1.5f, 2.0f};
+  ok.build(5);
+  fl::ProblemInfo info;
+  ASSERT_TRUE(fl::validate_kvcache(ok.problem(), &info).ok());
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+  Case none;
+  none.build(5);
+  ASSERT_TRUE(fl::validate_kvcache(none.problem(), &info).ok());
+  EXPECT_FALSE(info.has_sink);
 }
 
 TEST(KvCacheValidation, DenseSpecifics) {

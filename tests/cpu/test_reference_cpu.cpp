@@ -10,7 +10,12 @@
 //   - low-precision backward (ReferenceNumerics::kLowPrecision): the same matrix form with a
 //     fused kernel's roundings written out (fp32 S, P, D, dP, dS; P and dS rounded to the input
 //     dtype before dV = P^T dO, dK = scale dS^T Q, dQ = scale dS K), as FlashAttention's
-//     ref_lowp (attention_ref with upcast=False, tests/test_util.py of flash-attention) does.
+//     ref_lowp (attention_ref with upcast=False, tests/test_util.py of flash-attention) does;
+//   - attention sinks: the forward as gpt-oss's eager attention writes it (the visible scores and
+//     the sink concatenated into one logit vector, a softmax over all of it, the sink's column
+//     dropped before P V, LSE = logsumexp of the vector); dQ/dK/dV by the matrix backward above
+//     (unchanged given the LSE), dsink by the formula of problem.h and by central finite
+//     differences of L = sum(dout * O) in the float32 sink.
 // Every test poisons the outputs first (NaN) and checks that every output element was written.
 #include <gtest/gtest.h>
 
@@ -71,6 +76,12 @@ std::string describe(const HostProblemConfig& c) {
   std::string out = buf;
   if (!c.seqlens_q.empty()) out += " seqlens_q=" + join(c.seqlens_q) + " seqlens_k=" + join(c.seqlens_k);
   if (!c.seqused_k.empty()) out += " seqused_k=" + join(c.seqused_k);
+  if (!c.learnable_sink.empty()) {
+    out += " learnable_sink={";
+    for (size_t h = 0; h < c.learnable_sink.size(); ++h)
+      out += (h ? "," : "") + std::to_string(c.learnable_sink[h]);
+    out += "}";
+  }
   return out;
 }
 
@@ -281,6 +292,71 @@ BackwardRef brute_backward(const HostProblem& hp, bool lowp = false) {
   return r;
 }
 
+/// Forward with attention sinks as gpt-oss's eager attention computes it: per row, the logit
+/// vector z = [visible scores..., sink_h], w = softmax(z), O = sum over the keys of w_j v_j (the
+/// sink's weight has no value), LSE = logsumexp(z). A row without visible keys needs no special
+/// case: z = [sink_h], so O = 0 and LSE = sink_h.
+ForwardRef concat_forward(const HostProblem& hp) {
+  const HostProblemConfig& c = hp.config();
+  ForwardRef r;
+  r.o.assign(hp.o.buffer_elements(), std::nan(""));
+  r.lse.assign(hp.lse.buffer_elements(), std::nan(""));
+  for (int64_t b = 0; b < hp.batch(); ++b) {
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      const Head m = read_head(hp, b, h);
+      const double sink = hp.learnable_sink.get(h);
+      for (int64_t i = 0; i < m.sq; ++i) {
+        std::vector<double> z;
+        std::vector<int64_t> key;  // key index of z[t], t < key.size()
+        for (int64_t j = 0; j < m.used; ++j) {
+          if (!m.vis[i * m.used + j]) continue;
+          z.push_back(m.score[i * m.used + j]);
+          key.push_back(j);
+        }
+        z.push_back(sink);
+        const double mx = *std::max_element(z.begin(), z.end());
+        double sum = 0;
+        for (double x : z) sum += std::exp(x - mx);
+        const int64_t o_off = hp.row_offset(hp.o, b, i, h, false);
+        for (int64_t x = 0; x < m.dv; ++x) {
+          double acc = 0;
+          for (size_t t = 0; t < key.size(); ++t) acc += std::exp(z[t] - mx) / sum * m.v[key[t] * m.dv + x];
+          r.o[o_off + x] = acc;
+        }
+        if (hp.lse.defined()) r.lse[hp.lse_offset(b, i, h)] = mx + std::log(sum);
+        r.masked_rows += key.empty();
+      }
+    }
+  }
+  return r;
+}
+
+/// dsink_h = -sum over the batch and the rows i of head h of exp(sink_h - lse_i) D_i,
+/// D_i = dout_i . o_i, from the o and lse in hp (problem.h). lowp: D and exp(sink - lse) rounded
+/// to float32 as a fused kernel keeps them. *magnitude receives sum |terms| per head, the scale
+/// of the rounding of the sum.
+std::vector<double> brute_dsink(const HostProblem& hp, bool lowp, std::vector<double>* magnitude) {
+  const HostProblemConfig& c = hp.config();
+  const auto r32 = [lowp](double x) { return lowp ? static_cast<double>(static_cast<float>(x)) : x; };
+  std::vector<double> dsink(c.heads_q, 0.0);
+  magnitude->assign(c.heads_q, 0.0);
+  for (int64_t h = 0; h < c.heads_q; ++h) {
+    const double sink = hp.learnable_sink.get(h);
+    for (int64_t b = 0; b < hp.batch(); ++b) {
+      for (int64_t i = 0; i < hp.seqlen_q(b); ++i) {
+        double D = 0;
+        for (int64_t x = 0; x < hp.head_dim_v(); ++x)
+          D += hp.dout.get(hp.row_offset(hp.dout, b, i, h, false) + x) *
+               hp.o.get(hp.row_offset(hp.o, b, i, h, false) + x);
+        const double term = r32(std::exp(r32(sink - hp.lse.get(hp.lse_offset(b, i, h))))) * r32(D);
+        dsink[h] -= term;
+        (*magnitude)[h] += std::fabs(term);
+      }
+    }
+  }
+  return dsink;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Comparison helpers.
 
@@ -371,7 +447,7 @@ bool check_forward(HostProblem& hp, Summary& sum) {
   hp.poison_forward_outputs();
   const Status st = flashlane::detail::reference_cpu_forward(hp.problem(), *info);
   EXPECT_TRUE(st.ok()) << st.to_string();
-  const ForwardRef want = brute_forward(hp);
+  const ForwardRef want = hp.learnable_sink.defined() ? concat_forward(hp) : brute_forward(hp);
   const HostProblemConfig& c = hp.config();
   const Errors eo = compare(hp.o, want.o, unit_roundoff(c.dtype), abs_floor(c.dtype));
   // LSE is float32: one rounding of the float64 value.
@@ -409,6 +485,27 @@ bool check_backward(HostProblem& hp, Summary& sum,
   sum.add(eq, c.dtype);
   sum.add(ek, c.dtype);
   sum.add(ev, c.dtype);
+  if (hp.dlearnable_sink.defined()) {
+    // dlearnable_sink is float32: its final rounding, plus the rounding of the sum (the
+    // emulation's float32 D may land one float32 ulp apart, summed in another order).
+    const bool lowp = numerics == ReferenceNumerics::kLowPrecision &&
+                      (c.dtype == DType::kBFloat16 || c.dtype == DType::kFloat16);
+    std::vector<double> magnitude;
+    const std::vector<double> want_dsink = brute_dsink(hp, lowp, &magnitude);
+    Errors es;
+    es.poisoned = hp.dlearnable_sink.count_poisoned();
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      const double got = hp.dlearnable_sink.get(h), w = want_dsink[h];
+      const double tol = std::ldexp(1.0, -24) * std::fabs(w) +
+                         (lowp ? std::ldexp(1.0, -22) : 1e-12) * magnitude[h] + 1e-12;
+      const double err = std::fabs(got - w);
+      es.bad += !(err <= tol);
+      es.max_abs = std::max(es.max_abs, err);
+      es.max_excess = std::max(es.max_excess, err / tol);
+    }
+    EXPECT_CLEAN(es, "dlearnable_sink", c);
+    sum.add(es, DType::kFloat32);
+  }
   ++sum.cases;
   return true;
 }
@@ -1009,6 +1106,346 @@ TEST(ReferenceCpu, ThreadedProblemIsDeterministicAndCorrect) {
     sum.add(e, c.dtype);
   }
   ++sum.cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention sinks (learnable_sink / dlearnable_sink).
+
+/// heads_q sink logits in [-2, 4), multiples of 2^-8 (exact in float32, and sink +- 2^-12 too, for
+/// the finite differences), from `seed`. Several exceed the softcaps used here (0.5, 1.5).
+std::vector<float> random_sinks(int64_t heads_q, uint64_t seed) {
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 17);
+  std::vector<float> s(static_cast<size_t>(heads_q));
+  for (float& x : s) x = static_cast<float>(static_cast<int64_t>(rng() % 1536) - 512) / 256.0f;
+  return s;
+}
+
+HostProblemConfig with_sinks(HostProblemConfig c) {
+  c.learnable_sink = random_sinks(c.heads_q, c.seed);
+  return c;
+}
+
+// Every mask x window x (seqlen_q, seqlen_k) x GQA/MQA x softcap, float64, against the
+// concatenated softmax of gpt-oss; the sink is neither scaled (explicit and default scales) nor
+// capped (sinks up to 4 with softcap 0.5).
+TEST(ReferenceCpuSinks, ForwardFloat64MatchesConcatenatedSoftmax) {
+  Summary sum{"SinkForwardFloat64"};
+  const int64_t shapes[][2] = {{5, 9}, {9, 5}, {17, 17}};
+  uint64_t seed = 11000;
+  for (MaskType mask : kMasks)
+    for (Window w : kWindows)
+      for (const auto& s : shapes)
+        for (int64_t hkv : {1, 2})
+          for (double cap : {0.0, 0.5}) {
+            HostProblem hp(with_sinks(small_config(DType::kFloat64, mask, w, s[0], s[1], hkv, cap, seed++)));
+            check_forward(hp, sum);
+          }
+  EXPECT_EQ(sum.cases, 156);
+  EXPECT_GT(sum.masked_rows, 0);
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// Varlen with empty sequences, seqused_k with NaN beyond it, head_dim_v != head_dim; and
+// bfloat16 / float16 / float32 inputs (the output may differ only by its final rounding).
+TEST(ReferenceCpuSinks, ForwardVarlenAndLowPrecisionInputsMatchConcatenatedSoftmax) {
+  Summary sum{"SinkForwardVarlenLowPrecision"};
+  uint64_t seed = 12000;
+  for (bool seqused : {false, true})
+    for (MaskType mask : kMasks)
+      for (Window w : kWindows)
+        for (int64_t hkv : {1, 2}) {
+          HostProblem hp(with_sinks(varlen_config(DType::kFloat64, mask, w, hkv, 0.5 * hkv - 0.5, seqused, seed++)));
+          check_forward(hp, sum);
+        }
+  for (DType dt : {DType::kBFloat16, DType::kFloat16, DType::kFloat32})
+    for (MaskType mask : kMasks)
+      for (double cap : {0.0, 0.5}) {
+        HostProblem hp(with_sinks(small_config(dt, mask, {3, -1}, 9, 17, 2, cap, seed++)));
+        check_forward(hp, sum);
+      }
+  EXPECT_EQ(sum.cases, 52 + 18);
+  EXPECT_GT(sum.masked_rows, 0);
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// With sinks, O is the sink-free O scaled by l / (l + exp(sink)) = exp(lse - lse_sink) and
+// lse_sink = log(exp(lse) + exp(sink)); a row without visible keys has O = 0 and LSE = sink
+// exactly (bitwise), and its dQ is 0. Every query row of sequence 0 (causal bottom-right,
+// seqlen_q > used keys) up to the diagonal and all rows of the key-less sequences see nothing.
+TEST(ReferenceCpuSinks, SinkRescalesRowsAndRowsWithoutKeysGiveTheSink) {
+  HostProblemConfig c = varlen_config(DType::kFloat64, MaskType::kCausalBottomRight, {-1, -1}, 2, 0.0,
+                                      true, 13000);
+  HostProblem plain(c), sinks(with_sinks(c));
+  const auto fwd = info_for(sinks, Direction::kForward);
+  const auto bwd = info_for(sinks, Direction::kBackward);
+  ASSERT_TRUE(fwd && bwd);
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(plain.problem(), *fwd).ok());
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(sinks.problem(), *fwd).ok());
+  ASSERT_TRUE(flashlane::detail::reference_cpu_backward(sinks.problem(), *bwd).ok());
+  int64_t empty_rows = 0, rows = 0;
+  for (int64_t b = 0; b < sinks.batch(); ++b)
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      const double sink = sinks.learnable_sink.get(h);
+      for (int64_t i = 0; i < sinks.seqlen_q(b); ++i) {
+        ++rows;
+        const double lse0 = plain.lse.get(plain.lse_offset(b, i, h));
+        const double lse1 = sinks.lse.get(sinks.lse_offset(b, i, h));
+        const int64_t o_off = sinks.row_offset(sinks.o, b, i, h, false);
+        if (lse0 == -kInf) {  // no visible key
+          ++empty_rows;
+          EXPECT_EQ(lse1, sink) << "b=" << b << " i=" << i << " h=" << h;
+          for (int64_t x = 0; x < sinks.head_dim_v(); ++x) EXPECT_EQ(sinks.o.get(o_off + x), 0.0);
+          const int64_t dq_off = sinks.row_offset(sinks.dq, b, i, h, false);
+          for (int64_t x = 0; x < c.head_dim; ++x) EXPECT_EQ(sinks.dq.get(dq_off + x), 0.0);
+          continue;
+        }
+        const double mx = std::max(lse0, sink);
+        const double want_lse = mx + std::log(std::exp(lse0 - mx) + std::exp(sink - mx));
+        // Both LSEs are float32: 2^-24 relative each.
+        const double lse_err = std::ldexp(1.0, -23) * (1 + std::fabs(lse0) + std::fabs(lse1));
+        EXPECT_NEAR(lse1, want_lse, lse_err);
+        EXPECT_LE(lse0, lse1);
+        const double ratio = std::exp(lse0 - lse1);
+        for (int64_t x = 0; x < sinks.head_dim_v(); ++x) {
+          const double plain_o = plain.o.get(o_off + x);
+          EXPECT_NEAR(sinks.o.get(o_off + x), plain_o * ratio, lse_err * std::fabs(plain_o) + 1e-12);
+        }
+      }
+    }
+  EXPECT_GT(empty_rows, 10);
+  EXPECT_GT(rows - empty_rows, 10);
+  EXPECT_EQ(sinks.dlearnable_sink.count_poisoned(), 0);
+  for (int64_t h = 0; h < c.heads_q; ++h) EXPECT_TRUE(std::isfinite(sinks.dlearnable_sink.get(h)));
+}
+
+// Softcap caps the scores, never the sink: with softcap 0.5 every score is below 0.5, so
+// LSE > sink for sinks above it (a capped sink would be below 0.5 and give LSE < sink); with a
+// scale of 0.05 the sink is not scaled either.
+TEST(ReferenceCpuSinks, SinkIsNeitherCappedNorScaled) {
+  HostProblemConfig c = small_config(DType::kFloat64, MaskType::kNoMask, {-1, -1}, 6, 4, 2, 0.5, 13500);
+  c.learnable_sink = {3.0f, 1.5f, 2.25f, 0.75f};
+  HostProblem hp(c);
+  Summary sum{"SinkSoftcap"};
+  ASSERT_TRUE(check_forward(hp, sum));
+  for (int64_t b = 0; b < hp.batch(); ++b)
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t i = 0; i < c.seqlen_q; ++i) {
+        const double lse = hp.lse.get(hp.lse_offset(b, i, h)), sink = c.learnable_sink[h];
+        EXPECT_GT(lse, sink);
+        EXPECT_LT(lse, std::log(std::exp(sink) + c.seqlen_k * std::exp(0.5)));
+      }
+  c.softcap = 0.0;
+  c.softmax_scale = 0.05;
+  HostProblem scaled(c);
+  ASSERT_TRUE(check_forward(scaled, sum));
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// A sink of -inf adds nothing: every output, gradients included, has the bits of the call
+// without sinks, and dlearnable_sink is 0.
+TEST(ReferenceCpuSinks, MinusInfinitySinkIsNoSink) {
+  for (auto numerics : {ReferenceNumerics::kFloat64, ReferenceNumerics::kLowPrecision}) {
+    HostProblemConfig c = varlen_config(DType::kBFloat16, MaskType::kCausal, {3, 0}, 2, 0.5, true, 13700);
+    HostProblem plain(c);
+    c.learnable_sink.assign(static_cast<size_t>(c.heads_q), -std::numeric_limits<float>::infinity());
+    HostProblem sinks(c);
+    const auto fwd = info_for(sinks, Direction::kForward);
+    const auto bwd = info_for(sinks, Direction::kBackward);
+    ASSERT_TRUE(fwd && bwd);
+    for (HostProblem* hp : {&plain, &sinks}) {
+      ASSERT_TRUE(flashlane::detail::reference_cpu_forward(hp->problem(), *fwd, numerics).ok());
+      ASSERT_TRUE(flashlane::detail::reference_cpu_backward(hp->problem(), *bwd, numerics).ok());
+    }
+    EXPECT_TRUE(plain.o.bytes == sinks.o.bytes && plain.lse.bytes == sinks.lse.bytes);
+    EXPECT_TRUE(plain.dq.bytes == sinks.dq.bytes && plain.dk.bytes == sinks.dk.bytes &&
+                plain.dv.bytes == sinks.dv.bytes);
+    for (int64_t h = 0; h < c.heads_q; ++h) EXPECT_EQ(sinks.dlearnable_sink.get(h), 0.0);
+  }
+}
+
+// dQ, dK, dV with sinks against the matrix backward (unchanged given the LSE, which includes the
+// sink) and dsink against the formula of problem.h: float64 over masks x windows x GQA x softcap,
+// varlen with seqused_k, and the low-precision emulation on bfloat16 / float16.
+TEST(ReferenceCpuSinks, BackwardMatchesBruteForce) {
+  Summary sum{"SinkBackward"};
+  uint64_t seed = 14000;
+  for (MaskType mask : kMasks)
+    for (Window w : kWindows)
+      for (int64_t hkv : {1, 2})
+        for (double cap : {0.0, 0.5}) {
+          HostProblem hp(with_sinks(small_config(DType::kFloat64, mask, w, 9, 13, hkv, cap, seed++)));
+          check_backward(hp, sum);
+        }
+  for (bool seqused : {false, true})
+    for (MaskType mask : kMasks) {
+      HostProblem hp(with_sinks(varlen_config(DType::kFloat64, mask, {4, -1}, 2, 0.5, seqused, seed++)));
+      check_backward(hp, sum);
+    }
+  for (DType dt : {DType::kBFloat16, DType::kFloat16})
+    for (MaskType mask : kMasks) {
+      HostProblem hp(with_sinks(small_config(dt, mask, {-1, -1}, 9, 17, 2, 1.5, seed++)));
+      check_backward(hp, sum, ReferenceNumerics::kLowPrecision);
+      HostProblem vl(with_sinks(varlen_config(dt, mask, {3, -1}, 2, 0.0, true, seed++)));
+      check_backward(vl, sum, ReferenceNumerics::kLowPrecision);
+    }
+  EXPECT_EQ(sum.cases, 52 + 6 + 12);
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// dsink, dQ, dK and dV against central finite differences of L = sum(dout * O) through the
+// reference forward (float64 inputs; the float32 sink moved by +-2^-12, exact). The backward
+// reads the float32 LSE, so agreement is about 1e-7 relative: tolerance 2e-6 of the largest
+// gradient. Cases include rows without visible keys (causal bottom-right, varlen) and GQA.
+TEST(ReferenceCpuSinks, BackwardMatchesFiniteDifferences) {
+  Summary sum{"SinkFiniteDifferences"};
+  struct Case { MaskType mask; Window w; int64_t hkv; double cap; bool varlen; };
+  std::vector<Case> cases;
+  for (MaskType mask : kMasks)
+    for (double cap : {0.0, 0.5}) {
+      cases.push_back({mask, {-1, -1}, 2, cap, false});
+      cases.push_back({mask, {2, mask == MaskType::kNoMask ? 1 : 0}, 1, cap, true});
+    }
+  uint64_t seed = 15000;
+  for (const Case& cs : cases) {
+    HostProblemConfig c;
+    c.dtype = DType::kFloat64;
+    c.heads_q = 4;
+    c.heads_kv = cs.hkv;
+    c.head_dim = 8;
+    c.mask = cs.mask;
+    c.window_left = cs.w.left;
+    c.window_right = cs.w.right;
+    c.softcap = cs.cap;
+    c.softmax_scale = 0.5;
+    c.value_scale = 1.5;
+    c.seed = seed++;
+    if (cs.varlen) {
+      c.seqlens_q = {5, 3, 2};
+      c.seqlens_k = {4, 7, 0};
+      c.seqused_k = {3, 5, 0};
+      c.nan_unused_kv = true;
+    } else {
+      c.batch = 2;
+      c.seqlen_q = 6;
+      c.seqlen_k = 4;
+    }
+    c = with_sinks(c);
+    HostProblem hp(c);
+    const auto fwd = info_for(hp, Direction::kForward);
+    const auto bwd = info_for(hp, Direction::kBackward);
+    ASSERT_TRUE(fwd && bwd) << describe(c);
+    ASSERT_EQ(hp.o.view.stride, hp.dout.view.stride);
+
+    const double step = 1e-6;
+    std::vector<double> fd_q(hp.q.buffer_elements()), fd_k(hp.k.buffer_elements()),
+        fd_v(hp.v.buffer_elements()), fd_sink(c.heads_q);
+    for (auto [x, fd] : {std::pair{&hp.q, &fd_q}, std::pair{&hp.k, &fd_k}, std::pair{&hp.v, &fd_v}}) {
+      x->for_each_offset([&](int64_t off) {
+        const double x0 = x->get(off);
+        x->set(off, x0 + step);
+        const double lp = loss(hp, *fwd);
+        x->set(off, x0 - step);
+        const double lm = loss(hp, *fwd);
+        x->set(off, x0);
+        (*fd)[off] = std::isnan(x0) ? 0.0 : (lp - lm) / (2 * step);
+      });
+    }
+    const double sink_step = std::ldexp(1.0, -12);
+    for (int64_t h = 0; h < c.heads_q; ++h) {
+      const double s0 = hp.learnable_sink.get(h);
+      hp.learnable_sink.set(h, s0 + sink_step);
+      ASSERT_EQ(hp.learnable_sink.get(h), s0 + sink_step);  // exact in float32
+      const double lp = loss(hp, *fwd);
+      hp.learnable_sink.set(h, s0 - sink_step);
+      const double lm = loss(hp, *fwd);
+      hp.learnable_sink.set(h, s0);
+      fd_sink[h] = (lp - lm) / (2 * sink_step);
+    }
+    hp.poison_outputs();
+    ASSERT_TRUE(flashlane::detail::reference_cpu_forward(hp.problem(), *fwd).ok());
+    ASSERT_TRUE(flashlane::detail::reference_cpu_backward(hp.problem(), *bwd).ok());
+    double gmax = 0;
+    for (const HostTensor* g : {&hp.dq, &hp.dk, &hp.dv, &hp.dlearnable_sink})
+      g->for_each_offset([&](int64_t off) { gmax = std::max(gmax, std::fabs(g->get(off))); });
+    ASSERT_GT(gmax, 1e-3) << describe(c);
+    double sink_max = 0;
+    for (double g : fd_sink) sink_max = std::max(sink_max, std::fabs(g));
+    EXPECT_GT(sink_max, 1e-2) << "the sinks should matter in " << describe(c);
+    const double tol = 2e-6 * gmax;
+    for (auto [g, fd, name] : {std::tuple{&hp.dq, &fd_q, "dq"}, std::tuple{&hp.dk, &fd_k, "dk"},
+                               std::tuple{&hp.dv, &fd_v, "dv"},
+                               std::tuple{&hp.dlearnable_sink, &fd_sink, "dlearnable_sink"}}) {
+      const Errors e = compare(*g, *fd, 0.0, tol);
+      EXPECT_CLEAN(e, name, c);
+      sum.add(e, c.dtype);
+    }
+    ++sum.cases;
+  }
+  EXPECT_EQ(sum.cases, 12);
+  EXPECT_LE(sum.max_excess, 1.0);
+}
+
+// The low-precision forward (a fused kernel's fp32 row statistics, P rounded to bf16) with sinks
+// stays within bf16 rounding of the float64 forward with sinks, and is not the same computation:
+// forgetting the sink term in either path would move O by the sink's weight (percents here).
+TEST(ReferenceCpuSinks, LowPrecisionForwardKeepsTheSink) {
+  HostProblemConfig c = small_config(DType::kBFloat16, MaskType::kCausalBottomRight, {-1, -1}, 24, 32,
+                                     2, 0.0, 16000);
+  c.head_dim = 32;
+  c.learnable_sink = {1.0f, 2.5f, -0.5f, 3.0f};
+  HostProblem lowp(c), f64(c);
+  const auto fwd = info_for(lowp, Direction::kForward);
+  ASSERT_TRUE(fwd);
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(lowp.problem(), *fwd, ReferenceNumerics::kLowPrecision).ok());
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(f64.problem(), *fwd, ReferenceNumerics::kFloat64).ok());
+  Summary sum{"SinkLowPrecisionForward"};
+  ASSERT_TRUE(check_forward(f64, sum));  // the float64 path against the concatenated softmax
+  double omax = 0, diff = 0, lse_diff = 0;
+  lowp.o.for_each_offset([&](int64_t off) {
+    omax = std::max(omax, std::fabs(f64.o.get(off)));
+    diff = std::max(diff, std::fabs(lowp.o.get(off) - f64.o.get(off)));
+  });
+  lowp.lse.for_each_offset([&](int64_t off) {
+    lse_diff = std::max(lse_diff, std::fabs(lowp.lse.get(off) - f64.lse.get(off)) / (1 + std::fabs(f64.lse.get(off))));
+  });
+  std::printf("[ SinkLowpForward ] max|lowp - f64| O = %.3g (max|O| = %.3g), LSE rel = %.3g\n", diff,
+              omax, lse_diff);
+  EXPECT_GT(diff, 0.0);
+  EXPECT_LE(diff, 2e-2 * omax);
+  EXPECT_LE(lse_diff, 4e-6);
+  EXPECT_EQ(lowp.o.count_poisoned(), 0);
+}
+
+// A problem large enough to run on several threads: dlearnable_sink is bitwise equal over runs
+// and agrees with the formula of problem.h.
+TEST(ReferenceCpuSinks, ThreadedSinkGradientIsDeterministic) {
+  HostProblemConfig c;
+  c.dtype = DType::kFloat32;
+  c.batch = 3;
+  c.seqlen_q = 160;
+  c.seqlen_k = 128;
+  c.heads_q = 6;
+  c.heads_kv = 2;
+  c.head_dim = 64;
+  c.mask = MaskType::kCausalBottomRight;
+  c.softcap = 2.0;
+  c.seed = 17000;
+  c = with_sinks(c);
+  HostProblem hp(c);
+  const auto fwd = info_for(hp, Direction::kForward);
+  const auto bwd = info_for(hp, Direction::kBackward);
+  ASSERT_TRUE(fwd && bwd);
+  std::vector<unsigned char> first;
+  for (int run = 0; run < 3; ++run) {
+    hp.poison_outputs();
+    ASSERT_TRUE(flashlane::detail::reference_cpu_forward(hp.problem(), *fwd).ok());
+    ASSERT_TRUE(flashlane::detail::reference_cpu_backward(hp.problem(), *bwd).ok());
+    if (run == 0) first = hp.dlearnable_sink.bytes;
+    EXPECT_TRUE(hp.dlearnable_sink.bytes == first) << "run " << run;
+  }
+  Summary sum{"SinkThreaded"};
+  ASSERT_TRUE(check_backward(hp, sum));
+  EXPECT_LE(sum.max_excess, 1.0);
 }
 
 }  // namespace

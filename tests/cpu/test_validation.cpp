@@ -1221,3 +1221,246 @@ TEST(ValidationTest, ForwardOnValidationErrorLeavesPoisonedOutputs) {
     EXPECT_EQ(0, std::memcmp(lse.data(), lse0.data(), lse.size() * sizeof(float)));
   }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Attention sinks: learnable_sink (forward and backward) and dlearnable_sink (backward only),
+// both float32 [heads_q] with stride 1 on q's device.
+
+namespace {
+
+/// `p` with sinks over fake pointers: learnable_sink always, dlearnable_sink in a backward.
+AttentionProblem with_sinks(AttentionProblem p, Direction dir, int64_t heads_q) {
+  p.learnable_sink = TensorView::contiguous(fake_ptr(9), DType::kFloat32, {heads_q}, p.q.device);
+  if (dir == kBwd) {
+    p.dlearnable_sink =
+        TensorView::contiguous(fake_ptr(10), DType::kFloat32, {heads_q}, p.q.device);
+  }
+  return p;
+}
+
+/// The sink tensors of a problem, for the cases that apply to either of them.
+struct SinkArg {
+  const char* name;
+  TensorView AttentionProblem::*member;
+};
+constexpr SinkArg kSinkArgs[] = {{"learnable_sink", &AttentionProblem::learnable_sink},
+                                 {"dlearnable_sink", &AttentionProblem::dlearnable_sink}};
+
+}  // namespace
+
+TEST(ValidationSinkTest, BshdAndVarlenAcceptedAndInfoFilled) {
+  ProblemInfo info;
+  ASSERT_TRUE(Passes(with_sinks(bshd_problem(kFwd), kFwd, 8), kFwd, &info));
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+  ASSERT_TRUE(Passes(with_sinks(bshd_problem(kBwd), kBwd, 8), kBwd, &info));
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_TRUE(info.has_dsink);
+  // The sink gradient is optional in a backward with sinks.
+  AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+  p.dlearnable_sink = TensorView{};
+  ASSERT_TRUE(Passes(p, kBwd, &info));
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+  // Varlen: heads_q is q.shape[1].
+  Varlen vl;
+  ASSERT_TRUE(Passes(with_sinks(vl.make(kBwd, DType::kFloat16, true), kBwd, 6), kBwd, &info));
+  EXPECT_TRUE(info.varlen);
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_TRUE(info.has_dsink);
+  // Without sinks both flags stay false.
+  ASSERT_TRUE(Passes(bshd_problem(kBwd), kBwd, &info));
+  EXPECT_FALSE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+}
+
+TEST(ValidationSinkTest, ForwardIgnoresSinkGradient) {
+  // A forward never reads or writes dlearnable_sink: even a malformed one on another device,
+  // and one given without learnable_sink, pass.
+  AttentionProblem p = bshd_problem(kFwd);
+  p.dlearnable_sink = TensorView::contiguous(nullptr, DType::kInt32, {3, 3}, Device::cuda(2));
+  ProblemInfo info;
+  ASSERT_TRUE(Passes(p, kFwd, &info));
+  EXPECT_FALSE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+  p = with_sinks(bshd_problem(kFwd), kFwd, 8);
+  p.dlearnable_sink = TensorView::contiguous(fake_ptr(10), DType::kFloat32, {8}, Device::cpu());
+  ASSERT_TRUE(Passes(p, kFwd, &info));
+  EXPECT_TRUE(info.has_sink);
+  EXPECT_FALSE(info.has_dsink);
+}
+
+TEST(ValidationSinkTest, SinkGradientWithoutSinks) {
+  AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+  p.learnable_sink = TensorView{};
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kInvalidArgument, {"dlearnable_sink", "learnable_sink is not"}));
+}
+
+TEST(ValidationSinkTest, NullDataPointer) {
+  for (const SinkArg& a : kSinkArgs) {
+    SCOPED_TRACE(a.name);
+    AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+    (p.*a.member).data = nullptr;
+    const std::string needle = std::string(a.name) + ": data pointer is null";
+    EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kNullPointer, {needle.c_str()}));
+  }
+}
+
+TEST(ValidationSinkTest, NotFloat32) {
+  for (const SinkArg& a : kSinkArgs) {
+    for (DType dt : {DType::kFloat16, DType::kBFloat16, DType::kFloat64, DType::kInt32}) {
+      SCOPED_TRACE(std::string(a.name) + " " + fl::dtype_name(dt));
+      AttentionProblem p = with_sinks(bshd_problem(kBwd, {}, DType::kFloat32), kBwd, 8);
+      (p.*a.member).dtype = dt;  // even q's own dtype is refused: sinks are float32 always
+      const std::string needle = std::string(a.name) + ".dtype = " + fl::dtype_name(dt);
+      EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kUnsupportedDType, {needle.c_str(), "float32"}));
+    }
+  }
+  // float32 sinks with float16 / float64 data are fine.
+  for (DType dt : {DType::kFloat16, DType::kFloat64}) {
+    EXPECT_TRUE(Passes(with_sinks(bshd_problem(kBwd, {}, dt), kBwd, 8), kBwd));
+  }
+}
+
+TEST(ValidationSinkTest, RankNotOne) {
+  for (const SinkArg& a : kSinkArgs) {
+    SCOPED_TRACE(a.name);
+    AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+    p.*a.member = TensorView::contiguous(fake_ptr(11), DType::kFloat32, {1, 8}, Device::cpu());
+    const std::string needle = std::string(a.name) + ".rank = 2";
+    EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kRankMismatch, {needle.c_str(), "[heads_q]"}));
+  }
+}
+
+TEST(ValidationSinkTest, ShapeNotHeadsQ) {
+  for (const SinkArg& a : kSinkArgs) {
+    for (int64_t n : {0, 2, 7, 9, 16}) {  // heads_q = 8, heads_kv = 2: neither kv heads nor 0
+      SCOPED_TRACE(std::string(a.name) + " [" + std::to_string(n) + "]");
+      AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+      (p.*a.member).shape[0] = n;
+      const std::string needle = std::string(a.name) + ".shape[0] = " + std::to_string(n);
+      EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kShapeMismatch, {needle.c_str(), "heads_q", "q.shape[2]"}));
+    }
+  }
+  // Varlen: compared with q.shape[1].
+  Varlen vl;
+  AttentionProblem p = with_sinks(vl.make(kFwd), kFwd, 3);  // heads_kv, not heads_q
+  EXPECT_TRUE(Fails(p, kFwd, ErrorCode::kShapeMismatch, {"learnable_sink.shape[0] = 3", "q.shape[1]"}));
+  p = with_sinks(bshd_problem(kFwd), kFwd, 8);
+  p.learnable_sink.shape[0] = -8;
+  EXPECT_TRUE(Fails(p, kFwd, ErrorCode::kShapeMismatch, {"learnable_sink.shape[0] = -8", "negative"}));
+}
+
+TEST(ValidationSinkTest, StrideNotOne) {
+  for (const SinkArg& a : kSinkArgs) {
+    for (int64_t s : {0, 2, -1}) {
+      SCOPED_TRACE(std::string(a.name) + " stride " + std::to_string(s));
+      AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+      (p.*a.member).stride[0] = s;
+      const std::string needle = std::string(a.name) + ".stride[0] = " + std::to_string(s);
+      EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kNotContiguous, {needle.c_str()}));
+    }
+  }
+}
+
+TEST(ValidationSinkTest, DeviceMismatch) {
+  for (const SinkArg& a : kSinkArgs) {
+    SCOPED_TRACE(a.name);
+    AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+    (p.*a.member).device = Device::cuda(0);  // host problem, CUDA sink
+    const std::string needle = std::string(a.name) + ".device = cuda:0";
+    EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kDeviceMismatch, {needle.c_str(), "q.device = cpu"}));
+    p = with_sinks(bshd_problem(kBwd, {}, DType::kBFloat16, Device::cuda(0)), kBwd, 8);
+    (p.*a.member).device = Device::cuda(1);
+    const std::string needle1 = std::string(a.name) + ".device = cuda:1";
+    EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kDeviceMismatch, {needle1.c_str(), "q.device = cuda:0"}));
+  }
+}
+
+TEST(ValidationSinkTest, CudaSinksNeedNoAlignment) {
+  // float32 vectors read element by element: a 4-byte aligned pointer is enough.
+  AttentionProblem p = with_sinks(bshd_problem(kBwd, {}, DType::kBFloat16, Device::cuda(0)), kBwd, 8);
+  p.learnable_sink.data = offset_ptr(p.learnable_sink.data, 4);
+  p.dlearnable_sink.data = offset_ptr(p.dlearnable_sink.data, 12);
+  EXPECT_TRUE(Passes(p, kBwd));
+}
+
+TEST(ValidationSinkTest, MostBasicErrorFirst) {
+  // Each fix reveals the next phase's error: presence, devices, dtypes, ranks, shapes, strides.
+  AttentionProblem p = with_sinks(bshd_problem(kBwd), kBwd, 8);
+  p.learnable_sink = TensorView{};
+  p.dlearnable_sink.device = Device::cuda(0);
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kInvalidArgument, {"dlearnable_sink"}));
+  p.learnable_sink = TensorView::contiguous(fake_ptr(9), DType::kFloat16, {2, 4}, Device::cpu());
+  p.learnable_sink.stride[1] = 2;
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kDeviceMismatch, {"dlearnable_sink.device"}));
+  p.dlearnable_sink.device = Device::cpu();
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kUnsupportedDType, {"learnable_sink.dtype"}));
+  p.learnable_sink.dtype = DType::kFloat32;
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kRankMismatch, {"learnable_sink.rank"}));
+  p.learnable_sink = TensorView::strided(fake_ptr(9), DType::kFloat32, {4}, {2}, Device::cpu());
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kShapeMismatch, {"learnable_sink.shape[0] = 4"}));
+  p.learnable_sink.shape[0] = 8;
+  EXPECT_TRUE(Fails(p, kBwd, ErrorCode::kNotContiguous, {"learnable_sink.stride[0] = 2"}));
+  p.learnable_sink.stride[0] = 1;
+  EXPECT_TRUE(Passes(p, kBwd));
+}
+
+TEST(ValidationSinkTest, BackwardOnValidationErrorLeavesPoisonedOutputs) {
+  // A host bshd backward with sinks over real buffers and one defect each time; dq, dk, dv and
+  // dlearnable_sink are poisoned with 0x7f bytes and must come back bit-identical from
+  // flashlane::backward.
+  const int64_t b = 1, s = 16, h = 2, d = 32;
+  const size_t n = static_cast<size_t>(b * s * h * d);
+  std::vector<uint16_t> q(n, 0x3c00), k(n, 0x3c00), v(n, 0x3c00), o(n, 0x3c00), dout(n, 0x3c00);
+  std::vector<uint16_t> dq(n), dk(n), dv(n);
+  std::vector<float> lse(static_cast<size_t>(b * h * s), 1.0f), sink(4, 0.5f), dsink(4);
+  struct Defect {
+    const char* what;
+    ErrorCode code;
+    void (*apply)(AttentionProblem*);
+  };
+  const Defect defects[] = {
+      {"sink dtype", ErrorCode::kUnsupportedDType,
+       [](AttentionProblem* p) { p->learnable_sink.dtype = DType::kFloat16; }},
+      {"sink shape", ErrorCode::kShapeMismatch,
+       [](AttentionProblem* p) { p->learnable_sink.shape[0] = 4; }},
+      {"dsink shape", ErrorCode::kShapeMismatch,
+       [](AttentionProblem* p) { p->dlearnable_sink.shape[0] = 1; }},
+      {"dsink stride", ErrorCode::kNotContiguous,
+       [](AttentionProblem* p) { p->dlearnable_sink.stride[0] = 2; }},
+      {"dsink rank", ErrorCode::kRankMismatch,
+       [](AttentionProblem* p) { p->dlearnable_sink.rank = 2; }},
+      {"dsink without sink", ErrorCode::kInvalidArgument,
+       [](AttentionProblem* p) { p->learnable_sink = TensorView{}; }},
+  };
+  for (const Defect& defect : defects) {
+    SCOPED_TRACE(defect.what);
+    for (auto* buf : {&dq, &dk, &dv}) std::memset(buf->data(), 0x7f, buf->size() * sizeof(uint16_t));
+    std::memset(dsink.data(), 0x7f, dsink.size() * sizeof(float));
+    const std::vector<uint16_t> dq0 = dq, dk0 = dk, dv0 = dv;
+    const std::vector<float> dsink0 = dsink, sink0 = sink;
+    AttentionProblem p;
+    const Device dev = Device::cpu();
+    p.q = TensorView::contiguous(q.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.k = TensorView::contiguous(k.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.v = TensorView::contiguous(v.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.o = TensorView::contiguous(o.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.dout = TensorView::contiguous(dout.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.dq = TensorView::contiguous(dq.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.dk = TensorView::contiguous(dk.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.dv = TensorView::contiguous(dv.data(), DType::kFloat16, {b, s, h, d}, dev);
+    p.lse = TensorView::contiguous(lse.data(), DType::kFloat32, {b, h, s}, dev);
+    p.learnable_sink = TensorView::contiguous(sink.data(), DType::kFloat32, {h}, dev);
+    p.dlearnable_sink = TensorView::contiguous(dsink.data(), DType::kFloat32, {h}, dev);
+    ASSERT_TRUE(Passes(p, kBwd));
+    defect.apply(&p);
+    const Status st = fl::backward(p, fl::Request{fl::Backend::kReferenceCpu});
+    EXPECT_EQ(st.code(), defect.code) << st.to_string();
+    EXPECT_EQ(dq, dq0);
+    EXPECT_EQ(dk, dk0);
+    EXPECT_EQ(dv, dv0);
+    EXPECT_EQ(0, std::memcmp(dsink.data(), dsink0.data(), dsink.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(sink.data(), sink0.data(), sink.size() * sizeof(float)));
+  }
+}

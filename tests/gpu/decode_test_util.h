@@ -14,7 +14,8 @@
 //                     page table is a shuffled permutation of the pages; entries past a
 //                     sequence's last used page name NaN pages too);
 //                     o all bytes 0xff (NaN), lse the same;
-//                     rotary_cos / rotary_sin: RoPE angles pos * 10000^(-2c / rotary_dim).
+//                     rotary_cos / rotary_sin: RoPE angles pos * 10000^(-2c / rotary_dim);
+//                     learnable_sink float32 [heads_q]: the spec's values (when given).
 //   DeviceDecode    device copies of every buffer and the KvCacheProblem over them.
 //   Reference       what the call must produce, on host copies:
 //                     ref64    reference_cpu_kvcache with float64 O and LSE outputs (the append
@@ -24,7 +25,7 @@
 //                              bottom-right alignment of kvcache.h is problem.h's for kNoMask
 //                              windows and kCausalBottomRight), q rotated in float64 and rounded
 //                              to the dtype as a kernel does, reference_cpu_forward
-//                              ReferenceNumerics::kLowPrecision;
+//                              ReferenceNumerics::kLowPrecision (sinks passed through);
 //                     the cache after the reference's append.
 //   check_outputs_fa_rule / check_cache / check_empty_sequences: the assertions.
 #pragma once
@@ -72,6 +73,7 @@ struct DecodeSpec {
   double softcap = 0.0;
   bool with_lse = true;
   int64_t num_splits = 0;
+  std::vector<float> learnable_sink;  // attention sinks, one per query head; empty: none
   /// Sequences 0 .. check_sequences - 1 are checked on the CPU (0: all). Only without append.
   int64_t check_sequences = 0;
   uint64_t seed = 1;
@@ -101,6 +103,11 @@ struct DecodeSpec {
     s << " mask=" << mask_type_name(mask) << " window=(" << window_left << "," << window_right
       << ")";
     if (softcap > 0) s << " softcap=" << softcap;
+    if (!learnable_sink.empty()) {
+      s << " learnable_sink=[";
+      for (size_t h = 0; h < learnable_sink.size(); ++h) s << (h ? "," : "") << learnable_sink[h];
+      s << "]";
+    }
     s << (with_lse ? " lse" : " no_lse") << " num_splits=" << num_splits << " seed=" << seed;
     return s.str();
   }
@@ -156,7 +163,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 /// The tensors of one call, in a fixed order (DeviceDecode mirrors it).
 enum DecodeSlot : int {
   kSlotQ, kSlotKCache, kSlotVCache, kSlotO, kSlotLse, kSlotCacheSeqlens, kSlotCacheBatchIdx,
-  kSlotPageTable, kSlotKNew, kSlotVNew, kSlotCos, kSlotSin, kSlotCount
+  kSlotPageTable, kSlotKNew, kSlotVNew, kSlotCos, kSlotSin, kSlotSink, kSlotCount
 };
 
 /// The KV-cache problem over the given buffers (nullptr / undefined slots stay undefined).
@@ -168,7 +175,8 @@ inline KvCacheProblem make_kvcache_problem(const DecodeSpec& spec,
   TensorView* views[kSlotCount] = {&p.q,          &p.k_cache,         &p.v_cache,
                                    &p.o,          &p.lse,             &p.cache_seqlens,
                                    &p.cache_batch_idx, &p.page_table, &p.k_new,
-                                   &p.v_new,      &p.rotary_cos,      &p.rotary_sin};
+                                   &p.v_new,      &p.rotary_cos,      &p.rotary_sin,
+                                   &p.learnable_sink};
   for (int i = 0; i < kSlotCount; ++i) {
     if (t[i].defined() && ptr[i] != nullptr) *views[i] = t[i].view(ptr[i], device);
   }
@@ -250,6 +258,10 @@ struct HostDecode {
     t[kSlotO] = DecodeTensor(dt, {B, s.seqlen_q, s.heads_q, d});
     if (s.with_lse) t[kSlotLse] = DecodeTensor(DType::kFloat32, {B, s.heads_q, s.seqlen_q});
     t[kSlotCacheSeqlens] = DecodeTensor(DType::kInt32, {B});
+    if (!s.learnable_sink.empty()) {
+      t[kSlotSink] = DecodeTensor(DType::kFloat32, {s.heads_q});
+      for (int64_t hh = 0; hh < s.heads_q; ++hh) t[kSlotSink].set(hh, s.learnable_sink[static_cast<size_t>(hh)]);
+    }
     if (s.seqlen_new > 0) {
       t[kSlotKNew] = DecodeTensor(dt, {B, s.seqlen_new, s.heads_kv, d});
       t[kSlotVNew] = DecodeTensor(dt, {B, s.seqlen_new, s.heads_kv, d});
@@ -444,8 +456,9 @@ struct DecodeReference {
 /// float64 (when rotary is on) and stored as `as` (a kernel's rounding for a 16-bit `as`, none
 /// for kFloat64), K / V gathered from the caches (exact in either), the mask, window, softcap
 /// and scale of the call (kNoMask windows and kCausalBottomRight are bottom-right aligned in
-/// problem.h as in kvcache.h). O [n, seqlen_q, heads_q, d] and LSE [n, heads_q, seqlen_q] as
-/// double; sequences without keys get O = 0 and LSE = -inf.
+/// problem.h as in kvcache.h), and the sinks. O [n, seqlen_q, heads_q, d] and LSE
+/// [n, heads_q, seqlen_q] as double; sequences without keys get O = 0 and LSE = -inf (the sink
+/// with sinks).
 inline Status gather_forward(const HostDecode& h, const DecodeTensor& k_cache,
                              const DecodeTensor& v_cache, DType as,
                              detail::ReferenceNumerics numerics, int64_t n,
@@ -454,10 +467,14 @@ inline Status gather_forward(const HostDecode& h, const DecodeTensor& k_cache,
   const int64_t d = s.head_dim, hq = s.heads_q, hk = s.heads_kv, sq = s.seqlen_q;
   o_out->assign(static_cast<size_t>(n * sq * hq * d), 0.0);
   lse_out->assign(static_cast<size_t>(n * hq * sq), -std::numeric_limits<double>::infinity());
+  const bool sinks = h[kSlotSink].defined();
+  if (sinks) {
+    for (int64_t e = 0; e < n * hq * sq; ++e) (*lse_out)[static_cast<size_t>(e)] = h[kSlotSink].get(e / sq % hq);
+  }
   std::vector<double> row(static_cast<size_t>(d));
   for (int64_t b = 0; b < n; ++b) {
     const int64_t sk = h.seqlen_k(b);
-    if (sk == 0) continue;  // no key: O = 0, LSE = -inf (as set above)
+    if (sk == 0) continue;  // no key: O = 0, LSE = -inf or the sink (as set above)
     DecodeTensor q(as, {1, sq, hq, d}), k(as, {1, sk, hk, d}), v(as, {1, sk, hk, d});
     DecodeTensor o(as, {1, sq, hq, d}), lse(DType::kFloat32, {1, hq, sq});
     for (int64_t i = 0; i < sq; ++i) {
@@ -489,6 +506,10 @@ inline Status gather_forward(const HostDecode& h, const DecodeTensor& k_cache,
     a.window_left = s.window_left;
     a.window_right = s.window_right;
     a.softcap = s.softcap;
+    if (sinks) {
+      a.learnable_sink = TensorView::contiguous(const_cast<unsigned char*>(h[kSlotSink].bytes.data()),
+                                                DType::kFloat32, {hq}, Device::cpu());
+    }
     a.softmax_scale = 1.0 / std::sqrt(static_cast<double>(d));  // kvcache.h's default
     ProblemInfo fi;
     if (Status st = validate(a, Direction::kForward, &fi); !st.ok()) return st;
@@ -561,7 +582,7 @@ inline void check_outputs_fa_rule(const HostDecode& h, const DecodeReference& r,
 }
 
 /// Sequences with no key at all (cache_seqlens[b] = 0, no append): O == 0 and LSE == -inf
-/// exactly, for every row.
+/// (with sinks: LSE == learnable_sink[h]) exactly, for every row.
 inline void check_empty_sequences(const HostDecode& h, const DecodeTensor& o,
                                   const DecodeTensor& lse) {
   const DecodeSpec& s = h.spec;
@@ -573,11 +594,16 @@ inline void check_empty_sequences(const HostDecode& h, const DecodeTensor& o,
     if (s.with_lse) {
       for (int64_t e = 0; e < per_l; ++e) {
         const double x = lse.get(b * per_l + e);
-        bad_l += !(std::isinf(x) && x < 0);
+        if (h[kSlotSink].defined()) {
+          bad_l += !(x == h[kSlotSink].get(e / s.seqlen_q));  // e = head * seqlen_q + row
+        } else {
+          bad_l += !(std::isinf(x) && x < 0);
+        }
       }
     }
     EXPECT_EQ(bad_o, 0) << "sequence " << b << " has no key: O must be exactly 0";
-    EXPECT_EQ(bad_l, 0) << "sequence " << b << " has no key: LSE must be -inf";
+    EXPECT_EQ(bad_l, 0) << "sequence " << b << " has no key: LSE must be "
+                        << (h[kSlotSink].defined() ? "the sink" : "-inf");
   }
 }
 

@@ -1,6 +1,7 @@
 // test_reference_cuda.cpp: reference_cuda (GPU, float32 accumulation) against reference_cpu
 // (float64 accumulation) on identical inputs, forward and backward, for every feature:
 // dtypes (bf16, fp16, fp32, fp64), masks x windows, seqlen_q != seqlen_k, MHA/GQA/MQA, softcap,
+// attention sinks (learnable_sink, dlearnable_sink),
 // varlen, seqused_k (with NaN planted in the unused K/V rows), head dims 8..256 and
 // head_dim != head_dim_v, padded and heads-major strides, 64-bit offsets; plus determinism,
 // CUDA-graph capture and an informational throughput report (TFLOP/s with spot checks against
@@ -13,8 +14,9 @@
 //     the device (HostProblem's poison and pad values are uploaded); after the run no element of
 //     the view may still hold the poison bits (never written), none may be NaN, and no padding
 //     element may have changed (written out of bounds);
-//   * fully masked query rows (no visible key, from MaskRule): O == 0 and LSE == -inf exactly,
-//     dQ == 0 exactly; keys beyond seqused_k: dK == dV == 0 exactly;
+//   * fully masked query rows (no visible key, from MaskRule): O == 0 and LSE == -inf exactly
+//     (with sinks: LSE == learnable_sink[h] exactly), dQ == 0 exactly; keys beyond seqused_k:
+//     dK == dV == 0 exactly;
 //   * values against reference_cpu with the tolerance of tolerance_for() below.
 // A failure prints the case (dtype, shapes, mask, window, softcap, varlen lengths, strides),
 // the tensor, the worst element's index, both values, max|ref| and the tolerance.
@@ -29,6 +31,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -109,6 +112,11 @@ std::string describe(const HostProblemConfig& c) {
     s << " pad(dim=" << c.pad_dim << ",heads=" << c.pad_heads << ",tokens=" << c.pad_tokens << ")";
   }
   if (c.heads_major) s << " heads_major";
+  if (!c.learnable_sink.empty()) {
+    s << " learnable_sink=[";
+    for (size_t i = 0; i < c.learnable_sink.size(); ++i) s << (i ? "," : "") << c.learnable_sink[i];
+    s << "]";
+  }
   s << " seed=" << c.seed;
   return s.str();
 }
@@ -274,9 +282,11 @@ class DeviceProblem {
     const fl::AttentionProblem hp = h.problem();
     p_ = hp;
     const fl::Device dev = fl::Device::cuda(0);
-    fl::TensorView* views[] = {&p_.q, &p_.k, &p_.v, &p_.o, &p_.lse, &p_.dout, &p_.dq, &p_.dk, &p_.dv};
-    HostTensor* tensors[] = {&h.q, &h.k, &h.v, &h.o, &h.lse, &h.dout, &h.dq, &h.dk, &h.dv};
-    for (int t = 0; t < 9; ++t) {
+    fl::TensorView* views[] = {&p_.q,  &p_.k,  &p_.v,  &p_.o,  &p_.lse, &p_.dout,
+                               &p_.dq, &p_.dk, &p_.dv, &p_.learnable_sink, &p_.dlearnable_sink};
+    HostTensor* tensors[] = {&h.q,  &h.k,  &h.v,  &h.o,  &h.lse, &h.dout,
+                             &h.dq, &h.dk, &h.dv, &h.learnable_sink, &h.dlearnable_sink};
+    for (int t = 0; t < kTensors; ++t) {
       dev_[t] = nullptr;
       if (!tensors[t]->defined()) continue;
       dev_[t] = upload(tensors[t]->bytes.data(), tensors[t]->bytes.size());
@@ -300,9 +310,10 @@ class DeviceProblem {
   bool ok() const { return error_.empty(); }
   const std::string& error() const { return error_; }
 
-  enum Which { kQ = 0, kK, kV, kO, kLse, kDout, kDq, kDk, kDv };
+  enum Which { kQ = 0, kK, kV, kO, kLse, kDout, kDq, kDk, kDv, kSink, kDsink, kTensors };
   HostTensor& host(Which w) {
-    HostTensor* tensors[] = {&h_.q, &h_.k, &h_.v, &h_.o, &h_.lse, &h_.dout, &h_.dq, &h_.dk, &h_.dv};
+    HostTensor* tensors[] = {&h_.q,  &h_.k,  &h_.v,  &h_.o,  &h_.lse, &h_.dout,
+                             &h_.dq, &h_.dk, &h_.dv, &h_.learnable_sink, &h_.dlearnable_sink};
     return *tensors[w];
   }
   /// Copies the device buffer of `w` (whole, padding included) back into the host tensor.
@@ -342,7 +353,7 @@ class DeviceProblem {
 
   HostProblem& h_;
   fl::AttentionProblem p_;
-  void* dev_[9] = {};
+  void* dev_[kTensors] = {};
   std::vector<void*> allocs_;
   std::string error_;
 };
@@ -356,8 +367,9 @@ fl::MaskRule rule_of(const fl::ProblemInfo& info) {
   return r;
 }
 
-/// Checks the exact-zero rules: fully masked query rows have O == 0 and LSE == -inf (forward)
-/// or dQ == 0 (backward); keys beyond seqused_k have dK == dV == 0 (backward).
+/// Checks the exact-zero rules: fully masked query rows have O == 0 and LSE == -inf (the sink
+/// with sinks) (forward) or dQ == 0 (backward); keys beyond seqused_k have dK == dV == 0
+/// (backward).
 void check_exact_zeros(const HostProblem& h, const fl::ProblemInfo& info, bool backward,
                        const HostTensor& o, const HostTensor& lse, const HostTensor& dq,
                        const HostTensor& dk, const HostTensor& dv, const std::string& what) {
@@ -377,7 +389,8 @@ void check_exact_zeros(const HostProblem& h, const fl::ProblemInfo& info, bool b
         if (!backward) {
           for (int64_t c = 0; c < dv_; ++c) good &= o.get(h.row_offset(o, b, i, hh, false) + c) == 0.0;
           const double l = lse.get(h.lse_offset(b, i, hh));
-          good &= std::isinf(l) && l < 0;
+          if (h.learnable_sink.defined()) good &= l == h.learnable_sink.get(hh);
+          else good &= std::isinf(l) && l < 0;
         } else {
           for (int64_t c = 0; c < d; ++c) good &= dq.get(h.row_offset(dq, b, i, hh, false) + c) == 0.0;
         }
@@ -389,7 +402,9 @@ void check_exact_zeros(const HostProblem& h, const fl::ProblemInfo& info, bool b
   }
   if (bad_rows) {
     ADD_FAILURE() << what << "\n  " << bad_rows << " fully masked (row, head) pairs of " << masked_rows
-                  << " rows do not have " << (backward ? "dQ == 0" : "O == 0 and LSE == -inf")
+                  << " rows do not have "
+                  << (backward ? "dQ == 0" : h.learnable_sink.defined() ? "O == 0 and LSE == sink"
+                                                                          : "O == 0 and LSE == -inf")
                   << "; first: " << first_bad;
   }
   if (!backward) return;
@@ -459,10 +474,16 @@ void run_case(const HostProblemConfig& cfg, bool with_backward = true) {
     CUDA_OK(dev.download(DeviceProblem::kDq));
     CUDA_OK(dev.download(DeviceProblem::kDk));
     CUDA_OK(dev.download(DeviceProblem::kDv));
+    if (gpu.dlearnable_sink.defined()) CUDA_OK(dev.download(DeviceProblem::kDsink));
   }
   compare_tensor("dQ", cpu.dq, gpu.dq, cfg.dtype, false, what + " [backward]");
   compare_tensor("dK", cpu.dk, gpu.dk, cfg.dtype, false, what + " [backward]");
   compare_tensor("dV", cpu.dv, gpu.dv, cfg.dtype, false, what + " [backward]");
+  if (cpu.dlearnable_sink.defined()) {
+    // float32 output: fp32 accumulation of D and of the sum over rows vs float64.
+    compare_tensor("dsink", cpu.dlearnable_sink, gpu.dlearnable_sink, DType::kFloat32, false,
+                   what + " [backward]");
+  }
   check_exact_zeros(gpu, info_gpu, true, gpu.o, gpu.lse, gpu.dq, gpu.dk, gpu.dv, what + " [backward]");
 }
 
@@ -578,6 +599,50 @@ TEST_P(ReferenceCudaGrid, VarlenAndSequsedForwardBackward) {
     c.head_dim = 32;
     c.head_dim_v = 64;
     c.heads_major = true;
+    run_case(c);
+  }
+}
+
+/// heads_q sink logits in [-2, 4), multiples of 2^-8, from `seed` (some above the softcap 0.5).
+std::vector<float> random_sinks(int64_t heads_q, uint64_t seed) {
+  std::mt19937_64 rng(seed * 0x9e3779b97f4a7c15ull + 17);
+  std::vector<float> v(static_cast<size_t>(heads_q));
+  for (float& x : v) x = static_cast<float>(static_cast<int64_t>(rng() % 1536) - 512) / 256.0f;
+  return v;
+}
+
+// Attention sinks: bshd with seqlen_q > seqlen_k (rows without visible keys under the
+// bottom-right masks and windows), and varlen with empty sequences and seqused_k (NaN beyond);
+// GQA and MQA, softcap on half the masks. O, LSE, dQ, dK, dV and dlearnable_sink.
+TEST_P(ReferenceCudaGrid, SinksForwardBackward) {
+  REQUIRE_CUDA();
+  const DType dtype = std::get<0>(GetParam());
+  const int mi = std::get<1>(GetParam());
+  const MaskCfg& m = kMasks[mi];
+  {
+    HostProblemConfig c = base_config(dtype, m, 2500 + mi);
+    c.batch = 2;
+    c.seqlen_q = 113;
+    c.seqlen_k = 47;
+    c.heads_q = 6;
+    c.heads_kv = 2;
+    c.head_dim = 64;
+    c.softcap = mi % 2 ? 0.5 : 0.0;
+    c.learnable_sink = random_sinks(c.heads_q, c.seed);
+    run_case(c);
+  }
+  {
+    HostProblemConfig c = base_config(dtype, m, 2600 + mi);
+    c.seqlens_q = {17, 0, 300, 5, 40};
+    c.seqlens_k = {113, 5, 0, 300, 64};
+    c.seqused_k = {100, 5, 0, 17, 64};
+    c.nan_unused_kv = true;
+    c.heads_q = 4;
+    c.heads_kv = 1;
+    c.head_dim = 128;
+    c.head_dim_v = 64;
+    c.pad_dim = 8;
+    c.learnable_sink = random_sinks(c.heads_q, c.seed);
     run_case(c);
   }
 }
@@ -752,6 +817,92 @@ TEST(ReferenceCuda, GraphCaptureMatchesEager) {
   CUDA_OK(cudaStreamSynchronize(stream));
   for (int t = 0; t < 5; ++t) {
     EXPECT_TRUE(device_bytes(outs[t]->data, hosts[t]->bytes.size()) == eager[t])
+        << names[t] << ": graph replay differs from eager launches";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
+// Sinks with float64 tensors (double accumulation: ~1e-9 agreement) and at the head dim bounds.
+TEST(ReferenceCuda, SinksFloat64AndHeadDims) {
+  REQUIRE_CUDA();
+  {
+    HostProblemConfig c = base_config(DType::kFloat64, kMasks[2], 4500);
+    c.seqlens_q = {17, 0, 300};
+    c.seqlens_k = {113, 5, 300};
+    c.seqused_k = {50, 5, 200};
+    c.nan_unused_kv = true;
+    c.heads_q = 2;
+    c.heads_kv = 1;
+    c.head_dim = 128;
+    c.softcap = 0.5;
+    c.learnable_sink = random_sinks(c.heads_q, c.seed);
+    run_case(c);
+  }
+  const std::array<std::pair<int64_t, int64_t>, 3> dims = {{{8, 8}, {256, 256}, {256, 8}}};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    HostProblemConfig c = base_config(DType::kBFloat16, kMasks[i], 4510 + i);
+    c.batch = 2;
+    c.seqlen_q = 47;
+    c.seqlen_k = 70;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.head_dim = dims[i].first;
+    c.head_dim_v = dims[i].second;
+    c.learnable_sink = random_sinks(c.heads_q, c.seed);
+    run_case(c);
+  }
+}
+
+// dlearnable_sink is reduced in a fixed order: two backward runs and a CUDA-graph replay give the
+// same bits (and the sink problem's dQ, dK, dV too).
+TEST(ReferenceCuda, SinkGradientIsBitwiseDeterministicAndCapturable) {
+  REQUIRE_CUDA();
+  HostProblemConfig c = determinism_config();
+  c.learnable_sink = random_sinks(c.heads_q, 6100);
+  SCOPED_TRACE("case: " + describe(c));
+  HostProblem h(c);
+  DeviceProblem dev(h);
+  ASSERT_TRUE(dev.ok()) << dev.error();
+  fl::ProblemInfo info;
+  fl::Status st = fl::validate(dev.problem(), fl::Direction::kBackward, &info);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  ASSERT_TRUE(info.has_sink && info.has_dsink);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const fl::AttentionProblem& p = dev.problem();
+  st = fl::detail::reference_cuda_forward(p, info, stream);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  const fl::TensorView* outs[] = {&p.dq, &p.dk, &p.dv, &p.dlearnable_sink};
+  const HostTensor* hosts[] = {&h.dq, &h.dk, &h.dv, &h.dlearnable_sink};
+  const char* names[] = {"dQ", "dK", "dV", "dsink"};
+  std::vector<unsigned char> first[4];
+  for (int run = 0; run < 2; ++run) {
+    CUDA_OK(dev.repoison({DeviceProblem::kDq, DeviceProblem::kDk, DeviceProblem::kDv, DeviceProblem::kDsink}));
+    st = fl::detail::reference_cuda_backward(p, info, stream);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    CUDA_OK(cudaStreamSynchronize(stream));
+    for (int t = 0; t < 4; ++t) {
+      std::vector<unsigned char> bytes = device_bytes(outs[t]->data, hosts[t]->bytes.size());
+      ASSERT_FALSE(bytes.empty());
+      if (run == 0) first[t] = std::move(bytes);
+      else EXPECT_TRUE(bytes == first[t]) << names[t] << " differs between two identical backward runs";
+    }
+  }
+  CUDA_OK(dev.repoison({DeviceProblem::kDq, DeviceProblem::kDk, DeviceProblem::kDv, DeviceProblem::kDsink}));
+  cudaGraph_t graph = nullptr;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const fl::Status b = fl::detail::reference_cuda_backward(p, info, stream);
+  const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+  ASSERT_TRUE(b.ok()) << "backward under capture: " << b.to_string();
+  ASSERT_EQ(end, cudaSuccess) << "cudaStreamEndCapture: " << cudaGetErrorString(end);
+  cudaGraphExec_t exec = nullptr;
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_TRUE(device_bytes(outs[t]->data, hosts[t]->bytes.size()) == first[t])
         << names[t] << ": graph replay differs from eager launches";
   }
   cudaGraphExecDestroy(exec);

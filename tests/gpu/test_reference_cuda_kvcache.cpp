@@ -252,6 +252,52 @@ TEST(ReferenceCudaKvCache, EmptyCacheAmongOthers) {
   }
 }
 
+// Attention sinks (learnable_sink): dense single query with GQA, paged with append and rotary,
+// causal multi-query rows above the diagonal and empty caches (O = 0, LSE = the sink exactly),
+// softcap below the sinks (the sink is not capped), both 16-bit dtypes and float32.
+TEST(ReferenceCudaKvCache, Sinks) {
+  REQUIRE_CUDA();
+  const auto sinks = [](int64_t heads_q) {
+    std::vector<float> v(static_cast<size_t>(heads_q));
+    for (int64_t h = 0; h < heads_q; ++h) v[static_cast<size_t>(h)] = 0.75f * static_cast<float>(h % 7) - 1.5f;
+    return v;
+  };
+  uint64_t seed = 81;
+  for (DType dt : {DType::kBFloat16, DType::kFloat16, DType::kFloat32}) {
+    DecodeSpec s = base(dt, 128, seed++);
+    s.heads_q = 16;
+    s.heads_kv = 4;
+    s.cache_seqlens = {1, 17, 1000, 0};
+    s.learnable_sink = sinks(s.heads_q);
+    check_case(s);
+  }
+  {
+    DecodeSpec s = base(DType::kBFloat16, 128, seed++);
+    s.heads_q = 8;
+    s.heads_kv = 2;
+    s.page_size = 16;
+    s.seqlen_new = 3;
+    s.seqlen_q = 3;
+    s.rotary_dim = 64;
+    s.mask = MaskType::kCausalBottomRight;
+    s.cache_seqlens = {0, 45, 130};
+    s.learnable_sink = sinks(s.heads_q);
+    check_case(s);
+  }
+  {
+    DecodeSpec s = base(DType::kFloat16, 64, seed++);
+    s.heads_q = 8;
+    s.heads_kv = 1;
+    s.seqlen_q = 7;
+    s.mask = MaskType::kCausalBottomRight;
+    s.window_left = 20;
+    s.softcap = 1.0;
+    s.cache_seqlens = {3, 300, 0};
+    s.learnable_sink = sinks(s.heads_q);
+    check_case(s);
+  }
+}
+
 // Captured into a CUDA graph with check_metadata_values = false (every piece of metadata is read
 // on the device), replayed with new cache lengths, page table and contents uploaded between
 // replays outside the graph.

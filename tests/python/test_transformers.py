@@ -1,5 +1,6 @@
 """Hugging Face transformers: attn_implementation registered by
-flashlane.integrations.transformers.register(), against "sdpa" on tiny random models.
+flashlane.integrations.transformers.register(), against "sdpa" on tiny random models (gpt-oss,
+whose attention sinks SDPA cannot express: against "eager").
 
 CPU tests (markers torch, transformers) run the models in float64 on reference_cpu and demand
 near-exact agreement; the gpu test runs a tiny GQA Llama in bf16 and applies FlashAttention's rule
@@ -328,3 +329,171 @@ def test_bidirectional_model_with_padding(pad):
         b = ours(input_ids=ids, attention_mask=am).logits
     torch.testing.assert_close(b, a, atol=1e-9, rtol=1e-9)
     assert log and all(r["actual_backend"] == "reference_cpu" for r in log)
+
+
+# ---------------------------------------------------------------------------------------------
+# gpt-oss: attention sinks. GptOssAttention passes its parameter `sinks` ([heads], one logit per
+# query head) to the attention function as s_aux=; its eager attention appends the sink logit as
+# an extra score column before the softmax and drops it after. The reference is that eager
+# attention ("sdpa" is not offered for gpt-oss: SDPA has no sinks).
+#
+# Tolerance: in float64 both sides compute the same real numbers. The sinks are set to float32
+# values (flashlane computes with float32 sinks, so nothing is rounded there) and reference_cpu
+# accumulates in float64, so logits agree to rounding (1e-9, as the Llama tests above). The
+# backward uses the float32 LSE and computes the sinks' gradient in float32: gradients to 1e-6
+# absolute / 1e-5 relative, as test_training_step_gradients_match_sdpa.
+
+def tiny_gpt_oss(dtype=torch.float64, device="cpu", **extra):
+    """A 2-layer MoE gpt-oss (a sliding-window layer, then a full one) with distinct sinks,
+    once with attn_implementation="eager" and once with flashlane's, the same weights."""
+    cfg = transformers.GptOssConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+        num_experts_per_tok=2, sliding_window=6, max_position_embeddings=256,
+        initializer_range=0.2, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **extra)
+    assert cfg.layer_types == ["sliding_attention", "full_attention"]
+    torch.manual_seed(0)
+    # experts_implementation="eager": the grouped-matmul experts take no float64
+    kw = dict(experts_implementation="eager", dtype=dtype)
+    cls = transformers.GptOssForCausalLM
+    ref = cls._from_config(copy.deepcopy(cfg), attn_implementation="eager", **kw).to(device).eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in ref.model.layers:  # float32 values in [-1, 2.5): a visible share of each row
+            s = (torch.rand(cfg.num_attention_heads, generator=g) * 3.5 - 1.0).float()
+            layer.self_attn.sinks.copy_(s.to(dtype))
+    ours = cls._from_config(copy.deepcopy(cfg), attn_implementation=fl_hf.NAME, **kw).to(device).eval()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pad", ["none", "left", "right"])
+def test_gpt_oss_prefill_matches_eager(pad):
+    ref, ours = tiny_gpt_oss()
+    ids, am = batch(pad=pad)
+    with torch.no_grad(), flashlane.receipt_log() as log:
+        a = ref(input_ids=ids, attention_mask=am).logits
+        b = ours(input_ids=ids, attention_mask=am).logits
+    valid = am.bool()
+    torch.testing.assert_close(b[valid], a[valid], atol=1e-9, rtol=1e-9)
+    assert len(log) == 2 and all(r["status"] == "ok" for r in log)  # one call per layer
+    assert all(r["actual_backend"] == "reference_cpu" for r in log)
+    assert {r["runtime_mode"] for r in log} == {"fwd" if pad == "none" else "varlen_fwd"}
+    # The sinks matter here: without them (a sink of -1e4 takes no weight) the logits move.
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            layer.self_attn.sinks.fill_(-1e4)
+        without = ref(input_ids=ids, attention_mask=am).logits
+    assert (without[valid] - a[valid]).abs().max() > 1e-3
+
+
+@pytest.mark.torch
+def test_gpt_oss_generate_decode_matches_eager():
+    """Left-padded prefill, then decode steps with a dynamic cache (the sliding layer keeps its
+    window only): the sinks join every step's softmax."""
+    ref, ours = tiny_gpt_oss()
+    ids, am = batch(pad="left")
+    kw = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True,
+              pad_token_id=0)
+    with torch.no_grad(), flashlane.receipt_log() as log:
+        a = ref.generate(input_ids=ids, attention_mask=am, **kw)
+        b = ours.generate(input_ids=ids, attention_mask=am, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    for x, y in zip(a.logits, b.logits):
+        torch.testing.assert_close(y, x, atol=1e-9, rtol=1e-9)
+    assert len(log) == 2 * 5 and all(r["actual_backend"] == "reference_cpu" for r in log)
+
+
+@pytest.mark.torch
+def test_gpt_oss_training_gradients_match_eager():
+    """The sinks are trained: their gradient (flashlane's dlearnable_sink) and every other
+    parameter's match eager autograd."""
+    ref, ours = tiny_gpt_oss()
+    ref.train()
+    ours.train()
+    ids, am = batch(pad="right")
+    labels = ids.masked_fill(am == 0, -100)
+    with flashlane.receipt_log() as log:
+        la = ref(input_ids=ids, attention_mask=am, labels=labels).loss
+        lb = ours(input_ids=ids, attention_mask=am, labels=labels).loss
+        la.backward()
+        lb.backward()
+    torch.testing.assert_close(lb, la, atol=1e-9, rtol=1e-9)
+    for (n, p), (_, q) in zip(ref.named_parameters(), ours.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=n)
+    sinks = [p.grad for n, p in ours.named_parameters() if n.endswith("sinks")]
+    assert len(sinks) == 2 and all(g.abs().max() > 1e-4 for g in sinks)
+    assert sorted(r["runtime_mode"] for r in log) == ["varlen_bwd"] * 2 + ["varlen_fwd"] * 2
+    assert all(r["actual_backend"] == "reference_cpu" for r in log)
+
+
+@pytest.mark.torch
+def test_gpt_oss_fallback_keeps_the_sinks_or_raises_when_strict():
+    """Padding holes under the sliding window cannot be served: that layer falls back visibly
+    to an eager attention with the sink column (PyTorch SDPA would drop the sinks); the full
+    layer still runs on flashlane."""
+    ref, ours = tiny_gpt_oss()
+    ids, am = batch(pad="holes")
+    with torch.no_grad(), flashlane.receipt_log() as log, warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        fl_hf._warned.clear()
+        a = ref(input_ids=ids, attention_mask=am).logits
+        b = ours(input_ids=ids, attention_mask=am).logits
+    valid = am.bool()
+    torch.testing.assert_close(b[valid], a[valid], atol=1e-9, rtol=1e-9)
+    assert [r["actual_backend"] for r in log] == ["torch_eager", "reference_cpu"]
+    assert log[0]["fallback_reason"] == "transformers.window_with_padding_holes_unsupported"
+    assert log[0]["variant"] == "flashlane.integrations.transformers.eager_sink_attention"
+    assert any("eager attention with the sink column" in str(x.message) for x in w)
+    fl_hf.register(strict=True)
+    with pytest.raises(flashlane.FlashlaneError) as e, torch.no_grad():
+        ours(input_ids=ids, attention_mask=am)
+    assert e.value.reason_tag == "transformers.window_with_padding_holes_unsupported"
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("strict", [False, True])
+def test_sinks_not_one_per_query_head_are_refused(strict):
+    """Sinks of another shape are no gpt-oss sinks: refused with the tag in both modes (no
+    fallback computes them)."""
+    fl_hf.register(strict=strict)
+    q = torch.randn(1, 4, 5, 16, dtype=torch.float64)
+    k = torch.randn(1, 2, 5, 16, dtype=torch.float64)
+    module = torch.nn.Module()
+    for bad in (torch.zeros(2, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)):
+        with pytest.raises(flashlane.FlashlaneError) as e:
+            fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25, s_aux=bad)
+        assert e.value.reason_tag == "transformers.attention_sinks_unsupported"
+        r = flashlane.last_receipt()
+        assert r["error_reason"] == e.value.reason_tag and r["actual_backend"] == ""
+    # sinks= (the other name) is taken like s_aux=.
+    s = torch.tensor([0.5, -1.0, 2.0, 0.25], dtype=torch.float64)
+    out, _ = fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25, sinks=s)
+    out2, _ = fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25, s_aux=s)
+    torch.testing.assert_close(out, out2, atol=0, rtol=0)
+    plain, _ = fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25)
+    assert (plain - out).abs().max() > 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pad", ["none", "left"])
+def test_gpt_oss_gpu_bf16_within_flashattention_rule(pad):
+    ref64, _ = tiny_gpt_oss(device="cuda", dtype=torch.float64)
+    ref, ours = tiny_gpt_oss(device="cuda", dtype=torch.bfloat16)
+    ref.load_state_dict(ref64.state_dict())
+    ours.load_state_dict(ref64.state_dict())
+    ids, am = batch(device="cuda", pad=pad)
+    with torch.no_grad(), flashlane.receipt_log() as log:
+        r64 = ref64(input_ids=ids, attention_mask=am).logits
+        a = ref(input_ids=ids, attention_mask=am).logits
+        b = ours(input_ids=ids, attention_mask=am).logits
+    valid = am.bool()
+    err = (b[valid].double() - r64[valid]).abs().max().item()
+    peer = (a[valid].double() - r64[valid]).abs().max().item()
+    assert err <= 2 * peer + 1e-5, f"flashlane {err:.3e} vs eager bf16 {peer:.3e}"
+    assert log and all(r["status"] == "ok" for r in log)
+    for r in log:
+        assert r["actual_backend"] in ("sm90", "reference_cuda"), r
+        assert r["actual_backend"] == "sm90" or r["fallback_reason"].startswith("sm90.")

@@ -17,6 +17,9 @@
 //       (varlen) behind the usual [.., seqlen, heads, dim] view (what torch's transpose gives).
 //   nan_unused_kv  write NaN into the K/V rows at or beyond seqused_k[b] (they are never used).
 //   lse [batch, heads_q, seqlen_q] / [heads_q, total_q] gets pad_tokens after each row.
+// Attention sinks: a non-empty learnable_sink (one value per query head) allocates the float32
+// [heads_q] input learnable_sink with those values and, with with_grads, the output
+// dlearnable_sink (poisoned like the other outputs); both contiguous, without padding.
 // CUDA tensors must have 16-byte aligned strides: keep pad_dim * element size and
 // pad_heads * element size multiples of 16 for problems meant for the GPU.
 //
@@ -77,7 +80,8 @@ struct HostProblemConfig {
   bool deterministic = false;
 
   bool with_lse = true;    // allocate lse (forward output / backward input)
-  bool with_grads = true;  // allocate dout, dq, dk, dv
+  bool with_grads = true;  // allocate dout, dq, dk, dv (and dlearnable_sink with sinks)
+  std::vector<float> learnable_sink;  // empty: no sinks; else heads_q logits
 
   uint64_t seed = 0;
   double value_scale = 1.0;  // inputs uniform in [-value_scale, value_scale)
@@ -197,6 +201,8 @@ class HostProblem {
     AttentionProblem p;
     p.q = q.view; p.k = k.view; p.v = v.view; p.o = o.view; p.lse = lse.view;
     p.dout = dout.view; p.dq = dq.view; p.dk = dk.view; p.dv = dv.view;
+    p.learnable_sink = learnable_sink.view;
+    p.dlearnable_sink = dlearnable_sink.view;
     if (varlen()) {
       p.cu_seqlens_q = TensorView::contiguous(const_cast<int32_t*>(cu_q_.data()), DType::kInt32,
                                               {static_cast<int64_t>(cu_q_.size())}, Device::cpu());
@@ -221,15 +227,18 @@ class HostProblem {
   /// Writes the poison value into every element (view and padding stay distinguishable) of the
   /// outputs again, e.g. before a second run.
   void poison_outputs() {
-    for (HostTensor* t : {&o, &lse, &dq, &dk, &dv}) poison_view(*t);
+    for (HostTensor* t : {&o, &lse, &dq, &dk, &dv, &dlearnable_sink}) poison_view(*t);
   }
   void poison_forward_outputs() { poison_view(o); poison_view(lse); }
-  void poison_backward_outputs() { poison_view(dq); poison_view(dk); poison_view(dv); }
+  void poison_backward_outputs() {
+    for (HostTensor* t : {&dq, &dk, &dv, &dlearnable_sink}) poison_view(*t);
+  }
 
   const std::vector<int32_t>& cu_seqlens_q() const { return cu_q_; }
   const std::vector<int32_t>& cu_seqlens_k() const { return cu_k_; }
 
   HostTensor q, k, v, o, lse, dout, dq, dk, dv;
+  HostTensor learnable_sink, dlearnable_sink;  // defined only with cfg.learnable_sink
 
  private:
   static uint64_t splitmix(uint64_t x) {
@@ -344,6 +353,17 @@ class HostProblem {
       make_qkv_like(dq, dt, rows_q, cfg_.heads_q, cfg_.head_dim);
       make_qkv_like(dk, dt, rows_k, cfg_.heads_kv, cfg_.head_dim);
       make_qkv_like(dv, dt, rows_k, cfg_.heads_kv, dv_);
+    }
+    if (!cfg_.learnable_sink.empty()) {
+      if (static_cast<int64_t>(cfg_.learnable_sink.size()) != cfg_.heads_q) {
+        throw std::invalid_argument("HostProblemConfig: learnable_sink needs one entry per query head");
+      }
+      for (HostTensor* t : {&learnable_sink, &dlearnable_sink}) {
+        if (t == &dlearnable_sink && !cfg_.with_grads) continue;
+        allocate(*t, DType::kFloat32, cfg_.heads_q);
+        t->view = TensorView::contiguous(t->bytes.data(), DType::kFloat32, {cfg_.heads_q}, Device::cpu());
+      }
+      for (int64_t h = 0; h < cfg_.heads_q; ++h) learnable_sink.set(h, cfg_.learnable_sink[static_cast<size_t>(h)]);
     }
     fill_random(q, "q");
     fill_random(k, "k");

@@ -20,12 +20,20 @@ register() installs two functions under the same name:
     cache offsets onto causal_bottom_right (prefill and decode), padding and packed sequences onto
     the varlen layout (unpad, attend, pad: never a dense mask).
 
+Attention sinks (gpt-oss: GptOssAttention passes its parameter ``self.sinks``, one logit per
+query head, to the attention function as ``s_aux=``; ``sinks=`` is taken too) become flashlane's
+``learnable_sink``: the sink joins every row's softmax as a key without a value, as gpt-oss's
+eager attention does by appending the sink logit as an extra column before the softmax and
+dropping it after. Training returns the sinks' gradient.
+
 A call it cannot serve (an unsupported mask, a 4D mask given by the caller, dropout in training,
-attention sinks, position bias, output_attentions, or a flashlane refusal) raises FlashlaneError
-with a "transformers." reason tag when strict=True. With strict=False it runs transformers' SDPA
-attention on the exact dense mask instead, warns once per reason, and records a receipt with
-actual_backend "torch_sdpa" and the reason (flashlane.last_receipt(), receipt_log(),
-$FLASHLANE_RECEIPTS). Never silently.
+position bias, output_attentions, or a flashlane refusal) raises FlashlaneError with a
+"transformers." reason tag when strict=True. With strict=False it runs transformers' SDPA
+attention on the exact dense mask instead (a call with sinks, which SDPA cannot express: an eager
+attention with the sink column), warns once per reason, and records a receipt with
+actual_backend "torch_sdpa" (with sinks "torch_eager") and the reason (flashlane.last_receipt(),
+receipt_log(), $FLASHLANE_RECEIPTS). Never silently. Sinks that are not one value per query head
+are refused in both modes (transformers.attention_sinks_unsupported): no fallback computes them.
 
 Which flashlane backend the calls request is a process-wide setting: register(backend=...,
 strict=..., backward_backend=...) sets it, and the context manager backend_override() changes it
@@ -274,8 +282,9 @@ def _padded_plan(desc: FlashlaneMask, device, b: int, sq: int, used: int, window
     return plan
 
 
-def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
-    """q [b, sq, h, d], k/v [b, sk, hk, d] (views). Returns out [b, sq, h, dv]."""
+def _attend(q, k, v, desc: FlashlaneMask, scale, softcap, sinks=None):
+    """q [b, sq, h, d], k/v [b, sk, hk, d] (views); sinks None or [h] (gpt-oss's sinks).
+    Returns out [b, sq, h, dv]."""
     b, sq = q.shape[0], q.shape[1]
     sk = k.shape[1]
     d = desc.q_offset - desc.kv_offset  # key slot j is visible to query i when j <= i + d (causal)
@@ -297,7 +306,7 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
             window = (desc.window, desc.window)
     common = dict(softmax_scale=scale, mask=mask, window_size=window, softcap=softcap,
                   backend=_settings.backend, strict=_settings.strict,
-                  backward_backend=_settings.backward_backend)
+                  backward_backend=_settings.backward_backend, learnable_sink=sinks)
 
     if desc.packed is not None:
         if desc.padding is not None or sq != used or d != 0:
@@ -329,37 +338,87 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap):
     return out
 
 
-def _receipt(query: torch.Tensor, reason: str) -> Dict[str, Any]:
+def _receipt(query: torch.Tensor, reason: str, ran: str = "torch_sdpa",
+             variant: str = "transformers.sdpa_attention_forward") -> Dict[str, Any]:
     sm = 0
     name = "cpu"
     if query.is_cuda:
         major, minor = torch.cuda.get_device_capability(query.device)
         sm = major * 10 + minor
         name = torch.cuda.get_device_name(query.device)
-    return {"requested_backend": _settings.backend, "actual_backend": "torch_sdpa",
+    return {"requested_backend": _settings.backend, "actual_backend": ran,
             "runtime_mode": "fwd", "strict": _settings.strict, "fallback_reason": reason,
             "skipped": [{"backend": NAME, "reason": reason}],
-            "variant": "transformers.sdpa_attention_forward", "device": {"name": name, "sm": sm},
+            "variant": variant, "device": {"name": name, "sm": sm},
             "deterministic": False, "status": "ok", "error_reason": ""}
 
 
-def _fallback(module, query, key, value, attention_mask, reason, dropout, scaling, kwargs):
+def _refuse(query, code: str, reason: str, message: str):
+    refused = _receipt(query, "")
+    refused.update(actual_backend="", variant="", status=code, error_reason=reason,
+                   skipped=[{"backend": NAME, "reason": reason}])
+    record_python_receipt(refused)
+    raise FlashlaneError(code, message, reason)
+
+
+_EAGER_SINK_VARIANT = "flashlane.integrations.transformers.eager_sink_attention"
+
+
+def _eager_sink_attention(module, query, key, value, attention_mask, dropout, scaling, softcap,
+                          is_causal, sinks):
+    """The fallback for calls with sinks (PyTorch SDPA has no sink): gpt-oss's eager attention,
+    the sink logit appended as an extra column before the softmax and dropped after, on the
+    dense mask. query [b, h, sq, d], key/value [b, hk, sk, d]; attention_mask a boolean
+    (True = visible) or additive [b, 1 or h, sq, sk] mask, or None (causal, bottom-right, when
+    the module or is_causal says so). Returns out [b, sq, h, dv]."""
+    b, h, sq, d = query.shape
+    sk = key.shape[2]
+    g = h // key.shape[1]
+    k = key.repeat_interleave(g, dim=1) if g != 1 else key
+    v = value.repeat_interleave(g, dim=1) if g != 1 else value
+    scale = scaling if scaling is not None else d ** -0.5
+    scores = torch.matmul(query, k.transpose(2, 3)) * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is None:
+        causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+        if causal:
+            i = torch.arange(sq, device=query.device)[:, None]
+            j = torch.arange(sk, device=query.device)[None, :]
+            attention_mask = j <= i + (sk - sq)
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    sink_col = sinks.to(scores.dtype).reshape(1, h, 1, 1).expand(b, h, sq, 1)
+    logits = torch.cat([scores, sink_col], dim=-1)
+    logits = logits - logits.max(dim=-1, keepdim=True).values  # the sink column is finite
+    probs = torch.softmax(logits, dim=-1)[..., :-1]
+    training = getattr(module, "training", False)
+    probs = torch.nn.functional.dropout(probs, p=dropout, training=training)
+    return torch.matmul(probs.to(v.dtype), v).transpose(1, 2).contiguous()
+
+
+def _fallback(module, query, key, value, attention_mask, reason, dropout, scaling, kwargs,
+              sinks=None, softcap=None):
     if _settings.strict:
-        refused = _receipt(query, "")
-        refused.update(actual_backend="", variant="", status="backend_inapplicable",
-                       error_reason=reason, skipped=[{"backend": NAME, "reason": reason}])
-        record_python_receipt(refused)
-        raise FlashlaneError("backend_inapplicable",
-                             f"the transformers integration (strict) cannot serve this call: {reason}",
-                             reason)
+        _refuse(query, "backend_inapplicable", reason,
+                f"the transformers integration (strict) cannot serve this call: {reason}")
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if isinstance(attention_mask, FlashlaneMask):
         attention_mask = attention_mask.dense()
+    target = "PyTorch SDPA" if sinks is None else "an eager attention with the sink column"
     if reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"flashlane: attention falls back to PyTorch SDPA ({reason}); the receipt "
+        warnings.warn(f"flashlane: attention falls back to {target} ({reason}); the receipt "
                       "records it (flashlane.last_receipt())", RuntimeWarning, stacklevel=3)
+    if sinks is not None:
+        record_python_receipt(_receipt(query, reason, "torch_eager", _EAGER_SINK_VARIANT))
+        out = _eager_sink_attention(module, query, key, value, attention_mask, dropout, scaling,
+                                    float(softcap or 0.0), kwargs.get("is_causal"), sinks)
+        return out, None
     record_python_receipt(_receipt(query, reason))
     kwargs = {k: v for k, v in kwargs.items() if k != "is_causal"}
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -375,15 +434,23 @@ def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
                                 value: torch.Tensor, attention_mask, dropout: float = 0.0,
                                 scaling: Optional[float] = None, is_causal: Optional[bool] = None,
                                 softcap: Optional[float] = None, **kwargs):
-    """transformers attention interface: query [b, h, s_q, d], key/value [b, h_kv, s_k, d].
+    """transformers attention interface: query [b, h, s_q, d], key/value [b, h_kv, s_k, d];
+    s_aux (or sinks): None or the attention sinks [h] (gpt-oss), passed on as learnable_sink.
     Returns (out [b, s_q, h, d_v], None)."""
+    sinks = kwargs.get("s_aux")
+    if sinks is None:
+        sinks = kwargs.get("sinks")
+    if sinks is not None and (not isinstance(sinks, torch.Tensor)
+                              or tuple(sinks.shape) != (query.shape[1],)):
+        shape = tuple(sinks.shape) if isinstance(sinks, torch.Tensor) else type(sinks).__name__
+        _refuse(query, "shape_mismatch", "transformers.attention_sinks_unsupported",
+                f"attention sinks of shape {shape}: flashlane takes one sink logit per query head "
+                f"([{query.shape[1]}])")
     reason = ""
     if dropout and getattr(module, "training", False):
         reason = "transformers.dropout_unsupported"
     elif kwargs.get("output_attentions"):
         reason = "transformers.output_attentions_unsupported"
-    elif kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
-        reason = "transformers.attention_sinks_unsupported"
     elif kwargs.get("position_bias") is not None:
         reason = "transformers.position_bias_unsupported"
 
@@ -405,7 +472,7 @@ def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     if not reason:
         try:
             out = _attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), desc,
-                          scaling, float(softcap or 0.0))
+                          scaling, float(softcap or 0.0), sinks)
             return out, None
         except _Unservable as e:
             reason = e.reason
@@ -418,7 +485,7 @@ def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     else:
         mask_for_sdpa = None
     return _fallback(module, query, key, value, mask_for_sdpa, reason, dropout, scaling,
-                     dict(kwargs, is_causal=is_causal))
+                     dict(kwargs, is_causal=is_causal), sinks, softcap)
 
 
 def register(backend: str = "auto", strict: bool = False, name: str = NAME,
