@@ -41,7 +41,9 @@
 //
 // Parallelism: std::thread over (batch, query head) for the forward and over (batch, kv head)
 // for the backward, so every output element is written by exactly one thread (no races, and
-// results do not depend on the thread count). Small problems run on the calling thread.
+// results do not depend on the thread count). Small problems run on the calling thread. A
+// problem without query rows (and, in the backward, without key rows) has no task to run: an
+// empty problem may claim any number of heads or sequences, and costs nothing for it.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -268,9 +270,11 @@ Status reference_cpu_forward(const AttentionProblem& p, const ProblemInfo& info,
   const double work = 2.0 * static_cast<double>(info.total_q) * static_cast<double>(info.heads_q) *
                       static_cast<double>(std::max<int64_t>(info.seqlen_k, 1)) *
                       static_cast<double>(d + dv);
-  Status st = parallel_for(info.batch * info.heads_q, work, [&](int64_t task) {
+  const int64_t tasks = info.total_q > 0 ? info.batch * info.heads_q : 0;
+  Status st = parallel_for(tasks, work, [&](int64_t task) {
     const int64_t b = task / info.heads_q, h = task % info.heads_q, hk = h / group;
     const Sequence s = layout.sequence(b);
+    if (s.seqlen_q == 0) return;
     const double sink = sink_logit(p, info, h);  // -inf without sinks
     // Rows of the used keys only: keys at or beyond used_k are never read.
     std::vector<double> kbuf(static_cast<size_t>(s.used_k * d)), vbuf(static_cast<size_t>(s.used_k * dv));
@@ -375,8 +379,14 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
   // Sink gradient partials: dsink_part[b * heads_q + h] = sum_i exp(sink_h - lse_i) D_i over the
   // rows of sequence b, written only by the task (b, h / group).
   const bool want_dsink = info.has_dsink && p.dlearnable_sink.defined();
-  std::vector<double> dsink_part(want_dsink ? static_cast<size_t>(info.batch * info.heads_q) : 0, 0.0);
-  Status st = parallel_for(info.batch * heads_kv, work, [&](int64_t task) {
+  std::vector<double> dsink_part;
+  try {
+    if (want_dsink && info.total_q > 0) dsink_part.assign(static_cast<size_t>(info.batch * info.heads_q), 0.0);
+  } catch (const std::exception& e) {  // std::bad_alloc, std::length_error
+    return Status(ErrorCode::kInternal, std::string("reference_cpu: sink-gradient partial sums: ") + e.what());
+  }
+  const int64_t tasks = info.total_q > 0 || info.total_k > 0 ? info.batch * heads_kv : 0;
+  Status st = parallel_for(tasks, work, [&](int64_t task) {
     const int64_t b = task / heads_kv, hk = task % heads_kv;
     const Sequence s = layout.sequence(b);
     const size_t nk = static_cast<size_t>(s.used_k);
@@ -443,7 +453,7 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
         for (double& x : dqrow) x *= end_scale;
         store_row(p.dq, dq_off, d, dqrow.data());
       }
-      if (want_dsink) dsink_part[static_cast<size_t>(b * info.heads_q + h)] = dsink_sum;
+      if (!dsink_part.empty()) dsink_part[static_cast<size_t>(b * info.heads_q + h)] = dsink_sum;
     }
     for (double& x : dkacc) x *= end_scale;
     for (int64_t j = 0; j < s.seqlen_k; ++j) {
@@ -460,12 +470,13 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
   });
   if (!st.ok()) return st;
 
-  // dsink_h = -sum over the batch, in index order, of the tasks' partial sums.
+  // dsink_h = -sum over the batch, in index order, of the tasks' partial sums (0 without rows).
   if (want_dsink) {
     const TensorView& t = p.dlearnable_sink;
+    const int64_t batches = dsink_part.empty() ? 0 : info.batch;
     for (int64_t h = 0; h < info.heads_q; ++h) {
       double sum = 0.0;
-      for (int64_t b = 0; b < info.batch; ++b) sum += dsink_part[static_cast<size_t>(b * info.heads_q + h)];
+      for (int64_t b = 0; b < batches; ++b) sum += dsink_part[static_cast<size_t>(b * info.heads_q + h)];
       numeric::store(t.data, t.dtype, h * t.stride[0], -sum);
     }
   }

@@ -1448,4 +1448,44 @@ TEST(ReferenceCpuSinks, ThreadedSinkGradientIsDeterministic) {
   EXPECT_LE(sum.max_excess, 1.0);
 }
 
+// Without query rows there is nothing to compute: dsink is written as 0, dK and dV of the keys
+// as 0; and an empty problem that claims 2^31 heads costs nothing for them (no task per head).
+TEST(ReferenceCpuSinks, ProblemsWithoutQueryRows) {
+  HostProblemConfig c;
+  c.dtype = DType::kFloat32;
+  c.seqlens_q = {0, 0};
+  c.seqlens_k = {3, 0};
+  c.heads_q = 4;
+  c.heads_kv = 2;
+  c.head_dim = 8;
+  c.learnable_sink = {0.5f, 1.0f, -1.0f, 2.0f};
+  HostProblem hp(c);
+  const auto fwd = info_for(hp, Direction::kForward);
+  const auto bwd = info_for(hp, Direction::kBackward);
+  ASSERT_TRUE(fwd && bwd);
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(hp.problem(), *fwd).ok());
+  ASSERT_TRUE(flashlane::detail::reference_cpu_backward(hp.problem(), *bwd).ok());
+  EXPECT_EQ(hp.dlearnable_sink.count_poisoned(), 0);
+  for (int64_t h = 0; h < c.heads_q; ++h) EXPECT_EQ(hp.dlearnable_sink.get(h), 0.0);
+  EXPECT_EQ(hp.dk.count_poisoned(), 0);
+  hp.dk.for_each_offset([&](int64_t off) { EXPECT_EQ(hp.dk.get(off), 0.0); });
+  hp.dv.for_each_offset([&](int64_t off) { EXPECT_EQ(hp.dv.get(off), 0.0); });
+
+  // bshd q [1, 0, 2^31, 8], k / v [1, 0, 2^31, 8]: valid and empty.
+  const int64_t many = int64_t{1} << 31;
+  float dummy[4] = {};
+  const flashlane::Device cpu = flashlane::Device::cpu();
+  AttentionProblem p;
+  p.q = flashlane::TensorView::contiguous(dummy, DType::kFloat32, {1, 0, many, 8}, cpu);
+  p.k = p.v = p.o = p.dout = p.dq = p.dk = p.dv = p.q;
+  p.lse = flashlane::TensorView::contiguous(dummy, DType::kFloat32, {1, many, 0}, cpu);
+  ProblemInfo info;
+  ASSERT_TRUE(flashlane::validate(p, Direction::kBackward, &info).ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(flashlane::detail::reference_cpu_forward(p, info).ok());
+  ASSERT_TRUE(flashlane::detail::reference_cpu_backward(p, info).ok());
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 2.0) << "an empty problem ran a task per claimed head";
+}
+
 }  // namespace

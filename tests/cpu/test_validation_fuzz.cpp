@@ -1,5 +1,6 @@
 // Random validation fuzz test: a million random problems, each a small valid bshd or varlen
-// problem over real host buffers with 0..3 random fields mutated (ranks, shapes, strides,
+// problem (with or without attention sinks) over real host buffers with 0..3 random fields
+// mutated (ranks, shapes, strides,
 // dtypes, data pointers, devices, metadata contents, windows, masks, scalars, flags,
 // direction). For every problem validate() must not throw and must return Ok or a declared
 // ErrorCode with a message, leaving `info` untouched on error; it must return Ok exactly when
@@ -137,16 +138,19 @@ T pick(Rng& r, std::initializer_list<T> values) {
 // ------------------------------------------------------------------------------------------------
 // One random problem and the memory behind it.
 
-enum Tensor : int { kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv, kCuQ, kCuK, kUsed, kNumTensors };
+enum Tensor : int {
+  kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv, kSink, kDsink, kCuQ, kCuK, kUsed, kNumTensors
+};
 constexpr const char* kTensorNames[kNumTensors] = {
-    "q", "k", "v", "o", "lse", "dout", "dq", "dk", "dv", "cu_seqlens_q", "cu_seqlens_k",
-    "seqused_k"};
+    "q",  "k",  "v",  "o",  "lse", "dout", "dq", "dk", "dv", "learnable_sink", "dlearnable_sink",
+    "cu_seqlens_q", "cu_seqlens_k", "seqused_k"};
 bool is_meta(int i) { return i >= kCuQ; }
+bool is_sink(int i) { return i == kSink || i == kDsink; }
 
 TensorView& view(AttentionProblem& p, int i) {
   TensorView* const views[kNumTensors] = {
-      &p.q,  &p.k,  &p.v,  &p.o,           &p.lse,          &p.dout,
-      &p.dq, &p.dk, &p.dv, &p.cu_seqlens_q, &p.cu_seqlens_k, &p.seqused_k};
+      &p.q,  &p.k,  &p.v,  &p.o,  &p.lse, &p.dout, &p.dq, &p.dk, &p.dv, &p.learnable_sink,
+      &p.dlearnable_sink, &p.cu_seqlens_q, &p.cu_seqlens_k, &p.seqused_k};
   return *views[i];
 }
 const TensorView& view(const AttentionProblem& p, int i) {
@@ -257,6 +261,8 @@ void make_base(Case& c, Rng& r) {
     t[kDk] = strided_view(r, dt, {batch, sk, heads_kv, d}, true);
     t[kDv] = strided_view(r, dt, {batch, sk, heads_kv, dv}, true);
   }
+  t[kSink] = TensorView::contiguous(nullptr, DType::kFloat32, {heads_q}, Device::cpu());
+  t[kDsink] = t[kSink];
   t[kCuQ] = TensorView::contiguous(nullptr, DType::kInt32, {batch + 1}, Device::cpu());
   t[kCuK] = t[kCuQ];
   t[kUsed] = TensorView::contiguous(nullptr, DType::kInt32, {batch}, Device::cpu());
@@ -268,6 +274,8 @@ void make_base(Case& c, Rng& r) {
   for (int i : {kDout, kDq, kDk, kDv}) given[i] = backward;
   given[kCuQ] = given[kCuK] = varlen;
   given[kUsed] = chance(r, 30);
+  given[kSink] = chance(r, 30);
+  given[kDsink] = backward && given[kSink] && chance(r, 70);
   for (int i = 0; i < kNumTensors; ++i) {
     view(c.p, i) = given[i] ? t[i] : TensorView{};
     c.ptr[i] = given[i] ? Ptr::kReal : Ptr::kNull;
@@ -323,7 +331,7 @@ std::vector<DimRef> dims_meaning(bool varlen, int what) {
     switch (what) {
       case 0: case 1: return {{kQ, 0}, {kO, 0}, {kLse, 1}, {kDout, 0}, {kDq, 0}};
       case 2: return {{kK, 0}, {kV, 0}, {kDk, 0}, {kDv, 0}};
-      case 3: return {{kQ, 1}, {kO, 1}, {kLse, 0}, {kDout, 1}, {kDq, 1}};
+      case 3: return {{kQ, 1}, {kO, 1}, {kLse, 0}, {kDout, 1}, {kDq, 1}, {kSink, 0}, {kDsink, 0}};
       case 4: return {{kK, 1}, {kV, 1}, {kDk, 1}, {kDv, 1}};
       case 5: return {{kQ, 2}, {kK, 2}, {kDq, 2}, {kDk, 2}};
       default: return {{kV, 2}, {kO, 2}, {kDout, 2}, {kDv, 2}};
@@ -334,7 +342,7 @@ std::vector<DimRef> dims_meaning(bool varlen, int what) {
                     {kDk, 0}, {kDv, 0}, {kUsed, 0}};
     case 1: return {{kQ, 1}, {kO, 1}, {kLse, 2}, {kDout, 1}, {kDq, 1}};
     case 2: return {{kK, 1}, {kV, 1}, {kDk, 1}, {kDv, 1}};
-    case 3: return {{kQ, 2}, {kO, 2}, {kLse, 1}, {kDout, 2}, {kDq, 2}};
+    case 3: return {{kQ, 2}, {kO, 2}, {kLse, 1}, {kDout, 2}, {kDq, 2}, {kSink, 0}, {kDsink, 0}};
     case 4: return {{kK, 2}, {kV, 2}, {kDk, 2}, {kDv, 2}};
     case 5: return {{kQ, 3}, {kK, 3}, {kDq, 3}, {kDk, 3}};
     default: return {{kV, 3}, {kO, 3}, {kDout, 3}, {kDv, 3}};
@@ -697,6 +705,8 @@ ProblemInfo sentinel_info() {
   s.window_left = -709;
   s.window_right = -710;
   s.deterministic = true;
+  s.has_sink = true;
+  s.has_dsink = true;
   return s;
 }
 
@@ -710,7 +720,8 @@ bool same_info(const ProblemInfo& a, const ProblemInfo& b) {
          std::memcmp(&a.softmax_scale, &b.softmax_scale, sizeof(double)) == 0 &&
          std::memcmp(&a.softcap, &b.softcap, sizeof(double)) == 0 && a.mask == b.mask &&
          a.bottom_right == b.bottom_right && a.window_left == b.window_left &&
-         a.window_right == b.window_right && a.deterministic == b.deterministic;
+         a.window_right == b.window_right && a.deterministic == b.deterministic &&
+         a.has_sink == b.has_sink && a.has_dsink == b.has_dsink;
 }
 
 bool valid_head_dim(int64_t d) { return d >= 8 && d <= 256 && d % 8 == 0; }
@@ -745,6 +756,10 @@ std::string check_ok_info(const Case& c, const ProblemInfo& info, int64_t* overf
     return "has_lse/has_seqused_k";
   }
   if (info.deterministic != p.deterministic) return "deterministic";
+  if (info.has_sink != p.learnable_sink.defined()) return "has_sink";
+  if (info.has_dsink != (c.dir == Direction::kBackward && p.dlearnable_sink.defined())) {
+    return "has_dsink";
+  }
   if (varlen) {
     if (info.batch != p.cu_seqlens_q.shape[0] - 1 || info.batch < 0) return "varlen batch";
     if (info.total_q != p.q.shape[0] || info.total_k != p.k.shape[0]) return "varlen totals";
@@ -809,6 +824,8 @@ std::string spec_violation(const Case& c, bool* undetermined) {
   if (bwd) {
     for (int i : {kDout, kDq, kDk, kDv}) uses.push_back({i, true});
   }
+  uses.push_back({kSink, false});
+  if (bwd) uses.push_back({kDsink, false});
   uses.push_back({kCuQ, false});
   uses.push_back({kCuK, varlen});
   uses.push_back({kUsed, false});
@@ -822,6 +839,9 @@ std::string spec_violation(const Case& c, bool* undetermined) {
     }
     if (t.data == nullptr) return std::string(kTensorNames[u.tensor]) + " null";
   }
+  if (bwd && p.dlearnable_sink.defined() && !p.learnable_sink.defined()) {
+    return "dlearnable_sink without learnable_sink";
+  }
   if (dev.kind != DeviceKind::kCPU && dev.kind != DeviceKind::kCUDA) return "q device unknown";
   if (dev.kind == DeviceKind::kCUDA && dev.index < 0) return "negative CUDA ordinal";
   for (const Use& u : uses) {
@@ -829,9 +849,10 @@ std::string spec_violation(const Case& c, bool* undetermined) {
     if (!t.defined()) continue;
     const std::string name = kTensorNames[u.tensor];
     if (t.device != dev) return name + " device";
-    const bool floating = u.tensor < kLse || (u.tensor > kLse && !is_meta(u.tensor));
+    const bool floating =
+        u.tensor < kLse || (u.tensor > kLse && !is_meta(u.tensor) && !is_sink(u.tensor));
     if (floating && (!is_floating(t.dtype) || t.dtype != p.q.dtype)) return name + " dtype";
-    if (u.tensor == kLse && t.dtype != DType::kFloat32) return "lse dtype";
+    if ((u.tensor == kLse || is_sink(u.tensor)) && t.dtype != DType::kFloat32) return name + " dtype";
     if (is_meta(u.tensor) && t.dtype != DType::kInt32) return name + " dtype";
   }
   // The shape of every tensor, from q (batch, seqlen_q or total_q, heads_q, head_dim), k
@@ -853,6 +874,7 @@ std::string spec_violation(const Case& c, bool* undetermined) {
   want[kV] = want[kDv] = data_shape(sk, hkv, dv);
   want[kO] = want[kDout] = data_shape(sq, hq, dv);
   want[kLse] = varlen ? Shape{hq, sq} : Shape{batch, hq, sq};
+  want[kSink] = want[kDsink] = Shape{hq};
   want[kCuQ] = want[kCuK] = Shape{wrap_add(batch, 1)};
   want[kUsed] = Shape{batch};
   for (const Use& u : uses) {
@@ -873,7 +895,9 @@ std::string spec_violation(const Case& c, bool* undetermined) {
     const TensorView& t = view(p, u.tensor);
     if (!t.defined()) continue;
     if (t.stride[t.rank - 1] != 1) return std::string(kTensorNames[u.tensor]) + " last stride";
-    if (dev.kind != DeviceKind::kCUDA || u.tensor == kLse || is_meta(u.tensor)) continue;
+    if (dev.kind != DeviceKind::kCUDA || u.tensor == kLse || is_meta(u.tensor) || is_sink(u.tensor)) {
+      continue;
+    }
     const int64_t elem = fl::dtype_size(t.dtype);
     if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0) return "misaligned pointer";
     for (int k = 0; k + 1 < t.rank; ++k) {
@@ -955,7 +979,7 @@ std::string not_runnable(const Case& c, const ProblemInfo& info) {
   for (int i = 0; i < kNumTensors; ++i) {
     const TensorView& t = view(p, i);
     if (!t.defined()) continue;
-    if (!backward && (i == kDout || i == kDq || i == kDk || i == kDv)) continue;
+    if (!backward && (i == kDout || i == kDq || i == kDk || i == kDv || i == kDsink)) continue;
     if (!c.backed[i]) return "unbacked";
     if (!aligned_for(t, std::max(fl::dtype_size(t.dtype), 1))) return "misaligned";
   }
@@ -968,7 +992,7 @@ std::string not_runnable(const Case& c, const ProblemInfo& info) {
   return "";
 }
 
-/// validate() ignores dout, dq, dk and dv in the forward direction whatever their device
+/// validate() ignores dout, dq, dk, dv and dlearnable_sink in the forward direction whatever their device
 /// (tests/cpu/test_validation.cpp, ForwardIgnoresGradientTensors), and so does reference_cpu's
 /// forward (check_host in src/reference/reference_cpu.cpp checks the direction's tensors only).
 /// Set to true only to tolerate (count, not fail) a reference that refuses such a problem.
@@ -976,7 +1000,7 @@ constexpr bool kTolerateForwardUnusedTensorNotHost = false;
 
 bool forward_unused_tensor_not_host(const Case& c) {
   if (c.dir != Direction::kForward) return false;
-  for (int i : {kDout, kDq, kDk, kDv}) {
+  for (int i : {kDout, kDq, kDk, kDv, kDsink}) {
     const TensorView& t = view(c.p, i);
     if (t.defined() && t.device.kind != DeviceKind::kCPU) return true;
   }
@@ -1088,7 +1112,7 @@ TEST(ValidationFuzzTest, RandomProblemsGetDeclaredCodesAndNothingIsWrittenOnErro
       if (run.code() != st.code() || run.message() != st.message()) {
         report(n, "dispatch returned " + run_text + ", validate " + st.to_string());
       }
-      if (!canary_intact(c, {kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv})) {
+      if (!canary_intact(c, {kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv, kSink, kDsink})) {
         report(n, "output bytes written on error: " + run_text);
       }
     } else if (!host) {  // valid, not on the host: strict reference_cpu refuses, writes nothing
@@ -1096,7 +1120,7 @@ TEST(ValidationFuzzTest, RandomProblemsGetDeclaredCodesAndNothingIsWrittenOnErro
           run.reason_tag() != "reference_cpu.requires_host_tensors") {
         report(n, "valid CUDA problem on strict reference_cpu: " + run_text);
       }
-      if (!canary_intact(c, {kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv})) {
+      if (!canary_intact(c, {kQ, kK, kV, kO, kLse, kDout, kDq, kDk, kDv, kSink, kDsink})) {
         report(n, "bytes written on refusal: " + run_text);
       }
     } else {  // valid host problem: reference_cpu runs it and never writes its inputs
@@ -1112,10 +1136,13 @@ TEST(ValidationFuzzTest, RandomProblemsGetDeclaredCodesAndNothingIsWrittenOnErro
         report(n, "receipt actual_backend " + fl::last_receipt().actual_backend);
       }
       const bool inputs_intact = c.dir == Direction::kForward
-                                     ? canary_intact(c, {kQ, kK, kV})
-                                     : canary_intact(c, {kQ, kK, kV, kO, kLse, kDout});
+                                     ? canary_intact(c, {kQ, kK, kV, kSink})
+                                     : canary_intact(c, {kQ, kK, kV, kO, kLse, kDout, kSink});
       if (!inputs_intact) report(n, "input bytes written: " + run_text);
-      if (!run.ok() && !canary_intact(c, {kO, kLse, kDq, kDk, kDv})) {
+      if (c.dir == Direction::kForward && !canary_intact(c, {kDsink})) {
+        report(n, "a forward wrote dlearnable_sink: " + run_text);
+      }
+      if (!run.ok() && !canary_intact(c, {kO, kLse, kDq, kDk, kDv, kDsink})) {
         report(n, "output bytes written on error: " + run_text);
       }
     }
