@@ -46,7 +46,9 @@ inline bool parse_learnable_sink(const std::string& text, int64_t heads_q, uint6
   out->assign(static_cast<size_t>(heads_q > 0 ? heads_q : 0), 0.0f);
   if (text == "random") {
     std::mt19937_64 rng(seed ^ 0x51e4c0ffee5eedull);
-    for (float& x : *out) x = static_cast<float>(4.0 * static_cast<double>(rng() >> 11) * 0x1.0p-53 - 1.0);
+    for (float& x : *out) {
+      x = static_cast<float>(4.0 * static_cast<double>(rng() >> 11) * 0x1.0p-53 - 1.0);
+    }
     return true;
   }
   size_t used = 0;
@@ -57,7 +59,8 @@ inline bool parse_learnable_sink(const std::string& text, int64_t heads_q, uint6
     used = 0;
   }
   if (text.empty() || used != text.size() || !std::isfinite(v)) {
-    *why = "--learnable-sink must be a finite number (every head's sink) or 'random', not '" + text + "'";
+    *why = "--learnable-sink must be a finite number (every head's sink) or 'random', not '" +
+           text + "'";
     return false;
   }
   for (float& x : *out) x = static_cast<float>(v);

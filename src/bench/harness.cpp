@@ -173,7 +173,9 @@ bool spec_from_json(const nlohmann::json& j, ProblemSpec* out, std::string* why)
       s.seqlens_k = j.at("seqlens_k").get<std::vector<int32_t>>();
     }
     if (j.contains("seqused_k")) s.seqused_k = j["seqused_k"].get<std::vector<int32_t>>();
-    if (j.contains("learnable_sink")) s.learnable_sink = j["learnable_sink"].get<std::vector<float>>();
+    if (j.contains("learnable_sink")) {
+      s.learnable_sink = j["learnable_sink"].get<std::vector<float>>();
+    }
     s.seed = j.value("seed", uint64_t{0});
     *out = std::move(s);
     return true;

@@ -354,7 +354,8 @@ Status check_ranks(const AttentionProblem&, Derived* d) {
 }
 
 /// Part of phase 5: every dimension of k, v, o, lse and the sinks agrees with q (or k), and each
-/// gradient has the shape of what it differentiates. Rows are checked in order; the first mismatch wins.
+/// gradient has the shape of what it differentiates. Rows are checked in order; the first
+/// mismatch wins.
 Status check_dims_agree(const AttentionProblem& p, const Derived& d) {
   struct Row {
     bool check;

@@ -58,7 +58,9 @@ ErrorCode meta_code(Kind kind) {
 
 /// True for the tensors whose malformed rank or shape has the plain codes (kRankMismatch,
 /// kShapeMismatch) rather than a metadata code of their own.
-bool plain_code(Kind kind) { return kind == Kind::kData || kind == Kind::kLse || kind == Kind::kSink; }
+bool plain_code(Kind kind) {
+  return kind == Kind::kData || kind == Kind::kLse || kind == Kind::kSink;
+}
 
 struct Derived {
   std::vector<Arg> args;

@@ -381,9 +381,12 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
   const bool want_dsink = info.has_dsink && p.dlearnable_sink.defined();
   std::vector<double> dsink_part;
   try {
-    if (want_dsink && info.total_q > 0) dsink_part.assign(static_cast<size_t>(info.batch * info.heads_q), 0.0);
+    if (want_dsink && info.total_q > 0) {
+      dsink_part.assign(static_cast<size_t>(info.batch * info.heads_q), 0.0);
+    }
   } catch (const std::exception& e) {  // std::bad_alloc, std::length_error
-    return Status(ErrorCode::kInternal, std::string("reference_cpu: sink-gradient partial sums: ") + e.what());
+    return Status(ErrorCode::kInternal,
+                  std::string("reference_cpu: sink-gradient partial sums: ") + e.what());
   }
   const int64_t tasks = info.total_q > 0 || info.total_k > 0 ? info.batch * heads_kv : 0;
   Status st = parallel_for(tasks, work, [&](int64_t task) {
@@ -476,7 +479,9 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
     const int64_t batches = dsink_part.empty() ? 0 : info.batch;
     for (int64_t h = 0; h < info.heads_q; ++h) {
       double sum = 0.0;
-      for (int64_t b = 0; b < batches; ++b) sum += dsink_part[static_cast<size_t>(b * info.heads_q + h)];
+      for (int64_t b = 0; b < batches; ++b) {
+        sum += dsink_part[static_cast<size_t>(b * info.heads_q + h)];
+      }
       numeric::store(t.data, t.dtype, h * t.stride[0], -sum);
     }
   }

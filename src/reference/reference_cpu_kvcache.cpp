@@ -148,9 +148,9 @@ Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info) {
       }
       scores.assign(static_cast<size_t>(seqlen_k), 0.0);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
-        const double sink = info.has_sink ? numeric::load(p.learnable_sink.data, p.learnable_sink.dtype,
-                                                          h * p.learnable_sink.stride[0])
-                                          : kNegInf;
+        const TensorView& sinks = p.learnable_sink;
+        const double sink =
+            info.has_sink ? numeric::load(sinks.data, sinks.dtype, h * sinks.stride[0]) : kNegInf;
         for (int64_t i = 0; i < info.seqlen_q; ++i) {
           const int64_t o_off = bshd(p.o, b, i, h);
           const int64_t lse_off =

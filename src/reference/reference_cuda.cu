@@ -424,7 +424,8 @@ fwd_kernel(const Params p) {
     int64_t kfirst, klast, unused;
     p.mask.key_range(q0, s.sq, s.used_k, &kfirst, &unused);
     p.mask.key_range(q0 + rows_here - 1, s.sq, s.used_k, &unused, &klast);
-    const float sink = p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
+    const float sink =
+        p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
     const Acc sink2 = static_cast<Acc>(sink) * Acc(kLog2e);  // log2 domain, like m
 
     __syncthreads();  // the previous block iteration is done with shared memory

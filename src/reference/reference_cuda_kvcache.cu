@@ -272,7 +272,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(const KvParams p) {
 
     const bool empty = first >= last;
     // The sink (if any): one more logit of the row, without a value.
-    const float sink = p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
+    const float sink =
+        p.sink != nullptr ? p.sink[h * p.sink_stride] : -std::numeric_limits<float>::infinity();
     Acc o_mul = Acc(1);
     if (!empty && static_cast<Acc>(sink) != neg_inf<Acc>()) {
       const Acc m_new = max(m, static_cast<Acc>(sink));

@@ -260,7 +260,9 @@ struct HostDecode {
     t[kSlotCacheSeqlens] = DecodeTensor(DType::kInt32, {B});
     if (!s.learnable_sink.empty()) {
       t[kSlotSink] = DecodeTensor(DType::kFloat32, {s.heads_q});
-      for (int64_t hh = 0; hh < s.heads_q; ++hh) t[kSlotSink].set(hh, s.learnable_sink[static_cast<size_t>(hh)]);
+      for (int64_t hh = 0; hh < s.heads_q; ++hh) {
+        t[kSlotSink].set(hh, s.learnable_sink[static_cast<size_t>(hh)]);
+      }
     }
     if (s.seqlen_new > 0) {
       t[kSlotKNew] = DecodeTensor(dt, {B, s.seqlen_new, s.heads_kv, d});
@@ -469,7 +471,9 @@ inline Status gather_forward(const HostDecode& h, const DecodeTensor& k_cache,
   lse_out->assign(static_cast<size_t>(n * hq * sq), -std::numeric_limits<double>::infinity());
   const bool sinks = h[kSlotSink].defined();
   if (sinks) {
-    for (int64_t e = 0; e < n * hq * sq; ++e) (*lse_out)[static_cast<size_t>(e)] = h[kSlotSink].get(e / sq % hq);
+    for (int64_t e = 0; e < n * hq * sq; ++e) {
+      (*lse_out)[static_cast<size_t>(e)] = h[kSlotSink].get(e / sq % hq);  // e = (b hq + h) sq + i
+    }
   }
   std::vector<double> row(static_cast<size_t>(d));
   for (int64_t b = 0; b < n; ++b) {
@@ -507,8 +511,8 @@ inline Status gather_forward(const HostDecode& h, const DecodeTensor& k_cache,
     a.window_right = s.window_right;
     a.softcap = s.softcap;
     if (sinks) {
-      a.learnable_sink = TensorView::contiguous(const_cast<unsigned char*>(h[kSlotSink].bytes.data()),
-                                                DType::kFloat32, {hq}, Device::cpu());
+      void* sink_data = const_cast<unsigned char*>(h[kSlotSink].bytes.data());
+      a.learnable_sink = TensorView::contiguous(sink_data, DType::kFloat32, {hq}, Device::cpu());
     }
     a.softmax_scale = 1.0 / std::sqrt(static_cast<double>(d));  // kvcache.h's default
     ProblemInfo fi;
