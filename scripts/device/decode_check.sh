@@ -82,6 +82,9 @@ if has smoke; then
 --head-dim 128 --seqlen-new 2 --rotary-dim 128 --rotary-neox --page-size 16 --cache-seqlens 5,700,2900
 --head-dim 64 --seqlen-new 1 --rotary-dim 24 --seqlen-q 2 --cache-seqlens 3,10,2000
 --head-dim 128 --cache-seqlens 0,0,0
+--head-dim 128 --learnable-sink random
+--head-dim 128 --learnable-sink random --num-splits 1 --cache-seqlens 0,777,2999
+--head-dim 256 --learnable-sink 2.5 --page-size 16 --seqlen-new 2 --rotary-dim 64
 CASES
   summary+=("smoke (run --decode vs reference_cpu float64): $pass passed, $fail failed")
   for a in "${failed[@]}"; do summary+=("  FAILED: $a"); done

@@ -320,6 +320,46 @@ TEST(Sm90Decode, EmptyCacheAmongOthers) {
   }
 }
 
+// Attention sinks (learnable_sink): one logit per query head joins the softmax denominator, in
+// the combine (split) or in the attention kernel's epilogue (no split). Head 0's sink dominates
+// every score, head 1's has no effect, the others lie around the rows' LSE. Dense GQA 32/8 with
+// forced and heuristic splits, paged with append and rotary, causal multi-query rows and empty
+// caches (O = 0, LSE = the sink), softcap (the sink is not capped); every head dim.
+TEST(Sm90Decode, AttentionSinks) {
+  SKIP_UNLESS_SM90();
+  const auto sinks = [](int64_t heads_q) {
+    std::vector<float> v(static_cast<size_t>(heads_q));
+    for (int64_t h = 0; h < heads_q; ++h) v[size_t(h)] = 0.9f * float(h % 9) - 1.0f;
+    v[0] = 40.f;
+    v[1] = -30.f;
+    return v;
+  };
+  for (int64_t d : {64, 128, 256}) {
+    if (!compiled(d)) continue;
+    for (int64_t n : {1, 3, 0}) {
+      DecodeSpec s = base(DType::kBFloat16, d);
+      s.heads_q = 32;
+      s.heads_kv = 8;
+      s.cache_seqlens = {5000, 0, 77};
+      s.num_splits = n;
+      s.learnable_sink = sinks(s.heads_q);
+      check_case(s);
+    }
+    DecodeSpec s = base(DType::kFloat16, d);
+    s.heads_q = 16;
+    s.heads_kv = 4;
+    s.page_size = 16;
+    s.seqlen_new = 3;
+    s.seqlen_q = 3;
+    s.rotary_dim = 32;
+    s.mask = MaskType::kCausalBottomRight;
+    s.softcap = 2.0;
+    s.cache_seqlens = {0, 45, 1300};
+    s.learnable_sink = sinks(s.heads_q);
+    check_case(s);
+  }
+}
+
 // num_splits: 0 (heuristic), 1 (no split) and forced counts on one long cache: every result
 // within the rule, and the receipt names the splits used ("splits1" for num_splits = 1; a forced
 // n at most n, fewer only when the cache has fewer key blocks).
