@@ -142,7 +142,7 @@ Status sm90_decode(const KvCacheProblem& pb, const ProblemInfo& info, cudaStream
   }
   const int64_t work_items = int64_t(p.m_blocks) * p.heads_kv * p.batch;
   p.num_splits = sm90::decode_num_splits(work_items, info.cache_capacity + info.seqlen_new,
-                                         sm_count(), p.head_dim, info.num_splits);
+                                         sm_count(), p.head_dim, info.num_splits, paged);
 
   Status st = with_decode_head_dim(info.head_dim, info.dtype == DType::kBFloat16,
                                    [&](auto hd, auto bf16) {

@@ -47,13 +47,15 @@ TEST(Sm90DecodeSplits, SharedMemoryFitsTwoCtasPerSmUpToHeadDim128) {
   EXPECT_FALSE(fs::decode_q_in_smem(128));
 }
 
-TEST(Sm90DecodeSplits, CapsAtSixteenWhenEverySmStillGetsACta) {
+TEST(Sm90DecodeSplits, DenseCapsAtSixteenWhenEverySmStillGetsACta) {
   // Batch 1, 8 KV heads, 8k keys: the wave efficiency alone would take 33 splits (264 slots / 8
   // items); 8 x 16 = 128 CTAs still cover 97% of 132 SMs.
   EXPECT_EQ(fs::decode_num_splits(8, 8192, 132, 128, 0), fs::kPreferredMaxSplits);
   EXPECT_EQ(fs::decode_num_splits(8, 131072, 132, 128, 0), fs::kPreferredMaxSplits);
   // MQA (1 item): 16 CTAs would leave most SMs idle; the count stays above 16.
   EXPECT_GT(fs::decode_num_splits(1, 131072, 132, 128, 0), fs::kPreferredMaxSplits);
+  // Paged caches keep the wave-efficiency count (33 here).
+  EXPECT_GT(fs::decode_num_splits(8, 8192, 132, 128, 0, /*paged=*/true), fs::kPreferredMaxSplits);
   // Counts at or below 16, and forced counts, are unchanged.
   EXPECT_EQ(fs::decode_num_splits(8, 1024, 132, 128, 0), 8);
   EXPECT_EQ(fs::decode_num_splits(8, 8192, 132, 128, 64), 64);

@@ -31,8 +31,8 @@ constexpr int decode_smem_bytes(int head_dim) {
 }
 
 inline constexpr int kMaxDecodeSplits = 128;
-/// The heuristic's count is capped at kPreferredMaxSplits when that many still give 90% of the
-/// SMs a CTA each (decode_num_splits).
+/// The heuristic's count for a dense cache is capped at kPreferredMaxSplits when that many still
+/// give 90% of the SMs a CTA each (decode_num_splits).
 inline constexpr int kPreferredMaxSplits = 16;
 
 /// Number of splits for `work_items` = batch * heads_kv * m_blocks CTAs without splitting, a
@@ -42,13 +42,16 @@ inline constexpr int kPreferredMaxSplits = 16;
 ///     slots = num_sms * ctas_per_sm, is within 5% of the best over s in [1, max], where max
 ///     keeps at least two key blocks per split (a split of one block pays its epilogue and the
 ///     combine for 64 keys). Items already filling 80% of the slots are not split.
-///     A count above kPreferredMaxSplits becomes kPreferredMaxSplits when work_items *
-///     kPreferredMaxSplits CTAs still give 90% of the SMs one CTA each: the second CTA per SM
-///     does not add bandwidth at batch 1, and the combine reads half the partials (ncu, H200,
-///     batch 1, GQA 32/8, head_dim 128: attention + combine 15.5 + 5.5 us with 16 splits
-///     against 16.8 + 7.0 us with 32 at 8k keys; 39.9 + 5.6 against 39.7 + 7.0 at 32k).
+///     Dense caches (paged = false): a count above kPreferredMaxSplits becomes
+///     kPreferredMaxSplits when work_items * kPreferredMaxSplits CTAs still give 90% of the SMs
+///     one CTA each. There the second CTA per SM adds no bandwidth and the combine reads half
+///     the partials (H200, batch 1, GQA 32/8, head_dim 128, `flashlane bench --preset decode`
+///     in one device call: 18.7 -> 16.5 us at 4k keys, 20.7 -> 20.2 at 8k, 43.3 -> 42.2 at
+///     32k, 135 -> 131 at 128k). The paged gather needs the second CTA to hide its row-by-row
+///     latency: with 16 splits it lost up to 37% (142 -> 195 us at 128k, page size 16), so paged
+///     caches keep the wave-efficiency count.
 inline int decode_num_splits(int64_t work_items, int64_t capacity, int num_sms, int head_dim,
-                             int64_t requested) {
+                             int64_t requested, bool paged = false) {
   const int64_t key_blocks = std::max<int64_t>(1, (capacity + kDecodeBlockN - 1) / kDecodeBlockN);
   const int64_t cap = std::min<int64_t>(kMaxDecodeSplits, key_blocks);
   if (requested >= 1) return int(std::min<int64_t>(requested, cap));
@@ -69,7 +72,7 @@ inline int decode_num_splits(int64_t work_items, int64_t capacity, int num_sms, 
       break;
     }
   }
-  if (chosen > kPreferredMaxSplits &&
+  if (!paged && chosen > kPreferredMaxSplits &&
       work_items * kPreferredMaxSplits * 10 >= int64_t(std::max(num_sms, 1)) * 9) {
     chosen = kPreferredMaxSplits;
   }
