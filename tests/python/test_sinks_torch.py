@@ -98,7 +98,7 @@ def test_autograd_matches_eager(mask, heads, window, softcap):
     assert_all_close(got[1:], want[1:])
     assert got[4].dtype == torch.float64 and got[4].shape == (hq,)
     assert want[4].abs().max() > 1e-2  # the sinks' gradient is not trivially 0
-    assert [r["runtime_mode"] for r in log] == ["fwd", "bwd"]
+    assert [r["runtime_mode"] for r in log] == ["sinks_fwd", "sinks_bwd"]
     assert all(r["actual_backend"] == "reference_cpu" and r["status"] == "ok" for r in log)
 
 
@@ -271,7 +271,7 @@ def test_gpu_bf16_within_flashattention_rule():
         err = (a.double() - r).abs().max().item()
         base = (p.double() - r).abs().max().item()
         assert err <= 2 * base + 1e-5, f"{err:.3e} > 2 * {base:.3e} + 1e-5"
-    assert [r["runtime_mode"] for r in log] == ["fwd", "bwd"]
+    assert [r["runtime_mode"] for r in log] == ["sinks_fwd", "sinks_bwd"]
     for r in log:
         assert r["status"] == "ok" and r["actual_backend"] in ("sm90", "reference_cuda"), r
         assert r["actual_backend"] == "sm90" or r["fallback_reason"].startswith("sm90."), r
