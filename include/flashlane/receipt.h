@@ -19,9 +19,10 @@ struct SkippedBackend {
 struct Receipt {
   std::string requested_backend;  // "auto" or a backend name: "sm90", "reference_cuda", ...
   std::string actual_backend;     // the backend that ran; empty when nothing ran
-  std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd", "sinks_fwd",
-                                  // "sinks_bwd" (any layout, with learnable_sink), "decode",
-                                  // "paged_decode", "append_decode" (flashlane/kvcache.h)
+  std::string runtime_mode;       // "fwd", "bwd", "varlen_fwd", "varlen_bwd"; with
+                                  // learnable_sink "sinks_fwd", "sinks_bwd", "sinks_varlen_fwd",
+                                  // "sinks_varlen_bwd"; "decode", "paged_decode",
+                                  // "append_decode" (flashlane/kvcache.h)
   /// The surface of the catalog the call belongs to (docs/RECEIPTS.md, "Status"): "dense_fwd",
   /// "dense_bwd", "varlen_fwd", "varlen_bwd", "attention_sinks", "decode", "paged_decode",
   /// "append_decode"; the same ids as bench rows, the rollout manifest, the gate and

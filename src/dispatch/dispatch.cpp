@@ -136,7 +136,10 @@ Status select_kvcache(const KvCacheProblem& problem, const Request& request, Pla
 namespace {
 
 const char* mode_name(Direction d, bool varlen, bool sinks) {
-  if (sinks) return d == Direction::kForward ? "sinks_fwd" : "sinks_bwd";
+  if (sinks) {
+    if (d == Direction::kForward) return varlen ? "sinks_varlen_fwd" : "sinks_fwd";
+    return varlen ? "sinks_varlen_bwd" : "sinks_bwd";
+  }
   if (d == Direction::kForward) return varlen ? "varlen_fwd" : "fwd";
   return varlen ? "varlen_bwd" : "bwd";
 }

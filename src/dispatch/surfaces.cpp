@@ -82,7 +82,7 @@ const std::vector<Surface>& surface_catalog() {
         {"append_decode", "decode that appends new k/v to the cache in the same call",
          {"append_decode"}, true, false, {"contract_test", "microbench_case", "decode"}, true},
         {"attention_sinks", "forward and backward with learned sink logits per head",
-         {"sinks_fwd", "sinks_bwd"}, true, false,
+         {"sinks_fwd", "sinks_bwd", "sinks_varlen_fwd", "sinks_varlen_bwd"}, true, false,
          {"contract_test", "microbench_case", "short_train"}},
         {"context_parallel", "attention over a sequence split across devices (ring / all-gather)",
          {"cp_fwd", "cp_bwd"}, false, false, {"contract_test", "microbench_case", "short_train"}},

@@ -9,7 +9,7 @@
 // A surface without code (context_parallel) is listed with the tag surface.not_implemented;
 // the decode surfaces (decode, paged_decode, append_decode) have code on the backends with a
 // decode function (reference_cpu, reference_cuda and sm90), attention_sinks on the backends
-// with a forward (runtime modes sinks_fwd / sinks_bwd); a backend that cannot
+// with a forward (runtime modes sinks_[varlen_]fwd / sinks_[varlen_]bwd); a backend that cannot
 // serve a surface carries the tag of the reason (its applicability row, e.g.
 // sm100.not_implemented, or sm90.not_compiled in a build without the Hopper kernels).
 #pragma once

@@ -189,6 +189,8 @@ TEST(SurfaceCatalog, IdsModesAndTags) {
   EXPECT_EQ(fd::surface_for_mode("nonsense"), "");
   EXPECT_EQ(fd::surface_for_mode("sinks_fwd"), "attention_sinks");
   EXPECT_EQ(fd::surface_for_mode("sinks_bwd"), "attention_sinks");
+  EXPECT_EQ(fd::surface_for_mode("sinks_varlen_fwd"), "attention_sinks");
+  EXPECT_EQ(fd::surface_for_mode("sinks_varlen_bwd"), "attention_sinks");
   {
     const fd::Surface* s = fd::find_surface("context_parallel");
     ASSERT_NE(s, nullptr);

@@ -233,7 +233,8 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
     ASSERT_TRUE(st.ok()) << st.to_string();
     const fl::Receipt& r = fl::last_receipt();
     EXPECT_EQ(r.actual_backend, "sm90");
-    EXPECT_EQ(r.runtime_mode, sinks != nullptr ? "sinks_fwd" : cfg.seqlens_q.empty() ? "fwd" : "varlen_fwd");
+    const std::string mode = cfg.seqlens_q.empty() ? "fwd" : "varlen_fwd";
+    EXPECT_EQ(r.runtime_mode, sinks != nullptr ? "sinks_" + mode : mode);
     variant = r.variant;
   }
   fl::sm90::set_schedule_override(fl::sm90::ScheduleOverride::kAuto);

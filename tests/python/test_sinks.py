@@ -141,7 +141,7 @@ def test_varlen(mask):
     want_o, want_l = npref.attention_varlen(q, k, v, cu_q, cu_k, mask=mask, sink=sink)
     close(out, want_o)
     close_lse(lse, want_l)
-    assert flashlane.last_receipt()["runtime_mode"] == "varlen_fwd"
+    assert flashlane.last_receipt()["runtime_mode"] == "sinks_varlen_fwd"
     out2 = flashlane.attention(q, k, v, mask=mask, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
                                learnable_sink=sink)
     close(out2, want_o)
@@ -213,7 +213,7 @@ def test_backward_matches_numpy(mask, softcap):
         f_up = (dout * npref.attention(q, k, v, mask=mask, scale=0.3, softcap=softcap, sink=up)[0]).sum()
         f_dn = (dout * npref.attention(q, k, v, mask=mask, scale=0.3, softcap=softcap, sink=down)[0]).sum()
         np.testing.assert_allclose(dsink[h], (f_up - f_dn) / (2 * eps), rtol=1e-5, atol=1e-6)
-    assert flashlane.last_receipt()["runtime_mode"] == "bwd"
+    assert flashlane.last_receipt()["runtime_mode"] == "sinks_bwd"
 
 
 def test_backward_varlen_and_the_gradient_dtype():

@@ -171,7 +171,7 @@ def test_varlen_autograd_through_the_fa_fronts(mask):
             got = grads(call, (q, k, v, sink), dout)
         torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)
         assert_all_close(got[1:], want[1:])
-        assert [r["runtime_mode"] for r in log] == ["varlen_fwd", "varlen_bwd"]
+        assert [r["runtime_mode"] for r in log] == ["sinks_varlen_fwd", "sinks_varlen_bwd"]
 
 
 @pytest.mark.torch

@@ -381,7 +381,7 @@ def test_gpt_oss_prefill_matches_eager(pad):
     torch.testing.assert_close(b[valid], a[valid], atol=1e-9, rtol=1e-9)
     assert len(log) == 2 and all(r["status"] == "ok" for r in log)  # one call per layer
     assert all(r["actual_backend"] == "reference_cpu" for r in log)
-    assert {r["runtime_mode"] for r in log} == {"fwd" if pad == "none" else "varlen_fwd"}
+    assert {r["runtime_mode"] for r in log} == {"sinks_fwd" if pad == "none" else "sinks_varlen_fwd"}
     # The sinks matter here: without them (a sink of -1e4 takes no weight) the logits move.
     with torch.no_grad():
         for layer in ref.model.layers:
@@ -426,7 +426,8 @@ def test_gpt_oss_training_gradients_match_eager():
         torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=n)
     sinks = [p.grad for n, p in ours.named_parameters() if n.endswith("sinks")]
     assert len(sinks) == 2 and all(g.abs().max() > 1e-4 for g in sinks)
-    assert sorted(r["runtime_mode"] for r in log) == ["varlen_bwd"] * 2 + ["varlen_fwd"] * 2
+    assert sorted(r["runtime_mode"] for r in log) == (["sinks_varlen_bwd"] * 2 +
+                                                      ["sinks_varlen_fwd"] * 2)
     assert all(r["actual_backend"] == "reference_cpu" for r in log)
 
 
