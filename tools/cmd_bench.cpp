@@ -61,6 +61,7 @@ struct BenchOptions {
   bool overwrite = false;
   double decode_mem_gib = 48;  // preset decode: K+V memory budget
   int64_t num_splits = 0;      // preset decode: split-KV hint of every call
+  std::string learnable_sink;  // fwd/bwd presets: attention sinks on every problem (empty: none)
 };
 
 /// Problems above this many score pairs are checked against reference_cuda (GPU lane).
@@ -124,7 +125,7 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
   row.runtime_mode = row.direction;
   row.environment = *m.env;
   row.environment.kernel_fingerprint = kernel_fingerprint(row.requested_backend.c_str());
-  row.surface = bench::bench_surface(row.direction, spec.varlen());
+  row.surface = bench::bench_surface(row.direction, spec.varlen(), !spec.learnable_sink.empty());
   row.gpu_lane.ran = m.lane->gpu;
   row.gpu_lane.reason = m.lane->gpu_reason;
   row.problem = bench::spec_to_json(spec);
@@ -383,6 +384,11 @@ void keep_freed_host_memory() {
 int run_bench(const BenchOptions& o) {
   keep_freed_host_memory();
   if (o.preset == "decode") {
+    if (!o.learnable_sink.empty()) {
+      std::cerr << "flashlane bench: --learnable-sink applies to the forward/backward presets, "
+                   "not to --preset decode" << std::endl;
+      return kExitRefused;
+    }
     DecodeBenchOptions d;
     d.out = o.out;
     d.backends = o.backends;
@@ -460,6 +466,19 @@ int run_bench(const BenchOptions& o) {
       lane.notes.push_back("device is sm_" + std::to_string(d0.sm) +
                            ", not Hopper (sm_90): sm90 not benchmarked, reference_cuda only");
     }
+  }
+
+  if (!o.learnable_sink.empty()) {
+    for (bench::ProblemSpec& spec : lane.grid) {
+      std::string why;
+      if (!parse_learnable_sink(o.learnable_sink, spec.heads_q, spec.seed, &spec.learnable_sink,
+                                &why)) {
+        std::cerr << "flashlane bench: " << why << std::endl;
+        return kExitRefused;
+      }
+    }
+    lane.notes.push_back("attention sinks (--learnable-sink " + o.learnable_sink +
+                         ") on every problem");
   }
 
   const bench::Environment env = bench::capture_environment();
@@ -596,6 +615,10 @@ void add_bench_command(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   sub->add_option("--num-splits", o->num_splits, "--preset decode: split-KV hint (0: heuristic)")
       ->capture_default_str();
+  sub->add_option("--learnable-sink", o->learnable_sink,
+                  "Attention sinks on every problem of a forward/backward preset: one logit for "
+                  "every query head (e.g. 0.5) or 'random' (seeded per problem); rows run as "
+                  "sinks_fwd / sinks_bwd (surface attention_sinks), dlearnable_sink is validated");
   sub->callback([o, exit_code] { *exit_code = run_bench(*o); });
 }
 

@@ -11,7 +11,9 @@
 #                    (compute-sanitizer memcheck and racecheck on small forward tests), bench
 #                    (`flashlane bench --preset canonical --dirs fwd` on sm90 with every row
 #                    validated, then the PyTorch SDPA peers, cuDNN and FlashAttention-2, timed in
-#                    the same call and appended to the same receipts file)
+#                    the same call and appended to the same receipts file), sinks (`flashlane
+#                    bench --preset canonical --backends sm90 --dirs fwd,bwd --learnable-sink
+#                    random`: the attention_sinks surface's rows, SINKS_BUDGET_S, default 240)
 #                    default "tests sweep"
 #   SWEEP_PASSES, SWEEP_REPS   passes over the grid and timed calls per cell (3, 15)
 #   SWEEP_ARGS       more arguments of flashlane_softmax_sweep (e.g. --tile-groups 1,4,16)
@@ -67,13 +69,20 @@ if has bench; then
   receipts="$out/fwd-canonical-with-peers.jsonl"
   ( cd "$root" && "$build/tools/flashlane" bench --preset canonical --backends sm90 --dirs fwd \
       --budget-s 0 --out "$out/fwd-canonical.jsonl" --overwrite > "$out/bench.log" 2>&1 )
-  summary+=("bench: rc=$? $(grep -cE '"backend": *"sm90"' "$out/fwd-canonical.jsonl") sm90 rows")
+  summary+=("bench: rc=$? $(grep -cE '"requested_backend": *"sm90"' "$out/fwd-canonical.jsonl") sm90 rows")
   tail -3 "$out/bench.log"
   python3 "$root/bench/peers/torch_sdpa.py" --out "$out/peer-sdpa.jsonl" --dirs fwd \
     --flashlane "$out/fwd-canonical.jsonl" > "$out/peer.log" 2>&1
   summary+=("peers: rc=$? $(wc -l < "$out/peer-sdpa.jsonl") rows")
   cat "$out/fwd-canonical.jsonl" "$out/peer-sdpa.jsonl" > "$receipts"
   tail -45 "$out/peer.log"
+fi
+if has sinks; then
+  ( cd "$root" && "$build/tools/flashlane" bench --preset canonical --backends sm90 --dirs fwd,bwd \
+      --learnable-sink random --budget-s "${SINKS_BUDGET_S:-240}" --out "$out/sinks-canonical.jsonl" \
+      --overwrite > "$out/sinks-bench.log" 2>&1 )
+  summary+=("sinks bench: rc=$? $(grep -cE '"surface": *"attention_sinks"' "$out/sinks-canonical.jsonl") attention_sinks rows")
+  tail -3 "$out/sinks-bench.log"
 fi
 if has sanitize; then
   for tool in memcheck racecheck; do

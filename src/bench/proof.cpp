@@ -415,7 +415,8 @@ std::string row_key(const ProofRow& r) {
   return s.str();
 }
 
-std::string bench_surface(const std::string& direction, bool varlen) {
+std::string bench_surface(const std::string& direction, bool varlen, bool sinks) {
+  if (sinks) return "attention_sinks";
   return std::string(varlen ? "varlen_" : "dense_") + (direction == "bwd" ? "bwd" : "fwd");
 }
 
@@ -428,7 +429,8 @@ std::vector<std::string> surfaces_of_row(const ProofRow& r) {
   const std::string s = detail::surface_for_mode(mode);
   if (!s.empty()) return {s};
   if (r.direction == "fwd" || r.direction == "bwd")
-    return {bench_surface(r.direction, field<bool>(r.problem, "varlen", false))};
+    return {bench_surface(r.direction, field<bool>(r.problem, "varlen", false),
+                          r.problem.contains("learnable_sink"))};
   return {};
 }
 

@@ -162,8 +162,8 @@ nlohmann::json row_selector_fields(const ProofRow& row);
 std::vector<std::string> surfaces_of_row(const ProofRow& row);
 
 /// The bench's surface id for a direction ("fwd" / "bwd") and layout: dense_fwd, dense_bwd,
-/// varlen_fwd, varlen_bwd.
-std::string bench_surface(const std::string& direction, bool varlen);
+/// varlen_fwd, varlen_bwd; attention_sinks for problems with sinks (either layout).
+std::string bench_surface(const std::string& direction, bool varlen, bool sinks = false);
 
 /// Whether a row's kernels are the current build's: environment.kernel_fingerprint is set and
 /// equals `current` (the build's kernel_fingerprint of the row's requested backend), and the

@@ -248,6 +248,34 @@ TEST(CliTest, BenchWithoutGpuSaysSoAndGateFails) {
   std::filesystem::remove_all(dir);
 }
 
+// --learnable-sink puts attention sinks on every problem of the grid: the rows are the
+// attention_sinks surface's (runtime modes sinks_fwd / sinks_bwd from the receipts), dsink is
+// validated in the backward rows, and bad values or the decode preset are refused.
+TEST(CliTest, BenchWithSinksWritesAttentionSinkRows) {
+  const std::string dir = temp_dir("bench_sinks");
+  const Result r = run_tool("bench --preset cpu --learnable-sink random --out receipts.jsonl", dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream f(dir + "/receipts.jsonl");
+  ASSERT_TRUE(f.good());
+  std::string line;
+  int rows = 0, dsink_checked = 0;
+  while (std::getline(f, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    ++rows;
+    EXPECT_EQ(j["surface"], "attention_sinks") << line;
+    const std::string dir_name = j["direction"].get<std::string>();
+    EXPECT_EQ(j["receipt"]["runtime_mode"], "sinks_" + dir_name) << line;
+    EXPECT_EQ(j["problem"]["learnable_sink"].size(), j["problem"]["heads_q"].get<size_t>()) << line;
+    EXPECT_TRUE(j["metrics"]["validation_passed"].get<bool>()) << line;
+    for (const auto& e : j["metrics"]["errors"]) dsink_checked += e["tensor"] == "dsink";
+  }
+  EXPECT_GT(rows, 0);
+  EXPECT_GT(dsink_checked, 0) << "no backward row checked dlearnable_sink";
+  EXPECT_EQ(run_tool("bench --preset cpu --learnable-sink nope --out x.jsonl", dir).code, 2);
+  EXPECT_EQ(run_tool("bench --preset decode --learnable-sink 1 --out x.jsonl", dir).code, 2);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(CliTest, GateFailsOnMalformedOrEmptyInput) {
   const std::string dir = temp_dir("gate");
   {
