@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: the decode checks in one call. Builds the project there
-# (scripts/device/build.sh, headers and libraries carried in .gpu_carry/deps) unless a build
+# (scripts/device/build.sh, headers and libraries from .gpu_carry/deps) unless a build
 # exists, runs the steps named in DECODE_STEPS and prints a summary last. $OUT keeps a few files:
 # device.txt, build.log (on failure), gpu-tests.log, decode.jsonl (flashlane's and the peers'
 # rows, one receipts file), bench.log, peers.log, decode-table.txt, sanitize.log.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine: the forward's checks in one call. Builds the project there
-# (scripts/device/build.sh, headers and libraries carried in .gpu_carry/deps), optionally with the
+# (scripts/device/build.sh, headers and libraries from .gpu_carry/deps), optionally with the
 # softmax sweep variants, runs the steps named in SWEEP_STEPS and prints a summary last. Logs and
 # JSON lines go to $OUT.
 #   SWEEP_VARIANTS   head_dim:exp2_emulated_per16:rescale_threshold list (CMake list; needed by

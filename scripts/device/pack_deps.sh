@@ -2,7 +2,7 @@
 # Prepares a full C++ build on the GPU machine (it has CMake, ninja and nvcc, but no GoogleTest,
 # CLI11 or nlohmann/json, and no package registry): copies those headers and libraries and the
 # CUTLASS/CuTe headers into .gpu_carry/deps, laid out as an install prefix (about 30 MB, ignored
-# by git). Carry that folder with the call and run scripts/device/build.sh there.
+# by git). Copy that folder to the GPU machine with the checkout and run scripts/device/build.sh there.
 # Run scripts/setup.sh first (system packages, CUTLASS).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -19,4 +19,4 @@ cp -L /usr/$multiarch/libgtest.a /usr/$multiarch/libgtest_main.a /usr/$multiarch
 cp -rL /usr/$multiarch/cmake/GTest "$dst/$multiarch/cmake/"
 cp -rL /usr/share/cmake/CLI11 "$dst/share/cmake/"
 du -sh "$dst"
-echo "carry: .gpu_carry/deps"
+echo "copy with the checkout: .gpu_carry/deps"

@@ -18,4 +18,4 @@ cp -rL "$cutlass/cute" "$cutlass/cutlass" "$dst/cutlass-include/"
 ( cd "$root" && c="$(git rev-parse --short=12 HEAD)" && \
   { [[ -z "$(git status --porcelain --untracked-files=no)" ]] || c="$c-dirty"; } && echo "$c" ) > "$dst/COMMIT"
 du -sh "$dst"
-echo "carry: .gpu_carry/pyheaders"
+echo "copy with the checkout: .gpu_carry/pyheaders"
