@@ -229,7 +229,8 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.requested_backend = backend_name(request.backend);
   r.strict = request.strict;
   r.deterministic = direction == Direction::kBackward && problem.deterministic;
-  r.runtime_mode = mode_name(direction, problem.cu_seqlens_q.defined(), problem.learnable_sink.defined());
+  r.runtime_mode =
+      mode_name(direction, problem.cu_seqlens_q.defined(), problem.learnable_sink.defined());
   r.surface = detail::surface_for_mode(r.runtime_mode);
   return run_with_receipt(
       std::move(r), names_cuda_tensors(problem),

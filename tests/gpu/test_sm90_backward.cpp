@@ -26,7 +26,7 @@
 #include "flashlane/flashlane.h"
 #include "flashlane/receipt.h"
 #include "support/host_problem.h"
-#include "gpu/sink_util.h"
+#include "support/sink_logits.h"
 #include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
@@ -42,16 +42,19 @@ namespace {
 class DeviceCopy {
  public:
   explicit DeviceCopy(const HostProblem& hp) {
-    const HostTensor* all[] = {&hp.q, &hp.k, &hp.v, &hp.o, &hp.lse, &hp.dout,
-                               &hp.dq, &hp.dk, &hp.dv};
+    // Attention sinks (learnable_sink, dlearnable_sink) are undefined without cfg.learnable_sink.
+    const HostTensor* all[] = {&hp.q,  &hp.k,  &hp.v,  &hp.o,              &hp.lse,
+                               &hp.dout, &hp.dq, &hp.dk, &hp.dv, &hp.learnable_sink,
+                               &hp.dlearnable_sink};
     for (const HostTensor* t : all) ptrs_.push_back(upload(*t));
     const fl::AttentionProblem host = hp.problem();
     problem_ = host;
     const fl::Device dev = fl::Device::cuda(0);
-    fl::TensorView* views[] = {&problem_.q, &problem_.k,    &problem_.v,
-                               &problem_.o, &problem_.lse,  &problem_.dout,
-                               &problem_.dq, &problem_.dk,  &problem_.dv};
-    for (int i = 0; i < 9; ++i) *views[i] = all[i]->view_at(ptrs_[i], dev);
+    fl::TensorView* views[] = {&problem_.q,    &problem_.k,  &problem_.v,  &problem_.o,
+                               &problem_.lse,  &problem_.dout, &problem_.dq, &problem_.dk,
+                               &problem_.dv,   &problem_.learnable_sink,
+                               &problem_.dlearnable_sink};
+    for (int i = 0; i < 11; ++i) *views[i] = all[i]->view_at(ptrs_[i], dev);
     problem_.cu_seqlens_q = int_view(host.cu_seqlens_q);
     problem_.cu_seqlens_k = int_view(host.cu_seqlens_k);
     problem_.seqused_k = int_view(host.seqused_k);
@@ -60,37 +63,21 @@ class DeviceCopy {
     for (void* p : ptrs_) cudaFree(p);
   }
   const fl::AttentionProblem& problem() const { return problem_; }
-  /// Attention sinks: the logits, and a NaN-poisoned float32 [heads_q] gradient buffer.
-  void set_sinks(const fl::TensorView& sink) {
-    problem_.learnable_sink = sink;
-    const int64_t heads = sink.shape[0];
-    void* d = nullptr;
-    EXPECT_EQ(cudaMalloc(&d, size_t(heads) * sizeof(float)), cudaSuccess);
-    EXPECT_EQ(cudaMemset(d, 0xff, size_t(heads) * sizeof(float)), cudaSuccess);  // NaN bits
-    ptrs_.push_back(d);
-    problem_.dlearnable_sink =
-        fl::TensorView::contiguous(d, fl::DType::kFloat32, {heads}, fl::Device::cuda(0));
-  }
-  std::vector<float> download_dsink() const {
-    std::vector<float> out(size_t(problem_.dlearnable_sink.shape[0]));
-    EXPECT_EQ(cudaMemcpy(out.data(), problem_.dlearnable_sink.data, out.size() * sizeof(float),
-                         cudaMemcpyDeviceToHost),
-              cudaSuccess);
-    return out;
-  }
-  /// Uploads the (poisoned) gradient buffers of `hp` again.
+  /// Uploads the (poisoned) gradient buffers of `hp` again (dlearnable_sink with sinks).
   void reupload_grads(const HostProblem& hp) {
-    const HostTensor* g[] = {&hp.dq, &hp.dk, &hp.dv};
-    for (int i = 0; i < 3; ++i) {
-      EXPECT_EQ(cudaMemcpy(ptrs_[6 + i], g[i]->bytes.data(), g[i]->bytes.size(),
+    const HostTensor* g[] = {&hp.dq, &hp.dk, &hp.dv, &hp.dlearnable_sink};
+    for (int i = 0; i < 4; ++i) {
+      if (!g[i]->defined()) continue;
+      EXPECT_EQ(cudaMemcpy(ptrs_[kGradSlot[i]], g[i]->bytes.data(), g[i]->bytes.size(),
                            cudaMemcpyHostToDevice),
                 cudaSuccess);
     }
   }
   void download_grads(HostProblem& dst) const {
-    HostTensor* g[] = {&dst.dq, &dst.dk, &dst.dv};
-    for (int i = 0; i < 3; ++i) {
-      EXPECT_EQ(cudaMemcpy(g[i]->bytes.data(), ptrs_[6 + i], g[i]->bytes.size(),
+    HostTensor* g[] = {&dst.dq, &dst.dk, &dst.dv, &dst.dlearnable_sink};
+    for (int i = 0; i < 4; ++i) {
+      if (!g[i]->defined()) continue;
+      EXPECT_EQ(cudaMemcpy(g[i]->bytes.data(), ptrs_[kGradSlot[i]], g[i]->bytes.size(),
                            cudaMemcpyDeviceToHost),
                 cudaSuccess);
     }
@@ -116,6 +103,8 @@ class DeviceCopy {
     v.device = fl::Device::cuda(0);
     return v;
   }
+  // ptrs_ slots of dq, dk, dv and dlearnable_sink (the order of `all` above).
+  static constexpr int kGradSlot[4] = {6, 7, 8, 10};
   std::vector<void*> ptrs_;
   fl::AttentionProblem problem_;
 };
@@ -199,10 +188,10 @@ std::string run_once(const DeviceCopy& dev, Path path) {
 /// to 2); printed by the last test of the suite, to show the margin.
 double g_worst_ratio = 0;
 
-/// sinks: attention sinks (problem.h) for the references' forward and backward and the kernel's
+/// Attention sinks: cfg.learnable_sink for the references' forward and backward and the kernel's
 /// backward; dlearnable_sink is then checked by the same rule, and bitwise across two runs.
-void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
-                fl::test_support::SinkBuffers* sinks = nullptr) {
+void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
+  const bool sinks = !cfg.learnable_sink.empty();
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = true;
   cfg.nan_unused_kv = true;
@@ -214,17 +203,7 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   for (auto m : {&HostProblem::q, &HostProblem::k, &HostProblem::v, &HostProblem::dout}) {
     copy_values(low.*m, ref.*m);
   }
-  fl::AttentionProblem ref_problem = ref.problem(), low_problem = low.problem();
-  std::vector<float> dsink_ref, dsink_low;
-  if (sinks != nullptr) {
-    dsink_ref.assign(size_t(cfg.heads_q), NAN);
-    dsink_low.assign(size_t(cfg.heads_q), NAN);
-    ref_problem.learnable_sink = low_problem.learnable_sink = sinks->host_view();
-    ref_problem.dlearnable_sink = fl::TensorView::contiguous(
-        dsink_ref.data(), DType::kFloat32, {cfg.heads_q}, fl::Device::cpu());
-    low_problem.dlearnable_sink = fl::TensorView::contiguous(
-        dsink_low.data(), DType::kFloat32, {cfg.heads_q}, fl::Device::cpu());
-  }
+  const fl::AttentionProblem ref_problem = ref.problem(), low_problem = low.problem();
   fl::ProblemInfo info64, info_low;
   ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kForward, &info64).ok());
   ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kForward, &info_low).ok());
@@ -234,13 +213,12 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   std::memcpy(got.lse.bytes.data(), low.lse.bytes.data(), low.lse.bytes.size());
   ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kBackward, &info64).ok());
   ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kBackward, &info_low).ok());
-  ASSERT_EQ(info64.has_dsink, sinks != nullptr);
+  ASSERT_EQ(info64.has_dsink, sinks);
   ASSERT_TRUE(fl::detail::reference_cpu_backward(ref_problem, info64).ok());
   ASSERT_TRUE(fl::detail::reference_cpu_backward(low_problem, info_low,
                                                  fl::detail::ReferenceNumerics::kLowPrecision).ok());
 
   DeviceCopy dev(got);
-  if (sinks != nullptr) dev.set_sinks(sinks->device_view());
   const std::string variant = run_once(dev, path);
   EXPECT_EQ(variant.rfind("bwd_m", 0), 0u) << variant;
   EXPECT_EQ(variant.find(cfg.deterministic ? "+deterministic" : "+atomic_dq") != std::string::npos,
@@ -264,34 +242,42 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
     g_worst_ratio = std::max(g_worst_ratio, e.err / (e.ref_err + 1e-5));
   }
 
-  std::vector<float> dsink;
-  if (sinks != nullptr) {
-    dsink = dev.download_dsink();
+  if (sinks) {
+    const HostTensor& g = got.dlearnable_sink;
+    EXPECT_EQ(g.count_poisoned(), 0) << "dlearnable_sink not fully written";
     double err = 0, ref_err = 0;
-    for (size_t h = 0; h < dsink.size(); ++h) {
-      ASSERT_TRUE(std::isfinite(dsink[h])) << "dsink[" << h << "] = " << dsink[h];
-      err = std::max(err, std::fabs(double(dsink[h]) - dsink_ref[h]));
-      ref_err = std::max(ref_err, std::fabs(double(dsink_low[h]) - dsink_ref[h]));
-    }
+    int64_t nonfinite = 0;
+    g.for_each_offset([&](int64_t off) {
+      const double x = g.get(off), r = ref.dlearnable_sink.get(off);
+      if (!std::isfinite(x)) ++nonfinite;
+      err = std::max(err, std::fabs(x - r));
+      ref_err = std::max(ref_err, std::fabs(low.dlearnable_sink.get(off) - r));
+    });
+    EXPECT_EQ(nonfinite, 0) << "dlearnable_sink";
     EXPECT_LE(err, 2 * ref_err + 1e-5)
-        << "dsink error " << err << " vs low-precision reference " << ref_err;
+        << "dlearnable_sink error " << err << " vs low-precision reference " << ref_err;
     g_worst_ratio = std::max(g_worst_ratio, err / (ref_err + 1e-5));
-    HostProblem again(cfg);  // the sink gradient is reproducible in every mode
-    dev.reupload_grads(again);
-    run_once(dev, path);
-    EXPECT_EQ(dev.download_dsink(), dsink) << "dsink differs between two runs";
   }
 
-  if (cfg.deterministic) {  // a second run must reproduce every bit
+  // A second run must reproduce every bit: dQ, dK, dV in deterministic mode, the sinks'
+  // gradient (a fixed-order reduction) in both modes.
+  if (cfg.deterministic || sinks) {
     HostProblem again(cfg);
     dev.reupload_grads(again);
     run_once(dev, path);
     dev.download_grads(again);
-    EXPECT_EQ(again.dq.bytes, got.dq.bytes) << "dQ differs between two deterministic runs";
-    EXPECT_EQ(again.dk.bytes, got.dk.bytes) << "dK differs between two deterministic runs";
-    EXPECT_EQ(again.dv.bytes, got.dv.bytes) << "dV differs between two deterministic runs";
+    if (cfg.deterministic) {
+      EXPECT_EQ(again.dq.bytes, got.dq.bytes) << "dQ differs between two deterministic runs";
+      EXPECT_EQ(again.dk.bytes, got.dk.bytes) << "dK differs between two deterministic runs";
+      EXPECT_EQ(again.dv.bytes, got.dv.bytes) << "dV differs between two deterministic runs";
+    }
+    if (sinks) {
+      EXPECT_EQ(again.dlearnable_sink.bytes, got.dlearnable_sink.bytes)
+          << "dlearnable_sink differs between two runs";
+    }
   }
 }
+
 
 HostProblemConfig base(DType dt, int64_t d, int64_t dv, uint64_t seed) {
   HostProblemConfig c;
@@ -453,21 +439,21 @@ TEST(Sm90Backward, AttentionSinks) {
       c.seqlen_q = 300;
       c.seqlen_k = 200;
       c.mask = MaskType::kCausalBottomRight;
-      fl::test_support::SinkBuffers sinks(c.heads_q, c.seed);
-      check_case(c, Path::kDirect, &sinks);
+      c.learnable_sink = fl::test_support::sink_logits(c.heads_q, c.seed);
+      check_case(c);
       c.mask = MaskType::kNoMask;
       c.seqlen_q = 200;
       c.seqlen_k = 333;
       c.softcap = 15.0;
       c.deterministic = true;
-      check_case(c, Path::kDirect, &sinks);
+      check_case(c);
       c.softcap = 0.0;
       c.deterministic = false;
       c.mask = MaskType::kCausal;
       c.window_left = 64;
       c.seqlens_q = {130, 7, 250};
       c.seqlens_k = {130, 200, 251};
-      check_case(c, Path::kDispatcherStrict, &sinks);
+      check_case(c, Path::kDispatcherStrict);
       if (HasFatalFailure()) return;
     }
   }

@@ -36,6 +36,7 @@
 #include "gpu/decode_test_util.h"
 #include "sm90_compiled.h"  // generated: kCompiledHeadDims (cmake/sm90_kernels.cmake)
 #include "gpu/sm90_device.h"
+#include "support/sink_logits.h"
 
 namespace fl = flashlane;
 using fl::DType;
@@ -327,13 +328,6 @@ TEST(Sm90Decode, EmptyCacheAmongOthers) {
 // caches (O = 0, LSE = the sink), softcap (the sink is not capped); every head dim.
 TEST(Sm90Decode, AttentionSinks) {
   SKIP_UNLESS_SM90();
-  const auto sinks = [](int64_t heads_q) {
-    std::vector<float> v(static_cast<size_t>(heads_q));
-    for (int64_t h = 0; h < heads_q; ++h) v[size_t(h)] = 0.9f * float(h % 9) - 1.0f;
-    v[0] = 40.f;
-    v[1] = -30.f;
-    return v;
-  };
   for (int64_t d : {64, 128, 256}) {
     if (!compiled(d)) continue;
     for (int64_t n : {1, 3, 0}) {
@@ -342,7 +336,7 @@ TEST(Sm90Decode, AttentionSinks) {
       s.heads_kv = 8;
       s.cache_seqlens = {5000, 0, 77};
       s.num_splits = n;
-      s.learnable_sink = sinks(s.heads_q);
+      s.learnable_sink = ts::sink_logits(s.heads_q, s.seed + uint64_t(n));
       check_case(s);
     }
     DecodeSpec s = base(DType::kFloat16, d);
@@ -355,7 +349,7 @@ TEST(Sm90Decode, AttentionSinks) {
     s.mask = MaskType::kCausalBottomRight;
     s.softcap = 2.0;
     s.cache_seqlens = {0, 45, 1300};
-    s.learnable_sink = sinks(s.heads_q);
+    s.learnable_sink = ts::sink_logits(s.heads_q, s.seed);
     check_case(s);
   }
 }

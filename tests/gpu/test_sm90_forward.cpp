@@ -26,7 +26,7 @@
 #include "flashlane/receipt.h"
 #include "sm90/common/params_builder.h"
 #include "support/host_problem.h"
-#include "gpu/sink_util.h"
+#include "support/sink_logits.h"
 #include "gpu/sm90_device.h"
 
 namespace fl = flashlane;
@@ -42,7 +42,9 @@ namespace {
 class DeviceCopy {
  public:
   explicit DeviceCopy(const HostProblem& hp) : hp_(hp) {
-    for (const HostTensor* t : {&hp.q, &hp.k, &hp.v, &hp.o, &hp.lse}) ptrs_.push_back(upload(*t));
+    for (const HostTensor* t : {&hp.q, &hp.k, &hp.v, &hp.o, &hp.lse, &hp.learnable_sink}) {
+      ptrs_.push_back(upload(*t));
+    }
     const fl::AttentionProblem host = hp.problem();
     problem_ = host;
     const fl::Device dev = fl::Device::cuda(0);
@@ -51,6 +53,8 @@ class DeviceCopy {
     problem_.v = hp.v.view_at(ptrs_[2], dev);
     problem_.o = hp.o.view_at(ptrs_[3], dev);
     problem_.lse = hp.lse.defined() ? hp.lse.view_at(ptrs_[4], dev) : fl::TensorView{};
+    problem_.learnable_sink =
+        hp.learnable_sink.defined() ? hp.learnable_sink.view_at(ptrs_[5], dev) : fl::TensorView{};
     problem_.dout = problem_.dq = problem_.dk = problem_.dv = fl::TensorView{};
     problem_.cu_seqlens_q = int_view(host.cu_seqlens_q);
     problem_.cu_seqlens_k = int_view(host.cu_seqlens_k);
@@ -60,7 +64,6 @@ class DeviceCopy {
     for (void* p : ptrs_) cudaFree(p);
   }
   const fl::AttentionProblem& problem() const { return problem_; }
-  void set_learnable_sink(const fl::TensorView& sink) { problem_.learnable_sink = sink; }
   /// Copies o and lse (whole buffers) back into `dst`.
   void download(HostProblem& dst) const {
     EXPECT_EQ(cudaMemcpy(dst.o.bytes.data(), ptrs_[3], dst.o.bytes.size(), cudaMemcpyDeviceToHost),
@@ -176,11 +179,11 @@ using InputShaper = std::function<void(HostProblem&)>;
 /// one (the standard bound for recursive summation, Higham, "Accuracy and Stability of Numerical
 /// Algorithms", sec. 3.1). LSE inherits that error of the row's largest scores; with |LSE| ~ 300
 /// it is 1e-4 and more, beyond the rule's absolute 1e-5. 0 elsewhere.
-/// sinks: attention sinks (problem.h) given to the references and the kernel alike.
+/// Attention sinks: cfg.learnable_sink, given to the references and the kernel alike.
 void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
                 fl::sm90::ScheduleOverride schedule = fl::sm90::ScheduleOverride::kAuto,
-                const InputShaper& shape_inputs = {}, double lse_ulps = 0.0,
-                fl::test_support::SinkBuffers* sinks = nullptr) {
+                const InputShaper& shape_inputs = {}, double lse_ulps = 0.0) {
+  const bool sinks = !cfg.learnable_sink.empty();
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = false;
   cfg.nan_unused_kv = true;
@@ -195,17 +198,14 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
   HostProblem ref(cfg64);
   copy_inputs(low, ref);
 
-  fl::AttentionProblem ref_problem = ref.problem(), low_problem = low.problem();
-  if (sinks != nullptr) ref_problem.learnable_sink = low_problem.learnable_sink = sinks->host_view();
   fl::ProblemInfo info64, info_low;
-  ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kForward, &info64).ok());
-  ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kForward, &info_low).ok());
-  ASSERT_EQ(info64.has_sink, sinks != nullptr);
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref_problem, info64).ok());
-  ASSERT_TRUE(fl::detail::reference_cpu_forward(low_problem, info_low).ok());
+  ASSERT_TRUE(fl::validate(ref.problem(), fl::Direction::kForward, &info64).ok());
+  ASSERT_TRUE(fl::validate(low.problem(), fl::Direction::kForward, &info_low).ok());
+  ASSERT_EQ(info64.has_sink, sinks);
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(ref.problem(), info64).ok());
+  ASSERT_TRUE(fl::detail::reference_cpu_forward(low.problem(), info_low).ok());
 
   DeviceCopy dev(got);
-  if (sinks != nullptr) dev.set_learnable_sink(sinks->device_view());
   fl::ProblemInfo info;
   const fl::Status vs = fl::validate(dev.problem(), fl::Direction::kForward, &info);
   ASSERT_TRUE(vs.ok()) << vs.to_string();
@@ -234,7 +234,7 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
     const fl::Receipt& r = fl::last_receipt();
     EXPECT_EQ(r.actual_backend, "sm90");
     const std::string mode = cfg.seqlens_q.empty() ? "fwd" : "varlen_fwd";
-    EXPECT_EQ(r.runtime_mode, sinks != nullptr ? "sinks_" + mode : mode);
+    EXPECT_EQ(r.runtime_mode, sinks ? "sinks_" + mode : mode);
     variant = r.variant;
   }
   fl::sm90::set_schedule_override(fl::sm90::ScheduleOverride::kAuto);
@@ -574,19 +574,19 @@ TEST(Sm90Forward, AttentionSinks) {
       c.seqlen_q = 300;
       c.seqlen_k = 200;
       c.mask = MaskType::kCausalBottomRight;
-      fl::test_support::SinkBuffers sinks(c.heads_q, c.seed);
-      check_case(c, Path::kDirect, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      c.learnable_sink = fl::test_support::sink_logits(c.heads_q, c.seed);
+      check_case(c);
       c.mask = MaskType::kNoMask;
       c.seqlen_q = 257;
       c.seqlen_k = 1000;
       c.softcap = 15.0;
-      check_case(c, Path::kDirect, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      check_case(c);
       c.softcap = 0.0;
       c.mask = MaskType::kCausal;
       c.window_left = 100;
       c.seqlens_q = {130, 7, 400};
       c.seqlens_k = {130, 300, 401};
-      check_case(c, Path::kDispatcherStrict, fl::sm90::ScheduleOverride::kAuto, {}, 0.0, &sinks);
+      check_case(c, Path::kDispatcherStrict);
       if (HasFatalFailure()) return;
     }
   }
