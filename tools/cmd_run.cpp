@@ -228,8 +228,9 @@ int run_problem(const RunOptions& o) {
   for (auto& [name, c] : checks) {
     const bool bwd = std::string(name) == "bwd";
     const char* how;
-    if (ref_gpu) how = lowp16 && bwd ? " (fp32 accumulation, P and dS rounded to the input dtype)"
-                                     : " (fp32 accumulation)";
+    if (ref_gpu) how = !lowp16 ? " (fp32 accumulation)"
+                       : bwd ? " (fp32 accumulation, P and dS rounded to the input dtype)"
+                             : " (fp32 accumulation, P rounded to the input dtype)";
     else if (!lowp16) how = " (float64 accumulation)";
     else if (bwd) how = " (fp32 scores, P, dP and dS; P and dS rounded to the input dtype)";
     else how = " (fp32 scores/softmax, P rounded to the input dtype)";

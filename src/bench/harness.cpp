@@ -532,13 +532,13 @@ Status run_reference(const AttentionProblem& problem, DType dtype, bool backward
   ProblemInfo info;
   Status s;
   if (!(s = validate(problem, Direction::kForward, &info)).ok()) return s;
-  // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp): the CPU
-  // forward and backward, and the GPU backward (P and dS rounded to the input dtype).
+  // 16-bit inputs: emulate the fused kernel's roundings (FlashAttention's ref_lowp), on the CPU
+  // and the GPU, forward and backward (P, and dS, rounded to the input dtype).
   const bool lowp = dtype == DType::kBFloat16 || dtype == DType::kFloat16;
   const detail::ReferenceNumerics numerics =
       lowp ? detail::ReferenceNumerics::kLowPrecision : detail::ReferenceNumerics::kFloat64;
   if (on_gpu) {
-    if (!(s = detail::reference_cuda_forward(problem, info, nullptr)).ok()) return s;
+    if (!(s = detail::reference_cuda_forward(problem, info, nullptr, numerics)).ok()) return s;
     cudaError_t e = cudaDeviceSynchronize();
     if (e != cudaSuccess) return cuda_status(e, "reference_cuda forward");
   } else {

@@ -148,8 +148,8 @@ Status run_reference(const AttentionProblem& problem, DType dtype, bool backward
 /// Runs a reference backend directly (no dispatcher, no receipt) on a problem built from
 /// `inputs` in `dtype`: forward, then (when `backward`) the backward pass on its own o and lse.
 /// on_gpu: reference_cuda on CUDA device 0; otherwise reference_cpu. 16-bit `dtype` (ref_lowp):
-/// ReferenceNumerics::kLowPrecision for the reference_cpu forward and backward and the
-/// reference_cuda backward (P, and dS, rounded to `dtype` before the products that read them).
+/// ReferenceNumerics::kLowPrecision for both references, forward and backward (P, and dS,
+/// rounded to `dtype` before the products that read them).
 Status reference_outputs(const ProblemSpec& spec, const HostInputs& inputs, DType dtype,
                          bool backward, bool on_gpu, Outputs* out);
 

@@ -161,6 +161,11 @@ bool slice_problem(const AttentionProblem& full, const SliceUnit& unit, Attentio
     p.lse = narrow(narrow(full.lse, 0, unit.batch, 1), 1, unit.head, unit.heads);
   if (full.seqused_k.defined() && full.seqused_k.rank == 1)
     p.seqused_k = narrow(full.seqused_k, 0, unit.batch, 1);
+  // Sinks: the unit's query heads. dlearnable_sink sums over every row of the batch, so a
+  // slice's share is not comparable with the full problem's: sampled rows do not compute it.
+  if (full.learnable_sink.defined() && full.learnable_sink.rank == 1)
+    p.learnable_sink = narrow(full.learnable_sink, 0, unit.head, unit.heads);
+  p.dlearnable_sink = TensorView{};
   *out = p;
   return true;
 }

@@ -24,8 +24,10 @@ namespace flashlane::detail {
 ///     P = exp(s - lse), D = rowsum(dO o O), dP = dO V^T and dS = P o (dP - D); P and dS rounded
 ///     once to the input dtype before dV += P^T dO, dK += dS^T Q, dQ += dS K (float64 sums);
 ///     dQ and dK times softmax_scale once at the end.
+///   reference_cuda forward (fp32 accumulation in both modes): P rounded to the input dtype
+///     before P V; the row sum adds the unrounded P, as a fused kernel's does.
 ///   reference_cuda backward (fp32 accumulation in both modes): P and dS rounded to the input
-///     dtype before the same three products. The reference_cuda forward has no such mode.
+///     dtype before the same three products.
 enum class ReferenceNumerics { kFloat64, kLowPrecision };
 
 /// float64-accumulating CPU reference; all tensors on the host. Without `numerics`: kFloat64.
@@ -41,10 +43,12 @@ Status reference_cpu_backward(const AttentionProblem& p, const ProblemInfo& info
 Status reference_cpu_kvcache(const KvCacheProblem& p, const ProblemInfo& info);
 
 /// Straightforward CUDA reference (fp32 accumulation); all tensors on one CUDA device.
-/// The backward without `numerics` (kFloat64) does not round P and dS; kLowPrecision rounds them
+/// Without `numerics` (kFloat64) nothing is rounded; kLowPrecision rounds P (and, backward, dS)
 /// to the input dtype (16-bit inputs only; fp32 / fp64 inputs ignore it).
 Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
                               cudaStream_t stream);
+Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
+                              cudaStream_t stream, ReferenceNumerics numerics);
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,
                                cudaStream_t stream);
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,

@@ -36,9 +36,10 @@
 //     batch (its threads stride over the rows in a fixed order, then a fixed shared-memory
 //     tree), so it is bitwise reproducible.
 //     ReferenceNumerics::kLowPrecision (Params::round_ps): P and dS, computed in fp32 as always,
-//     are rounded to the 16-bit input dtype before they enter the dV, dK and dQ sums, as a
-//     tensor-core kernel (FlashAttention-2/3) rounds its MMA operands and as FlashAttention's
-//     ref_lowp (attention_ref with upcast=False, tests/test_util.py) does; fp32/fp64: no rounding.
+//     are rounded to the 16-bit input dtype before they enter the forward's O sum and the
+//     backward's dV, dK and dQ sums (the row sum l adds the unrounded P), as a tensor-core kernel
+//     (FlashAttention-2/3) rounds its MMA operands and as FlashAttention's ref_lowp
+//     (attention_ref with upcast=False, tests/test_util.py) does; fp32/fp64: no rounding.
 //   * Grids are 1-D and grid-stride over (row block, head, batch), so batch * heads is unbounded.
 // Every launch is checked with cudaGetLastError; nothing synchronizes the stream.
 #include <cuda_bf16.h>
@@ -182,7 +183,7 @@ struct Params {
   bool varlen = false;
   bool has_lse = false;
   bool vec_ok = false;  // every base pointer and row/head/batch stride allows 16-byte loads
-  bool round_ps = false;  // backward: P and dS rounded to T before the sums (kLowPrecision)
+  bool round_ps = false;  // P (forward and backward) and dS rounded to T before the sums (kLowPrecision)
   int64_t batch = 0, heads_q = 0, heads_kv = 0, group = 1;
   int64_t seqlen_q = 0, seqlen_k = 0;  // bshd sizes; varlen: max_seqlen bounds (grid size)
   int64_t total_q = 0;
@@ -476,7 +477,7 @@ fwd_kernel(const Params p) {
 #pragma unroll
         for (int c = 0; c < kCols; ++c) acc[r][c] *= alpha;
         m[r] = m_new;
-        pv[r] = pr;
+        pv[r] = p.round_ps ? round_through<T, Acc>(pr) : pr;  // the P V operand; l sums pr
       }
       sts_rows<Acc, kRows>(myP + lane * kRows, pv);
       __syncwarp();
@@ -1034,7 +1035,7 @@ Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cu
     return Status(ErrorCode::kInternal, "reference_cuda: heads_q % heads_kv != 0 reached the backend");
   }
   Params prm = make_params(p, info);
-  prm.round_ps = backward && numerics == ReferenceNumerics::kLowPrecision;
+  prm.round_ps = numerics == ReferenceNumerics::kLowPrecision;
   if (backward && !prm.has_lse) {
     return Status(ErrorCode::kInternal, "reference_cuda: backward without lse reached the backend");
   }
@@ -1058,6 +1059,11 @@ Status run(bool backward, const AttentionProblem& p, const ProblemInfo& info, cu
 Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
                               cudaStream_t stream) {
   return run(false, p, info, stream, ReferenceNumerics::kFloat64);
+}
+
+Status reference_cuda_forward(const AttentionProblem& p, const ProblemInfo& info,
+                              cudaStream_t stream, ReferenceNumerics numerics) {
+  return run(false, p, info, stream, numerics);
 }
 
 Status reference_cuda_backward(const AttentionProblem& p, const ProblemInfo& info,

@@ -349,7 +349,11 @@ TEST(SamplingTest, SampledReferencesEqualTheSlicesOfTheFullReferences) {
   fb::ProblemSpec window = small(2, 64, 48, 4, 4, 16, fl::MaskType::kNoMask, 23);
   window.window_left = 8;
   window.window_right = 3;
-  const Case cases[] = {{gqa, 16}, {mha, 16}, {window, 16}};
+  // Sinks: each slice takes its query heads' sinks (a whole-problem sink tensor given to a slice
+  // of fewer heads would be refused as a shape mismatch); dlearnable_sink is not sliced.
+  fb::ProblemSpec sinks = small(2, 48, 64, 8, 2, 16, fl::MaskType::kNoMask, 24);
+  sinks.learnable_sink = {40.f, -30.f, 0.5f, 2.f, -1.f, 3.f, 1.5f, 0.f};
+  const Case cases[] = {{gqa, 16}, {mha, 16}, {window, 16}, {sinks, 16}};
   for (const Case& c : cases) {
     const fb::ProblemSpec& s = c.spec;
     const fb::ValidationPlan plan = fb::plan_validation(s, c.threshold);
@@ -369,6 +373,7 @@ TEST(SamplingTest, SampledReferencesEqualTheSlicesOfTheFullReferences) {
       expect_same(part.dq, b.dq, what + " dq");
       expect_same(part.dk, b.dk, what + " dk");
       expect_same(part.dv, b.dv, what + " dv");
+      EXPECT_TRUE(part.dsink.empty()) << what << ": a sampled reference has no dlearnable_sink";
     }
   }
 }

@@ -4,7 +4,9 @@ whose attention sinks SDPA cannot express: against "eager").
 
 CPU tests (markers torch, transformers) run the models in float64 on reference_cpu and demand
 near-exact agreement; the gpu test runs a tiny GQA Llama in bf16 and applies FlashAttention's rule
-against the float64 model: max|ours - ref64| <= 2 * max|sdpa_bf16 - ref64| + 1e-5.
+against the float64 model: max|ours - ref64| <= 2 * max|sdpa_bf16 - ref64| + 1e-5. Decode steps
+with a cache are KV-cache calls (receipt runtime_mode "decode"): the tests at the end assert the
+route on the receipts, next to the tokens.
 """
 
 import copy
@@ -29,12 +31,12 @@ def registered():
 
 
 def tiny(cls_name="LlamaForCausalLM", cfg_name="LlamaConfig", dtype=torch.float64, device="cpu",
-         num_hidden_layers=2, **extra):
+         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, **extra):
     cfg_cls = getattr(transformers, cfg_name)
     cfg = cfg_cls(vocab_size=97, hidden_size=256, intermediate_size=256,
                   num_hidden_layers=num_hidden_layers,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=64,
-                  max_position_embeddings=256, initializer_range=0.2, **extra)
+                  num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                  head_dim=64, max_position_embeddings=256, initializer_range=0.2, **extra)
     torch.manual_seed(0)
     cls = getattr(transformers, cls_name)
     ref = cls._from_config(copy.deepcopy(cfg), attn_implementation="sdpa", dtype=dtype).to(device).eval()
@@ -503,3 +505,286 @@ def test_gpt_oss_gpu_bf16_within_flashattention_rule(pad):
     for r in log:
         assert r["actual_backend"] in ("sm90", "reference_cuda"), r
         assert r["actual_backend"] == "sm90" or r["fallback_reason"].startswith("sm90.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Decode steps as KV-cache calls. With a cache, generate()'s decode steps (one query per
+# sequence after the cached keys) run as flash_attn_with_kvcache on the cache tensors, receipt
+# runtime_mode "decode"; cache_seqlens keeps a static cache's unused slots out. Padding holes
+# (left padding) keep the varlen path, receipt runtime_mode "varlen_fwd".
+
+GEN = dict(max_new_tokens=5, do_sample=False, output_logits=True, return_dict_in_generate=True,
+           pad_token_id=0)
+
+
+def generate_both(ref, ours, ids, am, **kw):
+    """Greedy generation by the reference and by flashlane; the receipts of flashlane's calls."""
+    kw = dict(GEN, **kw)
+    with torch.no_grad():
+        a = ref.generate(input_ids=ids, attention_mask=am, **kw)
+        with flashlane.receipt_log() as log:
+            b = ours.generate(input_ids=ids, attention_mask=am, **kw)
+    return a, b, log
+
+
+def assert_same_generation(a, b):
+    assert torch.equal(a.sequences, b.sequences)
+    assert len(a.logits) == len(b.logits) == GEN["max_new_tokens"]
+    for x, y in zip(a.logits, b.logits):
+        torch.testing.assert_close(y, x, atol=1e-9, rtol=1e-9)
+
+
+def modes_per_forward(log, layers, forwards=GEN["max_new_tokens"]):
+    """The receipts' runtime_mode, one list per forward (the prompt, then each decode step)."""
+    assert len(log) == layers * forwards, [r["runtime_mode"] for r in log]
+    return [[r["runtime_mode"] for r in log[i:i + layers]] for i in range(0, len(log), layers)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+@pytest.mark.parametrize("model", ["llama", "gqa_8_2", "mqa", "mistral_sliding"])
+def test_decode_steps_are_kvcache_calls(model, cache):
+    """The prompt runs as the forward ("fwd"), every decode step of every layer as a KV-cache
+    call ("decode") on reference_cpu; tokens and logits are SDPA's. GQA 4/2 and 8/2, MQA 4/1;
+    Mistral's window (6) is shorter than the prompt (21): its static layers are full and roll."""
+    if model == "mistral_sliding":
+        ref, ours = tiny("MistralForCausalLM", "MistralConfig", sliding_window=6)
+    else:
+        heads = {"llama": (4, 2), "gqa_8_2": (8, 2), "mqa": (4, 1)}[model]
+        ref, ours = tiny(num_attention_heads=heads[0], num_key_value_heads=heads[1])
+    ids, am = batch(pad="none")
+    kw = {"cache_implementation": "static"} if cache == "static" else {}
+    a, b, log = generate_both(ref, ours, ids, am, **kw)
+    assert_same_generation(a, b)
+    assert modes_per_forward(log, 2) == [["fwd", "fwd"]] + [["decode", "decode"]] * 4
+    assert all(r["status"] == "ok" and r["actual_backend"] == "reference_cpu" for r in log)
+
+
+@pytest.mark.torch
+def test_decode_steps_read_the_static_cache_in_place(monkeypatch):
+    """Each decode step hands flash_attn_with_kvcache the static cache's own memory (the
+    [b, max_cache_len, h_kv, d] view of its [b, h_kv, max_cache_len, d] tensors: no copy) and
+    cache_seqlens = the keys in use: one int32 tensor per forward, shared by every layer."""
+    ref, ours = tiny(num_hidden_layers=3)
+    ids, am = batch(pad="none")
+    calls = []
+    real = fl_hf.flash_attn_with_kvcache
+
+    def recording(q, k_cache, v_cache, **kw):
+        calls.append((k_cache, v_cache, kw["cache_seqlens"]))
+        return real(q, k_cache, v_cache, **kw)
+
+    monkeypatch.setattr(fl_hf, "flash_attn_with_kvcache", recording)
+    cache = transformers.StaticCache(config=ours.config, max_cache_len=32)
+    with torch.no_grad():
+        a = ref.generate(input_ids=ids, attention_mask=am, cache_implementation="static", **GEN)
+        b = ours.generate(input_ids=ids, attention_mask=am, past_key_values=cache, **GEN)
+    assert_same_generation(a, b)
+    layers, steps = 3, GEN["max_new_tokens"] - 1
+    assert len(calls) == layers * steps
+    for step in range(steps):
+        this_step = calls[step * layers:(step + 1) * layers]
+        seqlens = this_step[0][2]
+        assert all(c[2] is seqlens for c in this_step)  # made once per forward
+        assert seqlens.dtype == torch.int32 and seqlens.tolist() == [ids.shape[1] + step + 1] * 3
+        for layer, (k, v, _) in enumerate(this_step):
+            for view, own in ((k, cache.layers[layer].keys), (v, cache.layers[layer].values)):
+                assert view.data_ptr() == own.data_ptr() and view.shape == (3, 32, 2, 64)
+                assert view.stride() == own.transpose(1, 2).stride()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_left_padded_decode_stays_varlen(cache):
+    """Left padding leaves holes at the start of the keys, which cache_seqlens cannot express:
+    every step runs on the varlen path, and the receipts say so."""
+    ref, ours = tiny()
+    ids, am = batch(pad="left")
+    kw = {"cache_implementation": "static"} if cache == "static" else {}
+    a, b, log = generate_both(ref, ours, ids, am, **kw)
+    assert_same_generation(a, b)
+    assert modes_per_forward(log, 2) == [["varlen_fwd", "varlen_fwd"]] * 5
+    assert all(r["actual_backend"] == "reference_cpu" for r in log)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pad", ["none", "left"])
+def test_gpt_oss_static_cache_decode_with_sinks(pad):
+    """gpt-oss with a static cache: the sinks join every decode step's KV-cache call; tokens and
+    logits are eager attention's. With left padding the full layer keeps the varlen path, while
+    the sliding layer's window (6 keys) holds real tokens only and decodes as a KV-cache call."""
+    ref, ours = tiny_gpt_oss()
+    ids, am = batch(pad=pad)
+    a, b, log = generate_both(ref, ours, ids, am, cache_implementation="static")
+    assert_same_generation(a, b)
+    if pad == "none":
+        expected = [["sinks_fwd", "sinks_fwd"]] + [["decode", "decode"]] * 4
+    else:
+        expected = [["sinks_varlen_fwd", "sinks_varlen_fwd"]] + [["decode", "sinks_varlen_fwd"]] * 4
+    assert modes_per_forward(log, 2) == expected
+    assert all(r["actual_backend"] == "reference_cpu" for r in log)
+
+
+def causal_bottom_right_reference(q, k, v, scale):
+    """q [b, h, sq, d], k/v [b, hk, sk, d]: softmax attention, query i sees keys j <= i + sk - sq.
+    Returns [b, sq, h, d]."""
+    sq, sk = q.shape[2], k.shape[2]
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    visible = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + (sk - sq)
+    scores = (q @ k.transpose(2, 3) * scale).masked_fill(~visible, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
+
+
+def direct_call(sq, sk, requires_grad=False, seed=3):
+    """One attention call without a mask (the keys are the cache, the queries its last rows).
+    Returns (the receipt, max |out - reference|)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 4, sq, 64, dtype=torch.float64, generator=g).requires_grad_(requires_grad)
+    k = torch.randn(2, 2, sk, 64, dtype=torch.float64, generator=g)
+    v = torch.randn(2, 2, sk, 64, dtype=torch.float64, generator=g)
+    with flashlane.receipt_log() as log:
+        out, _ = fl_hf.flashlane_attention_forward(torch.nn.Module(), q, k, v, None, scaling=0.125)
+    assert len(log) == 1
+    err = (out - causal_bottom_right_reference(q, k, v, 0.125)).abs().max().item()
+    return log[0], err
+
+
+@pytest.mark.torch
+def test_decode_route_rule():
+    """A KV-cache call for at most DECODE_MAX_SEQLEN_Q queries after cached keys without
+    autograd; the forward for longer chunks, for a prefill (no cached key before the queries),
+    and whenever autograd records (the forward has the backward)."""
+    n = fl_hf.DECODE_MAX_SEQLEN_Q
+    cases = [((1, 30), "decode"), ((n, 30), "decode"), ((n + 1, 30), "fwd"), ((5, 5), "fwd"),
+             ((1, 30, True), "fwd")]
+    for args, mode in cases:
+        receipt, err = direct_call(*args)
+        assert receipt["runtime_mode"] == mode, args
+        assert receipt["actual_backend"] == "reference_cpu", args
+        assert err < 1e-12, args
+    with torch.no_grad():
+        receipt, err = direct_call(1, 30, requires_grad=True)
+    assert receipt["runtime_mode"] == "decode" and err < 1e-12
+
+
+@pytest.mark.torch
+def test_decode_steps_keep_the_request_and_strict():
+    """The KV-cache calls carry the integration's Request: a named backend and strict reach
+    them; a strict request the backend cannot serve fails closed with its tag, a non-strict one
+    falls back visibly (the receipt names what ran and why)."""
+    ref, ours = tiny()
+    ids, am = batch(pad="none")
+    fl_hf.register(backend="reference_cpu", strict=True)
+    a, b, log = generate_both(ref, ours, ids, am, cache_implementation="static")
+    assert_same_generation(a, b)
+    assert modes_per_forward(log, 2)[1:] == [["decode", "decode"]] * 4
+    assert all(r["requested_backend"] == r["actual_backend"] == "reference_cpu" and r["strict"]
+               and r["fallback_reason"] == "" for r in log)
+    with torch.no_grad():
+        fl_hf.register(backend="sm90", strict=True)
+        with pytest.raises(flashlane.FlashlaneError) as e:
+            direct_call(1, 30)
+        assert e.value.reason_tag.startswith("sm90.")
+        r = flashlane.last_receipt()
+        assert r["runtime_mode"] == "decode" and r["status"] == "backend_inapplicable"
+        fl_hf.register(backend="sm90", strict=False)
+        receipt, err = direct_call(1, 30)
+    assert receipt["runtime_mode"] == "decode" and receipt["requested_backend"] == "sm90"
+    assert receipt["actual_backend"] == "reference_cpu"
+    assert receipt["fallback_reason"].startswith("sm90.")
+    assert err < 1e-12
+
+
+class _CudaLike:
+    """What the route decision reads of a CUDA tensor: is_cuda, dtype, shape, get_device()."""
+
+    is_cuda = True
+    dtype = torch.bfloat16
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def get_device(self):
+        return 0
+
+
+@pytest.mark.torch
+def test_decode_route_keeps_the_backend_the_forward_would_run(monkeypatch):
+    """CUDA tensors: the route asks the applicability table (through ServingPlan). A backend with
+    forward kernels but no decode kernels for the configuration (sm90 at head_dim 96) keeps the
+    forward; where the first backend that serves either direction serves the KV-cache call, the
+    route is taken; auto walks the priority order."""
+    accepted = {("sm90", "fwd"), ("reference_cuda", "fwd"), ("reference_cuda", "decode"),
+                ("reference_cpu", "fwd"), ("reference_cpu", "decode")}
+    asked = []
+
+    def table(prefill, decode, config):
+        asked.append((prefill, decode, config["head_dim"], config["check_device"]))
+        return (prefill, "fwd") in accepted and (decode, "decode") in accepted
+
+    monkeypatch.setattr(fl_hf, "_table_accepts", table)
+    monkeypatch.setattr(fl_hf, "_decode_route", {})
+    q, v = _CudaLike(2, 1, 8, 96), _CudaLike(2, 30, 2, 96)
+    cases = [("auto", False), ("sm90", False), ("reference_cuda", True)]
+    for backend, served in cases:
+        with fl_hf.backend_override(backend):
+            assert fl_hf._decode_route_served(q, v, (-1, -1), 0.0) is served, backend
+    assert all(head_dim == 96 and check_device for _, _, head_dim, check_device in asked)
+    accepted.add(("sm90", "decode"))  # a configuration the sm90 decode kernels serve
+    monkeypatch.setattr(fl_hf, "_decode_route", {})
+    with fl_hf.backend_override("sm90"):
+        assert fl_hf._decode_route_served(q, v, (-1, -1), 0.0) is True
+    accepted.discard(("sm90", "decode"))
+    accepted.discard(("sm90", "fwd"))  # not an sm90 device: auto decides at reference_cuda
+    monkeypatch.setattr(fl_hf, "_decode_route", {})
+    assert fl_hf._decode_route_served(q, v, (-1, -1), 0.0) is True
+    n = len(asked)
+    assert fl_hf._decode_route_served(q, v, (-1, -1), 0.0) is True and len(asked) == n  # cached
+    # Host tensors take the route without asking the table.
+    monkeypatch.undo()
+    host_q = torch.zeros(2, 1, 8, 96, dtype=torch.bfloat16)
+    assert fl_hf._decode_route_served(host_q, host_q, (-1, -1), 0.0) is True
+
+
+@pytest.mark.gpu
+def test_llama_gpu_static_cache_decode_on_sm90():
+    """bf16 on an H100/H200, backend sm90, strict: the prompt on the sm90 forward, every decode
+    step a KV-cache call on the sm90 decode kernels (head_dim 64, GQA 4/2), tokens as SDPA's.
+
+    Two correct bf16 attentions can flip a near-tie of greedy decoding, after which the sequences
+    part. So: the logits of every step whose prefix the two runs share obey FlashAttention's rule
+    against the float64 model on the same prefix, and their tokens are equal wherever SDPA's
+    choice leads by more than near_tie (logit units; a flip needs the two runs' logits to differ
+    by half of it, and in bf16 on the CPU reference_cpu and SDPA differ by about 0.1 here)."""
+    near_tie = 1.0
+    steps = 4
+    ref64, _ = tiny(device="cuda", dtype=torch.float64)
+    ref, ours = tiny(device="cuda", dtype=torch.bfloat16)
+    ref.load_state_dict(ref64.state_dict())
+    ours.load_state_dict(ref64.state_dict())
+    fl_hf.register(backend="sm90", strict=True)
+    ids, am = batch(device="cuda", pad="none")
+    kw = dict(GEN, max_new_tokens=steps, cache_implementation="static",
+              disable_compile=True)  # eager decode steps: each call leaves its receipt
+    with torch.no_grad():
+        a = ref.generate(input_ids=ids, attention_mask=am, **kw)
+        with flashlane.receipt_log() as log:
+            b = ours.generate(input_ids=ids, attention_mask=am, **kw)
+        p = ids.shape[1]
+        l64 = ref64(input_ids=a.sequences[:, :-1]).logits[:, p - 1:].double()  # SDPA's prefixes
+    decode_steps = [["decode", "decode"]] * (steps - 1)
+    assert modes_per_forward(log, 2, steps) == [["fwd", "fwd"]] + decode_steps
+    assert all(r["status"] == "ok" and r["requested_backend"] == r["actual_backend"] == "sm90"
+               and r["strict"] for r in log), log
+    la = torch.stack(a.logits, 1).double()  # [batch, steps, vocab]
+    lb = torch.stack(b.logits, 1).double()
+    same = a.sequences[:, p:] == b.sequences[:, p:]  # [batch, steps]
+    shared_prefix = torch.cat([torch.ones_like(same[:, :1]), same[:, :-1].cumprod(1).bool()], 1)
+    err = (lb - l64).abs().amax(-1)[shared_prefix].max().item()
+    peer = (la - l64).abs().amax(-1)[shared_prefix].max().item()
+    assert err <= 2 * peer + 1e-5, f"flashlane {err:.3e} vs sdpa bf16 {peer:.3e}"
+    top2 = la.topk(2, dim=-1).values
+    decided = shared_prefix & (top2[..., 0] - top2[..., 1] > near_tie)
+    assert same[decided].all(), (a.sequences[:, p:], b.sequences[:, p:])
+    assert decided[:, 1:].any()  # tokens of decode steps were compared

@@ -17,8 +17,30 @@ register() installs two functions under the same name:
     it does not recognize (custom or/and masks, chunked or block overlays) is marked unsupported.
   * the attention function (AttentionInterface). It maps the description onto flashlane: GQA
     natively (q [b, h, s, d] is transposed to FlashAttention's [b, s, h, d] without a copy), the
-    cache offsets onto causal_bottom_right (prefill and decode), padding and packed sequences onto
-    the varlen layout (unpad, attend, pad: never a dense mask).
+    cache offsets onto causal_bottom_right (prefill), padding and packed sequences onto the varlen
+    layout (unpad, attend, pad: never a dense mask), and decode steps onto the KV-cache call
+    (below).
+
+Decode steps (generate() with a cache, static or dynamic): a causal call of at most
+DECODE_MAX_SEQLEN_Q queries that follow cached keys, without padding holes and without autograd,
+runs as flashlane.flash_attn_with_kvcache on the cache tensors themselves. transformers has
+already written the new keys into the cache, so there is no append; key/value [b, h_kv,
+capacity, d] are viewed as the cache [b, capacity, h_kv, d] without a copy (a static cache's
+capacity is its max_cache_len, the slots past the current length unused), cache_seqlens (int32
+[b], on the tensors' device, made once per forward and kept on the FlashlaneMask; on CUDA the
+call's validation reads it back, one small synchronous copy per call) is the number of keys in
+use; causal_bottom_right, GQA, sinks and the sliding window as for the forward. The
+receipts say runtime_mode "decode" and name the backend that ran. A call whose mask has padding
+holes (left padding) cannot be a KV-cache call (cache_seqlens counts keys from slot 0): it stays
+on the varlen path, and its receipt says so ("varlen_fwd", with sinks "sinks_varlen_fwd").
+For CUDA tensors the route is taken only where it keeps the backend the forward would run: the
+applicability table (as flashlane.ServingPlan asks it) is asked, once per configuration, about
+the requested backend (auto: the backends in priority order); at the first one that accepts the
+forward or the KV-cache call of this configuration (dtype, head dims, heads, window, softcap),
+the KV-cache call must be accepted too. Otherwise (sm90 with head_dim 96, say: forward kernels,
+no decode kernels) the step stays a forward call on that backend, with runtime_mode "fwd". Either
+way the call carries the integration's Request (backend, strict), and strict=True fails closed
+on the call that is made.
 
 Attention sinks (gpt-oss: GptOssAttention passes its parameter ``self.sinks``, one logit per
 query head, to the attention function as ``s_aux=``; ``sinks=`` is taken too) become flashlane's
@@ -61,11 +83,18 @@ import torch
 
 from .._core import FlashlaneError, record_python_receipt
 from ..interface import flash_attn_func, flash_attn_varlen_func
+from ..kvcache import flash_attn_with_kvcache
 
 __all__ = ["register", "backend_override", "settings", "FlashlaneMask",
-           "flashlane_attention_forward", "flashlane_mask"]
+           "flashlane_attention_forward", "flashlane_mask", "DECODE_MAX_SEQLEN_Q"]
 
 NAME = "lane_attention"
+
+# The most query rows (seqlen_q) a call may have to run as a decode step (a KV-cache call). The
+# sm90 decode kernels pack seqlen_q x (heads_q / heads_kv) rows into tiles of 16 and read the
+# keys once per tile; a prefill or a long chunk against a cache stays on the forward kernels,
+# which read each key tile once for 128 query rows.
+DECODE_MAX_SEQLEN_Q = 16
 
 
 @dataclass
@@ -102,9 +131,10 @@ class FlashlaneMask:
     reason: str = ""
     _dense_args: Optional[Dict[str, Any]] = field(default=None, repr=False)
     _dense: Optional[torch.Tensor] = field(default=None, repr=False)
-    # The unpad plans of the padded path (_padded_plan), made by the first layer that needs one
-    # and reused by every other layer of the same forward: transformers builds one mask per
-    # forward (per mask type) and hands it to all layers.
+    # The unpad plans of the padded path (_padded_plan) and the decode steps' cache_seqlens
+    # (_decode_step), made by the first layer that needs one and reused by every other layer of
+    # the same forward: transformers builds one mask per forward (per mask type) and hands it to
+    # all layers.
     _plans: Dict[Any, Any] = field(default_factory=dict, repr=False, init=False, compare=False)
 
     # transformers inspects masks it passes around (generate() builds them ahead for compileable
@@ -282,6 +312,86 @@ def _padded_plan(desc: FlashlaneMask, device, b: int, sq: int, used: int, window
     return plan
 
 
+_TORCH_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                      torch.float64: "fp64"}
+# (backend, device ordinal, dtype, head_dim, head_dim_v, heads_q, heads_kv, window, softcap) ->
+# whether decode steps of that configuration run as KV-cache calls (_decode_route_served).
+_decode_route: Dict[Any, bool] = {}
+
+
+def _table_accepts(prefill: str, decode: str, config: Dict[str, Any]) -> bool:
+    """Whether the applicability table lets `prefill` run the forward and `decode` the KV-cache
+    call of `config` (flashlane.ServingPlan's question, the device rows included)."""
+    from ..serving import ServingPlan
+
+    try:
+        ServingPlan(prefill_backend=prefill, decode_backend=decode, **config)
+    except FlashlaneError:
+        return False
+    return True
+
+
+def _decode_route_served(q: torch.Tensor, v: torch.Tensor, window, softcap: float) -> bool:
+    """Whether a decode step q [b, sq, h, d] against v [b, sk, hk, dv] runs as a KV-cache call.
+    Host tensors: always (reference_cpu runs both calls; a CUDA backend refuses both alike).
+    CUDA tensors: at the first backend of the request (the named one, or auto's priority order)
+    whose forward or KV-cache call the applicability table accepts for this configuration, the
+    KV-cache call is accepted, so the route never trades a backend's forward kernels for another
+    backend's decode. Asked once per configuration and process."""
+    if not q.is_cuda:
+        return True
+    dtype = _TORCH_DTYPE_NAMES.get(q.dtype)
+    if dtype is None:
+        return False
+    key = (_settings.backend, q.get_device(), dtype, q.shape[-1], v.shape[-1], q.shape[2],
+           v.shape[2], tuple(window), float(softcap))
+    served = _decode_route.get(key)
+    if served is None:
+        from .. import _C
+
+        config = dict(kv_layout="dense", dtype=dtype, head_dim=int(q.shape[-1]),
+                      head_dim_v=int(v.shape[-1]), heads_q=int(q.shape[2]),
+                      heads_kv=int(v.shape[2]), causal=True, window_size=tuple(window),
+                      softcap=float(softcap), append=False, prefill_varlen=False,
+                      check_device=True, device_ordinal=q.get_device())
+        if _settings.backend == "auto":
+            candidates = list(_C.backend_priority())
+        else:
+            candidates = [_settings.backend]
+        served = False
+        for backend in candidates:
+            # reference_cpu stands in for the other direction: it accepts every configuration.
+            decode_ok = _table_accepts("reference_cpu", backend, config)
+            if decode_ok or _table_accepts(backend, "reference_cpu", config):
+                served = decode_ok
+                break
+        _decode_route[key] = served
+    return served
+
+
+def _needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _decode_step(q, k_cache, v_cache, desc: FlashlaneMask, used: int, scale, softcap, window,
+                 sinks):
+    """A decode step as a KV-cache call. q [b, sq, h, d]; k_cache / v_cache [b, capacity, hk, d]
+    (views of transformers' cache, last dimension contiguous) whose first `used` slots hold each
+    sequence's keys, the new ones included (the queries are the last sq of them); sinks None or
+    [h]. cache_seqlens int32 [b] = used, made from the mask description once per forward and
+    device (a fill on the device, no read back). Returns out [b, sq, h, dv]."""
+    b = q.shape[0]
+    key = ("cache_seqlens", str(q.device), b, used)
+    cache_seqlens = desc._plans.get(key)
+    if cache_seqlens is None:
+        cache_seqlens = torch.full((b,), used, dtype=torch.int32, device=q.device)
+        desc._plans[key] = cache_seqlens
+    return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
+                                   softmax_scale=scale, causal=True, window_size=window,
+                                   softcap=softcap, backend=_settings.backend,
+                                   strict=_settings.strict, learnable_sink=sinks)
+
+
 def _attend(q, k, v, desc: FlashlaneMask, scale, softcap, sinks=None):
     """q [b, sq, h, d], k/v [b, sk, hk, d] (views); sinks None or [h] (gpt-oss's sinks).
     Returns out [b, sq, h, dv]."""
@@ -292,10 +402,15 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap, sinks=None):
         used = d + sq
         if d < 0 or used > sk:
             raise _Unservable("transformers.cache_offsets_unsupported")
-        if used != sk:  # static caches: drop the unused tail (no slice, no autograd node, else)
-            k, v = k[:, :used], v[:, :used]
         mask = "causal_bottom_right"
         window = (desc.window - 1, 0) if desc.window > 0 else (-1, -1)
+        # A decode step: few queries after cached keys, every key slot below `used` real.
+        if (d > 0 and sq <= DECODE_MAX_SEQLEN_Q and desc.padding is None and desc.packed is None
+                and not _needs_autograd(q, k, v, sinks)
+                and _decode_route_served(q, v, window, softcap)):
+            return _decode_step(q, k, v, desc, used, scale, softcap, window, sinks)
+        if used != sk:  # static caches: drop the unused tail (no slice, no autograd node, else)
+            k, v = k[:, :used], v[:, :used]
     else:
         used = sk
         mask = "no_mask"
