@@ -70,8 +70,17 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                             softcap: float = 0.0, rotary_interleaved: bool = True,
                             num_splits: int = 0, return_softmax_lse: bool = False,
                             backend: str = "auto", strict: bool = False, *,
-                            learnable_sink=None):
-    """FlashAttention's flash_attn_with_kvcache on flashlane (see the module docstring)."""
+                            learnable_sink=None, check_metadata_values: Optional[bool] = None):
+    """FlashAttention's flash_attn_with_kvcache on flashlane (see the module docstring).
+
+    check_metadata_values (keyword only; flashlane): whether the validation reads the values of
+    cache_seqlens, cache_batch_idx and page_table (out-of-range lengths and page indices are
+    then refused with their codes before anything is written). CUDA metadata costs a
+    synchronous device-to-host copy per call; host metadata is always checked. None: True
+    outside CUDA-graph capture, False while the current stream is capturing (the read is not
+    capturable). False: CUDA values are trusted, as FlashAttention trusts them; a decode loop
+    that builds its metadata on the device passes False to keep the host off the critical path.
+    """
     check_backend(backend)
     torch_path = _is_torch(q)
     batch = q.shape[0]
@@ -107,6 +116,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             sink = sink.detach()  # no backward: the cast needs no autograd node
         if q.is_cuda:
             stream = torch.cuda.current_stream(q.device).cuda_stream
+            if check_metadata_values is None:
+                check_metadata_values = not torch.cuda.is_current_stream_capturing()
     else:
         import numpy as np
 
@@ -117,7 +128,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         q, k_cache, v_cache, out, lse, cache_seqlens, cache_batch_idx, page_table, k, v,
         rotary_cos, rotary_sin, sink, bool(rotary_interleaved),
         None if softmax_scale is None else float(softmax_scale), mask, left, right,
-        float(softcap), int(num_splits), backend, bool(strict), stream)
+        float(softcap), int(num_splits), backend, bool(strict), stream,
+        True if check_metadata_values is None else bool(check_metadata_values))
     _after_cpp_call()
     raise_if_error(result)
     return (out, lse) if return_softmax_lse else out

@@ -243,7 +243,7 @@ Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, 
                        std::optional<double> softmax_scale, const std::string& mask,
                        int64_t window_left, int64_t window_right, double softcap,
                        int64_t num_splits, const std::string& backend, bool strict,
-                       uintptr_t stream) {
+                       uintptr_t stream, bool check_metadata_values) {
   flashlane::KvCacheProblem p;
   flashlane::Request request;
   try {
@@ -267,6 +267,7 @@ Result forward_kvcache(const In& q, const Array& k_cache, const Array& v_cache, 
     p.window_right = window_right;
     p.softcap = softcap;
     p.num_splits = num_splits;
+    p.check_metadata_values = check_metadata_values;
     request = to_request(backend, strict);
   } catch (const ConversionError& e) {
     return to_tuple(flashlane::Status(e.code, e.message));
@@ -405,7 +406,7 @@ NB_MODULE(_C, m) {
         "k_new"_a.none(), "v_new"_a.none(), "rotary_cos"_a.none(), "rotary_sin"_a.none(),
         "learnable_sink"_a.none(), "rotary_interleaved"_a, "softmax_scale"_a.none(), "mask"_a,
         "window_left"_a, "window_right"_a, "softcap"_a, "num_splits"_a, "backend"_a, "strict"_a,
-        "stream"_a,
+        "stream"_a, "check_metadata_values"_a,
         "flashlane::forward_kvcache over DLPack tensors (k_cache / v_cache written when k_new "
         "is given). Returns None, or (code, value, message, tag).");
   m.def("serving_plan", &serving_plan, "prefill_backend"_a, "decode_backend"_a,
