@@ -27,9 +27,9 @@ runs as flashlane.flash_attn_with_kvcache on the cache tensors themselves. trans
 already written the new keys into the cache, so there is no append; key/value [b, h_kv,
 capacity, d] are viewed as the cache [b, capacity, h_kv, d] without a copy (a static cache's
 capacity is its max_cache_len, the slots past the current length unused), cache_seqlens (int32
-[b], on the tensors' device, made once per forward and kept on the FlashlaneMask; on CUDA the
-call's validation reads it back, one small synchronous copy per call) is the number of keys in
-use; causal_bottom_right, GQA, sinks and the sliding window as for the forward. The
+[b], on the tensors' device, made once per forward and kept on the FlashlaneMask; its values
+hold by construction, so the call does not read them back: no host synchronization) is the
+number of keys in use; causal_bottom_right, GQA, sinks and the sliding window as for the forward. The
 receipts say runtime_mode "decode" and name the backend that ran. A call whose mask has padding
 holes (left padding) cannot be a KV-cache call (cache_seqlens counts keys from slot 0): it stays
 on the varlen path, and its receipt says so ("varlen_fwd", with sinks "sinks_varlen_fwd").
@@ -379,7 +379,8 @@ def _decode_step(q, k_cache, v_cache, desc: FlashlaneMask, used: int, scale, sof
     (views of transformers' cache, last dimension contiguous) whose first `used` slots hold each
     sequence's keys, the new ones included (the queries are the last sq of them); sinks None or
     [h]. cache_seqlens int32 [b] = used, made from the mask description once per forward and
-    device (a fill on the device, no read back). Returns out [b, sq, h, dv]."""
+    device (a fill on the device); its values hold by construction, so the call does not read
+    them back (check_metadata_values=False: no host synchronization). Returns out [b, sq, h, dv]."""
     b = q.shape[0]
     key = ("cache_seqlens", str(q.device), b, used)
     cache_seqlens = desc._plans.get(key)
@@ -389,7 +390,8 @@ def _decode_step(q, k_cache, v_cache, desc: FlashlaneMask, used: int, scale, sof
     return flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens,
                                    softmax_scale=scale, causal=True, window_size=window,
                                    softcap=softcap, backend=_settings.backend,
-                                   strict=_settings.strict, learnable_sink=sinks)
+                                   strict=_settings.strict, learnable_sink=sinks,
+                                   check_metadata_values=False)
 
 
 def _attend(q, k, v, desc: FlashlaneMask, scale, softcap, sinks=None):
