@@ -43,13 +43,10 @@ mask (SDPA's is_causal is top-left and would leave one key). The rows with lengt
 sequence in [L/2, L - replays - 1] and grows by one every replay, and the last replay is checked
 against a call made outside the graph with the same lengths; those rows have no SDPA peer.
 
-Capture mode. flashlane's Python KV-cache call checks the values of cache_seqlens (and of
-page_table) with a synchronous device-to-host read (the C++ option check_metadata_values =
-false, which skips it, is not reachable from that call). CUDA's "global" capture mode, torch's
-default, prohibits such a call while a capture is under way; --capture-error-mode relaxed (the
-default here) permits it: the read runs on the legacy stream at capture time (torch's capture
-stream is non-blocking), and nothing of it enters the graph. The mode is written into every row;
-a capture that fails is a row that says so.
+Capture mode. torch's default ("global"): flash_attn_with_kvcache does not read its CUDA
+metadata back to the host while the current stream is capturing (check_metadata_values=None
+means False there), so the captured call is pure device work. --capture-error-mode names another
+mode; the mode is written into every row, and a capture that fails is a row that says so.
 
 Correctness before timing: after capture the graph's outputs are poisoned (NaN); after the timed
 replays they are poisoned again and one more replay is made. Its outputs of the first and last
@@ -181,7 +178,7 @@ def build_parser():
     ap.add_argument("--rotate-mib", type=float, default=256.0,
                     help="the layers' caches hold at least max(this, 2 x L2) MiB")
     ap.add_argument("--mem-gib", type=float, default=48.0, help="skip cells whose caches exceed this")
-    ap.add_argument("--capture-error-mode", choices=CAPTURE_MODES, default="relaxed")
+    ap.add_argument("--capture-error-mode", choices=CAPTURE_MODES, default="global")
     ap.add_argument("--check-all-steps", action="store_true",
                     help="check every step's output (default: the first and the last)")
     ap.add_argument("--seed", type=int, default=0)

@@ -32,7 +32,7 @@ def test_defaults_are_the_documented_cells():
     assert (a.heads_q, a.heads_kv, a.head_dim) == (32, 8, 128)
     assert a.layouts == [("dense", 0)] and a.variants == ["plain", "append"]
     assert a.lengths == ["fixed", "advancing"] and a.sdpa == ["cudnn", "flash2", "efficient"]
-    assert a.steps == 32 and a.reps == 20 and a.warmup == 3 and a.capture_error_mode == "relaxed"
+    assert a.steps == 32 and a.reps == 20 and a.warmup == 3 and a.capture_error_mode == "global"
     assert a.sdpa_kv == "view" and a.out == "out/decode-graph-step.jsonl"
     assert gs.replays_total(a) == 24
 
