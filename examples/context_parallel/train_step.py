@@ -434,9 +434,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("PASS" if ok else "FAIL")
     flag = [ok]
     dist.broadcast_object_list(flag, src=0)
+    dist.barrier()  # no rank tears its process group down while another still uses it
     dist.destroy_process_group()
     return 0 if flag[0] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without the interpreter's teardown: on gloo (CPU) about one run in ten aborted there
+    # ("terminate called without an active exception", after the process group was destroyed and
+    # every result written), which torchrun reports as a failed rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
