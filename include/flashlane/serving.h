@@ -1,6 +1,7 @@
 // flashlane/serving.h: a serving plan: the backends a server will call for prefill (forward)
 // and for decode (KV-cache calls, flashlane/kvcache.h), with the one attention configuration it
-// serves (KV layout and page size, dtype, head dims, GQA ratio, mask, window, softcap, rotary).
+// serves (KV layout and page size, dtype, head dims, GQA ratio, mask, window, softcap, rotary,
+// attention sinks).
 //
 // ServingPlan::create asks the applicability table (the same rows select() evaluates; see
 // dispatch.h) whether each named backend executes that exact combination, and refuses, with
@@ -41,6 +42,11 @@ struct ServingConfig {
   double softcap = 0.0;
   bool append = true;      // decode steps append their new k/v to the cache in the call
   int64_t rotary_dim = 0;  // rotary applied by the decode call (needs append); 0: none
+  /// The model has attention sinks (gpt-oss: one learned logit per query head, passed to every
+  /// call as learnable_sink, flashlane/problem.h). The table is asked about calls with sinks
+  /// (ProblemInfo::has_sink), and the prefill calls' receipts say sinks_fwd / sinks_varlen_fwd;
+  /// a KV-cache call's runtime_mode does not change with sinks.
+  bool learnable_sink = false;
   bool check_device = false;  // also evaluate the device rows against CUDA device device_ordinal
   int device_ordinal = 0;
 };
@@ -54,11 +60,12 @@ class ServingPlan {
   static Status create(const ServingConfig& config, ServingPlan* out);
 
   const ServingConfig& config() const { return config_; }
-  /// Receipt runtime_mode of the prefill calls ("fwd", "varlen_fwd") and of the decode calls
-  /// ("decode", "paged_decode", "append_decode").
+  /// Receipt runtime_mode of the prefill calls ("fwd", "varlen_fwd"; with learnable_sink
+  /// "sinks_fwd", "sinks_varlen_fwd") and of the decode calls ("decode", "paged_decode",
+  /// "append_decode", with or without sinks): what the receipts of such calls say.
   const std::string& prefill_mode() const { return prefill_mode_; }
   const std::string& decode_mode() const { return decode_mode_; }
-  /// One-line JSON: the configuration, the backends and the modes.
+  /// One-line JSON: the configuration (learnable_sink among it), the backends and the modes.
   std::string to_json() const;
 
  private:

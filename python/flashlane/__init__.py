@@ -25,14 +25,14 @@ from ._core import (ERROR_CODES, FlashlaneError, last_receipt, receipt_log,
                     record_python_receipt)
 from .interface import attention, flash_attn_func, flash_attn_varlen_func
 from .kvcache import flash_attn_with_kvcache
-from .serving import ServingPlan
+from .serving import GenerationRun, ServingPlan
 from . import flash_attn, flash_attn_interface  # noqa: E402  FlashAttention 2 / 3 signatures
 
 __version__ = _C.version()
 
 __all__ = [
     "FlashlaneError", "ERROR_CODES", "attention", "flash_attn_func", "flash_attn_varlen_func",
-    "flash_attn_with_kvcache", "ServingPlan",
+    "flash_attn_with_kvcache", "ServingPlan", "GenerationRun",
     "last_receipt", "receipt_log", "version", "git_commit", "compiled_architectures",
     "kernel_fingerprint", "backend_priority", "device_info",
 ]

@@ -281,8 +281,8 @@ std::pair<Result, std::string> serving_plan(
     const std::string& prefill_backend, const std::string& decode_backend, bool prefill_varlen,
     const std::string& kv_layout, int64_t page_size, const std::string& dtype, int64_t head_dim,
     int64_t head_dim_v, int64_t heads_q, int64_t heads_kv, bool causal, int64_t window_left,
-    int64_t window_right, double softcap, bool append, int64_t rotary_dim, bool check_device,
-    int device_ordinal) {
+    int64_t window_right, double softcap, bool append, int64_t rotary_dim, bool learnable_sink,
+    bool check_device, int device_ordinal) {
   flashlane::ServingConfig c;
   try {
     c.prefill_backend = to_request(prefill_backend, true).backend;
@@ -316,6 +316,7 @@ std::pair<Result, std::string> serving_plan(
   c.softcap = softcap;
   c.append = append;
   c.rotary_dim = rotary_dim;
+  c.learnable_sink = learnable_sink;
   c.check_device = check_device;
   c.device_ordinal = device_ordinal;
   flashlane::ServingPlan plan;
@@ -412,7 +413,8 @@ NB_MODULE(_C, m) {
   m.def("serving_plan", &serving_plan, "prefill_backend"_a, "decode_backend"_a,
         "prefill_varlen"_a, "kv_layout"_a, "page_size"_a, "dtype"_a, "head_dim"_a,
         "head_dim_v"_a, "heads_q"_a, "heads_kv"_a, "causal"_a, "window_left"_a,
-        "window_right"_a, "softcap"_a, "append"_a, "rotary_dim"_a, "check_device"_a,
+        "window_right"_a, "softcap"_a, "append"_a, "rotary_dim"_a, "learnable_sink"_a,
+        "check_device"_a,
         "device_ordinal"_a,
         "flashlane::ServingPlan::create: (None, plan JSON) or ((code, value, message, tag), '').");
   m.def("last_receipt_json",

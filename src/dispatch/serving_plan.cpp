@@ -32,6 +32,7 @@ ProblemInfo base_info(const ServingConfig& c, const detail::BackendDef& def) {
   info.head_dim_v = c.head_dim_v > 0 ? c.head_dim_v : c.head_dim;
   info.softmax_scale = 1.0 / std::sqrt(static_cast<double>(c.head_dim));
   info.softcap = c.softcap;
+  info.has_sink = c.learnable_sink;
   info.mask = c.causal ? MaskType::kCausalBottomRight : MaskType::kNoMask;
   info.bottom_right = true;
   info.window_left = c.window_left;
@@ -138,7 +139,13 @@ Status ServingPlan::create(const ServingConfig& c, ServingPlan* out) {
 
   ServingPlan plan;
   plan.config_ = c;
-  plan.prefill_mode_ = c.prefill_varlen ? "varlen_fwd" : "fwd";
+  // As the dispatcher names them (dispatch.cpp mode_name, kvcache_runtime_mode): sinks change
+  // the forward's mode, never a KV-cache call's.
+  if (c.learnable_sink) {
+    plan.prefill_mode_ = c.prefill_varlen ? "sinks_varlen_fwd" : "sinks_fwd";
+  } else {
+    plan.prefill_mode_ = c.prefill_varlen ? "varlen_fwd" : "fwd";
+  }
   plan.decode_mode_ = c.append ? "append_decode" : (paged ? "paged_decode" : "decode");
   *out = std::move(plan);
   return Status::Ok();
@@ -162,6 +169,7 @@ std::string ServingPlan::to_json() const {
       {"window", {c.window_left, c.window_right}},
       {"softcap", c.softcap},
       {"rotary_dim", c.rotary_dim},
+      {"learnable_sink", c.learnable_sink},
       {"device_checked", c.check_device},
   };
   return j.dump();

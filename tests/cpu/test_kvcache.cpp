@@ -790,6 +790,8 @@ TEST(ServingPlan, RefusesAtConstructionWithTheTag) {
 #if FLASHLANE_TEST_HAS_SM90
   EXPECT_TRUE(st.ok()) << st.to_string();
 #endif
+  // A prefill backend every build accepts, so that the decode backend's own tag is the answer.
+  cfg.prefill_backend = fl::Backend::kReferenceCpu;
   cfg.decode_backend = fl::Backend::kSm100;
   EXPECT_EQ(fl::ServingPlan::create(cfg, &plan).reason_tag(), "sm100.not_implemented");
 }
@@ -841,4 +843,121 @@ TEST(ServingPlan, BadConfigurations) {
   c = cfg;
   c.window_right = 4;  // causal allows only -1 or 0
   EXPECT_EQ(fl::ServingPlan::create(c, &plan).code(), ErrorCode::kWindowInvalid);
+}
+
+namespace {
+
+/// The runtime_mode the receipt of one reference_cpu forward with sinks says: dense q/k/v
+/// [1, 3, heads_q, d], or the same tokens packed (cu_seqlens [0, 3]) when varlen.
+std::string sinks_forward_mode(bool varlen, int64_t heads_q, int64_t heads_kv, int64_t d) {
+  const std::vector<int64_t> q_shape = varlen ? std::vector<int64_t>{3, heads_q, d}
+                                              : std::vector<int64_t>{1, 3, heads_q, d};
+  const std::vector<int64_t> kv_shape = varlen ? std::vector<int64_t>{3, heads_kv, d}
+                                               : std::vector<int64_t>{1, 3, heads_kv, d};
+  Buf q(DType::kFloat32, q_shape), k(DType::kFloat32, kv_shape), v(DType::kFloat32, kv_shape);
+  Buf o(DType::kFloat32, q_shape), sinks(DType::kFloat32, {heads_q}, 0.5);
+  Buf cu = ints({0, 3});
+  q.random(1);
+  k.random(2);
+  v.random(3);
+  fl::AttentionProblem p;
+  p.q = q.view();
+  p.k = k.view();
+  p.v = v.view();
+  p.o = o.view();
+  p.learnable_sink = sinks.view();
+  p.mask = fl::MaskType::kCausalBottomRight;
+  if (varlen) {
+    p.cu_seqlens_q = cu.view();
+    p.cu_seqlens_k = cu.view();
+  }
+  const fl::Status st = fl::forward(p, cpu_strict());
+  EXPECT_TRUE(st.ok()) << st.to_string();
+  EXPECT_EQ(fl::last_receipt().actual_backend, "reference_cpu");
+  return fl::last_receipt().runtime_mode;
+}
+
+}  // namespace
+
+// A plan with learnable_sink asks the table about calls with sinks and names the modes the
+// receipts of such calls say: the forward's (sinks_varlen_fwd / sinks_fwd, checked against real
+// reference_cpu calls) and the KV-cache call's (unchanged by sinks: append_decode, paged_decode).
+TEST(ServingPlan, SinksPlanNamesTheModesTheCallsRecord) {
+  fl::ServingConfig cfg;
+  cfg.prefill_backend = fl::Backend::kReferenceCpu;
+  cfg.decode_backend = fl::Backend::kReferenceCpu;
+  cfg.kv_layout = fl::KvLayout::kPaged;
+  cfg.page_size = 4;
+  cfg.heads_q = 4;
+  cfg.heads_kv = 2;
+  cfg.head_dim = 16;
+  cfg.dtype = DType::kFloat32;
+  cfg.learnable_sink = true;
+  fl::ServingPlan plan;
+  fl::Status st = fl::ServingPlan::create(cfg, &plan);
+  ASSERT_TRUE(st.ok()) << st.to_string();
+  EXPECT_TRUE(plan.config().learnable_sink);
+  EXPECT_EQ(plan.prefill_mode(), "sinks_varlen_fwd");
+  EXPECT_EQ(plan.decode_mode(), "append_decode");
+  EXPECT_EQ(plan.prefill_mode(), sinks_forward_mode(true, 4, 2, 16));
+  const std::string j = plan.to_json();
+  EXPECT_NE(j.find("\"learnable_sink\":true"), std::string::npos) << j;
+  EXPECT_NE(j.find("\"prefill_mode\":\"sinks_varlen_fwd\""), std::string::npos) << j;
+
+  // The decode call the plan describes, with sinks: a paged append of one token.
+  Case c;
+  c.page_size = 4;
+  c.seqlen_new = 1;
+  c.seqlens = {5, 11};
+  c.mask = fl::MaskType::kCausalBottomRight;
+  c.sinks = {0.5f, -1.25f, 2.0f, 3.5f};
+  c.build(90);
+  ASSERT_TRUE(fl::forward_kvcache(c.problem(), cpu_strict()).ok());
+  EXPECT_EQ(fl::last_receipt().runtime_mode, plan.decode_mode());
+
+  cfg.prefill_varlen = false;
+  cfg.append = false;
+  ASSERT_TRUE(fl::ServingPlan::create(cfg, &plan).ok());
+  EXPECT_EQ(plan.prefill_mode(), "sinks_fwd");
+  EXPECT_EQ(plan.prefill_mode(), sinks_forward_mode(false, 4, 2, 16));
+  EXPECT_EQ(plan.decode_mode(), "paged_decode");
+  c.seqlen_new = 0;
+  c.build(91);
+  ASSERT_TRUE(fl::forward_kvcache(c.problem(), cpu_strict()).ok());
+  EXPECT_EQ(fl::last_receipt().runtime_mode, plan.decode_mode());
+
+  // Without sinks the same plan names the plain modes, and to_json says so.
+  cfg.learnable_sink = false;
+  ASSERT_TRUE(fl::ServingPlan::create(cfg, &plan).ok());
+  EXPECT_EQ(plan.prefill_mode(), "fwd");
+  EXPECT_NE(plan.to_json().find("\"learnable_sink\":false"), std::string::npos);
+}
+
+// Sinks do not lift a refusal: backends that execute nothing are refused with their own tag, and
+// sm90 (which implements sinks in its forward and decode kernels) is judged as without sinks.
+TEST(ServingPlan, SinksPlanRefusedWithTheBackendsTag) {
+  fl::ServingConfig cfg;
+  cfg.prefill_backend = fl::Backend::kCudnn;
+  cfg.decode_backend = fl::Backend::kReferenceCpu;
+  cfg.learnable_sink = true;
+  fl::ServingPlan plan;
+  fl::Status st = fl::ServingPlan::create(cfg, &plan);
+  EXPECT_EQ(st.code(), ErrorCode::kBackendInapplicable) << st.to_string();
+  EXPECT_EQ(st.reason_tag(), "cudnn.not_implemented");
+  cfg.prefill_backend = fl::Backend::kReferenceCpu;
+  cfg.decode_backend = fl::Backend::kSm100;
+  EXPECT_EQ(fl::ServingPlan::create(cfg, &plan).reason_tag(), "sm100.not_implemented");
+
+  cfg.prefill_backend = fl::Backend::kSm90;
+  cfg.decode_backend = fl::Backend::kSm90;
+  st = fl::ServingPlan::create(cfg, &plan);
+  fl::ServingConfig plain = cfg;
+  plain.learnable_sink = false;
+  fl::ServingPlan plain_plan;
+  const fl::Status plain_st = fl::ServingPlan::create(plain, &plain_plan);
+  EXPECT_EQ(st.code(), plain_st.code()) << st.to_string();
+  EXPECT_EQ(st.reason_tag(), plain_st.reason_tag()) << st.to_string();
+#if !FLASHLANE_TEST_HAS_SM90
+  EXPECT_EQ(st.reason_tag(), "sm90.not_compiled") << st.to_string();
+#endif
 }

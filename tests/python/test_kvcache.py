@@ -268,3 +268,43 @@ def test_serving_plan():
     with pytest.raises(FlashlaneError) as e:
         flashlane.ServingPlan("reference_cpu", "reference_cpu", heads_q=6, heads_kv=4)
     assert e.value.code == "heads_not_divisible"
+
+
+def test_serving_plan_with_sinks():
+    """learnable_sink: the plan asks the table about calls with sinks and names the modes their
+    receipts say (checked against a real call of each kind on reference_cpu)."""
+    plan = flashlane.ServingPlan("reference_cpu", "reference_cpu", kv_layout="paged",
+                                 page_size=4, heads_q=4, heads_kv=2, head_dim=16, dtype="fp32",
+                                 learnable_sink=True)
+    assert plan.learnable_sink is True and plan.as_dict()["learnable_sink"] is True
+    assert (plan.prefill_mode, plan.decode_mode) == ("sinks_varlen_fwd", "append_decode")
+    assert flashlane.ServingPlan("reference_cpu", "reference_cpu").learnable_sink is False
+    dense = flashlane.ServingPlan("reference_cpu", "reference_cpu", kv_layout="dense",
+                                  append=False, prefill_varlen=False, learnable_sink=True)
+    assert (dense.prefill_mode, dense.decode_mode) == ("sinks_fwd", "decode")
+
+    rng = np.random.default_rng(3)
+    sinks = np.array([0.5, -1.0, 2.0, 0.0], np.float32)
+    q = rng.standard_normal((6, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((6, 2, 16)).astype(np.float32)
+    cu = np.array([0, 2, 6], np.int32)
+    flashlane.flash_attn_varlen_func(q, k, k, cu, cu, 4, 4, causal=True, backend="reference_cpu",
+                                     learnable_sink=sinks)
+    assert flashlane.last_receipt()["runtime_mode"] == plan.prefill_mode
+    flashlane.flash_attn_func(q[None], k[None], k[None], causal=True, backend="reference_cpu",
+                              learnable_sink=sinks)
+    assert flashlane.last_receipt()["runtime_mode"] == dense.prefill_mode
+    kc = np.zeros((3, 4, 2, 16), np.float32)  # 3 pages of 4
+    table = np.array([[2, 0]], np.int32)
+    flashlane.flash_attn_with_kvcache(q[None, :1], kc, kc, k=k[None, :1], v=k[None, :1],
+                                      cache_seqlens=3, page_table=table, causal=True,
+                                      backend="reference_cpu", learnable_sink=sinks)
+    assert flashlane.last_receipt()["runtime_mode"] == plan.decode_mode
+    flashlane.flash_attn_with_kvcache(q[None, :1], kc[:1], kc[:1], cache_seqlens=3, causal=True,
+                                      backend="reference_cpu", learnable_sink=sinks)
+    assert flashlane.last_receipt()["runtime_mode"] == dense.decode_mode
+
+    # A backend that executes nothing is refused with its own tag, sinks or not.
+    with pytest.raises(FlashlaneError) as e:
+        flashlane.ServingPlan("cudnn", "reference_cpu", learnable_sink=True)
+    assert e.value.code == "backend_inapplicable" and e.value.reason_tag == "cudnn.not_implemented"
