@@ -651,6 +651,33 @@ def direct_call(sq, sk, requires_grad=False, seed=3):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize("sq, sk, mode", [(1, 30, "decode"), (fl_hf.DECODE_MAX_SEQLEN_Q, 30, "decode"),
+                                          (fl_hf.DECODE_MAX_SEQLEN_Q + 1, 30, "fwd"), (5, 5, "fwd")])
+def test_fallback_receipt_names_the_phase_of_the_call(sq, sk, mode):
+    """A call the integration cannot serve (output_attentions) falls back to SDPA, or is refused
+    when strict; its receipt's runtime_mode is the phase of the call: "decode" for a
+    decode-shaped call (few queries after cached keys), "fwd" for a prefill."""
+    q = torch.randn(1, 4, sq, 16, dtype=torch.float64)
+    k = torch.randn(1, 2, sk, 16, dtype=torch.float64)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 2
+    fl_hf.register(strict=False)
+    with flashlane.receipt_log() as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25, output_attentions=True)
+    assert [(r["actual_backend"], r["runtime_mode"]) for r in log] == [("torch_sdpa", mode)]
+    assert log[0]["fallback_reason"] == "transformers.output_attentions_unsupported"
+    fl_hf.register(strict=True)
+    try:
+        with pytest.raises(flashlane.FlashlaneError):
+            fl_hf.flashlane_attention_forward(module, q, k, k, None, scaling=0.25,
+                                              output_attentions=True)
+        assert flashlane.last_receipt()["runtime_mode"] == mode
+    finally:
+        fl_hf.register(strict=False)
+
+
+@pytest.mark.torch
 def test_decode_route_rule():
     """A KV-cache call for at most DECODE_MAX_SEQLEN_Q queries after cached keys without
     autograd; the forward for longer chunks, for a prefill (no cached key before the queries),

@@ -53,7 +53,8 @@ position bias, output_attentions, or a flashlane refusal) raises FlashlaneError 
 "transformers." reason tag when strict=True. With strict=False it runs transformers' SDPA
 attention on the exact dense mask instead (a call with sinks, which SDPA cannot express: an eager
 attention with the sink column), warns once per reason, and records a receipt with
-actual_backend "torch_sdpa" (with sinks "torch_eager") and the reason (flashlane.last_receipt(),
+actual_backend "torch_sdpa" (with sinks "torch_eager"), the reason and the phase of the call as
+its runtime_mode ("decode" for a decode-shaped call, else "fwd"; _call_mode) (flashlane.last_receipt(),
 receipt_log(), $FLASHLANE_RECEIPTS). Never silently. Sinks that are not one value per query head
 are refused in both modes (transformers.attention_sinks_unsupported): no fallback computes them.
 
@@ -455,8 +456,19 @@ def _attend(q, k, v, desc: FlashlaneMask, scale, softcap, sinks=None):
     return out
 
 
+def _call_mode(desc: Optional["FlashlaneMask"], q_length: int) -> str:
+    """The runtime_mode a receipt of this integration's own (a fallback or a refusal) records:
+    "decode" for a decode-shaped call (causal, at most DECODE_MAX_SEQLEN_Q queries after cached
+    keys), the phase a served call of that shape would be in; "fwd" otherwise."""
+    if (desc is not None and desc.kind == "causal" and desc.q_offset > desc.kv_offset
+            and q_length <= DECODE_MAX_SEQLEN_Q):
+        return "decode"
+    return "fwd"
+
+
 def _receipt(query: torch.Tensor, reason: str, ran: str = "torch_sdpa",
-             variant: str = "transformers.sdpa_attention_forward") -> Dict[str, Any]:
+             variant: str = "transformers.sdpa_attention_forward",
+             mode: str = "fwd") -> Dict[str, Any]:
     sm = 0
     name = "cpu"
     if query.is_cuda:
@@ -464,14 +476,14 @@ def _receipt(query: torch.Tensor, reason: str, ran: str = "torch_sdpa",
         sm = major * 10 + minor
         name = torch.cuda.get_device_name(query.device)
     return {"requested_backend": _settings.backend, "actual_backend": ran,
-            "runtime_mode": "fwd", "strict": _settings.strict, "fallback_reason": reason,
+            "runtime_mode": mode, "strict": _settings.strict, "fallback_reason": reason,
             "skipped": [{"backend": NAME, "reason": reason}],
             "variant": variant, "device": {"name": name, "sm": sm},
             "deterministic": False, "status": "ok", "error_reason": ""}
 
 
-def _refuse(query, code: str, reason: str, message: str):
-    refused = _receipt(query, "")
+def _refuse(query, code: str, reason: str, message: str, mode: str = "fwd"):
+    refused = _receipt(query, "", mode=mode)
     refused.update(actual_backend="", variant="", status=code, error_reason=reason,
                    skipped=[{"backend": NAME, "reason": reason}])
     record_python_receipt(refused)
@@ -518,10 +530,12 @@ def _eager_sink_attention(module, query, key, value, attention_mask, dropout, sc
 
 
 def _fallback(module, query, key, value, attention_mask, reason, dropout, scaling, kwargs,
-              sinks=None, softcap=None):
+              sinks=None, softcap=None, mode="fwd"):
+    """The call on transformers' SDPA attention (with sinks: the eager one), recorded with
+    `reason` and `mode` (_call_mode); strict: refused with `reason` instead."""
     if _settings.strict:
         _refuse(query, "backend_inapplicable", reason,
-                f"the transformers integration (strict) cannot serve this call: {reason}")
+                f"the transformers integration (strict) cannot serve this call: {reason}", mode)
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if isinstance(attention_mask, FlashlaneMask):
@@ -532,11 +546,11 @@ def _fallback(module, query, key, value, attention_mask, reason, dropout, scalin
         warnings.warn(f"flashlane: attention falls back to {target} ({reason}); the receipt "
                       "records it (flashlane.last_receipt())", RuntimeWarning, stacklevel=3)
     if sinks is not None:
-        record_python_receipt(_receipt(query, reason, "torch_eager", _EAGER_SINK_VARIANT))
+        record_python_receipt(_receipt(query, reason, "torch_eager", _EAGER_SINK_VARIANT, mode))
         out = _eager_sink_attention(module, query, key, value, attention_mask, dropout, scaling,
                                     float(softcap or 0.0), kwargs.get("is_causal"), sinks)
         return out, None
-    record_python_receipt(_receipt(query, reason))
+    record_python_receipt(_receipt(query, reason, mode=mode))
     kwargs = {k: v for k, v in kwargs.items() if k != "is_causal"}
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                   scaling=scaling, is_causal=False if attention_mask is not None
@@ -602,7 +616,8 @@ def flashlane_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     else:
         mask_for_sdpa = None
     return _fallback(module, query, key, value, mask_for_sdpa, reason, dropout, scaling,
-                     dict(kwargs, is_causal=is_causal), sinks, softcap)
+                     dict(kwargs, is_causal=is_causal), sinks, softcap,
+                     _call_mode(desc, query.shape[2]))
 
 
 def register(backend: str = "auto", strict: bool = False, name: str = NAME,
