@@ -135,15 +135,6 @@ Status select_kvcache(const KvCacheProblem& problem, const Request& request, Pla
 
 namespace {
 
-const char* mode_name(Direction d, bool varlen, bool sinks) {
-  if (sinks) {
-    if (d == Direction::kForward) return varlen ? "sinks_varlen_fwd" : "sinks_fwd";
-    return varlen ? "sinks_varlen_bwd" : "sinks_bwd";
-  }
-  if (d == Direction::kForward) return varlen ? "varlen_fwd" : "fwd";
-  return varlen ? "varlen_bwd" : "bwd";
-}
-
 /// True when any tensor the caller gave is described as a CUDA device tensor (validation, which
 /// talks to the CUDA runtime for such tensors, has not run yet).
 bool names_cuda_tensors(const AttentionProblem& p) {
@@ -230,7 +221,8 @@ Status execute(const AttentionProblem& problem, Direction direction, const Reque
   r.strict = request.strict;
   r.deterministic = direction == Direction::kBackward && problem.deterministic;
   r.runtime_mode =
-      mode_name(direction, problem.cu_seqlens_q.defined(), problem.learnable_sink.defined());
+      detail::attention_runtime_mode(direction, problem.cu_seqlens_q.defined(),
+                                     problem.learnable_sink.defined());
   r.surface = detail::surface_for_mode(r.runtime_mode);
   return run_with_receipt(
       std::move(r), names_cuda_tensors(problem),

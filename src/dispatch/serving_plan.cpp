@@ -8,6 +8,7 @@
 
 #include "dispatch/applicability.h"
 #include "dispatch/backend_registry.h"
+#include "dispatch/surfaces.h"
 
 namespace flashlane {
 namespace {
@@ -139,13 +140,10 @@ Status ServingPlan::create(const ServingConfig& c, ServingPlan* out) {
 
   ServingPlan plan;
   plan.config_ = c;
-  // As the dispatcher names them (dispatch.cpp mode_name, kvcache_runtime_mode): sinks change
+  // As the dispatcher names them (attention_runtime_mode, kvcache_runtime_mode): sinks change
   // the forward's mode, never a KV-cache call's.
-  if (c.learnable_sink) {
-    plan.prefill_mode_ = c.prefill_varlen ? "sinks_varlen_fwd" : "sinks_fwd";
-  } else {
-    plan.prefill_mode_ = c.prefill_varlen ? "varlen_fwd" : "fwd";
-  }
+  plan.prefill_mode_ =
+      detail::attention_runtime_mode(Direction::kForward, c.prefill_varlen, c.learnable_sink);
   plan.decode_mode_ = c.append ? "append_decode" : (paged ? "paged_decode" : "decode");
   *out = std::move(plan);
   return Status::Ok();

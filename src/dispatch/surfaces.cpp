@@ -111,6 +111,15 @@ const Surface* find_surface(std::string_view id) {
   return nullptr;
 }
 
+const char* attention_runtime_mode(Direction direction, bool varlen, bool sinks) {
+  if (sinks) {
+    if (direction == Direction::kForward) return varlen ? "sinks_varlen_fwd" : "sinks_fwd";
+    return varlen ? "sinks_varlen_bwd" : "sinks_bwd";
+  }
+  if (direction == Direction::kForward) return varlen ? "varlen_fwd" : "fwd";
+  return varlen ? "varlen_bwd" : "bwd";
+}
+
 std::string surface_for_mode(std::string_view runtime_mode) {
   for (const Surface& s : surface_catalog())
     for (const std::string& m : s.runtime_modes)

@@ -20,6 +20,8 @@
 #include <string_view>
 #include <vector>
 
+#include "flashlane/problem.h"
+
 namespace flashlane::detail {
 
 /// Tag of a surface that no backend has code for yet.
@@ -57,6 +59,11 @@ const std::vector<Surface>& surface_catalog();
 
 /// The surface with this id, or nullptr.
 const Surface* find_surface(std::string_view id);
+
+/// The receipt runtime_mode of a forward or backward call (kForward / kBackward): "fwd",
+/// "varlen_fwd", "bwd", "varlen_bwd", and with attention sinks "sinks_fwd", "sinks_varlen_fwd",
+/// "sinks_bwd", "sinks_varlen_bwd". KV-cache calls: kvcache_runtime_mode (flashlane/kvcache.h).
+const char* attention_runtime_mode(Direction direction, bool varlen, bool sinks);
 
 /// The surface a receipt runtime_mode executes ("fwd" -> dense_fwd, "varlen_bwd" -> varlen_bwd,
 /// "decode" -> decode, ...); "" for a mode no surface lists.
