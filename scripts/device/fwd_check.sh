@@ -16,7 +16,9 @@
 #                    random`: the attention_sinks surface's rows, SINKS_BUDGET_S, default 240)
 #                    default "tests sweep"
 #   SWEEP_PASSES, SWEEP_REPS   passes over the grid and timed calls per cell (3, 15)
-#   SWEEP_ARGS       more arguments of flashlane_softmax_sweep (e.g. --tile-groups 1,4,16)
+#   SWEEP_ARGS       more arguments of flashlane_softmax_sweep (e.g. --tile-groups 1,4,16,
+#                    --schedules auto,onetile,static)
+#   SWEEP_BASELINE   the schedule the sweep summary divides by (default auto)
 #   NCU_VARIANTS     "hdim:per16:threshold ..." profiled at seqlen NCU_SEQLEN (16384), non-causal
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -44,7 +46,8 @@ if has sweep; then
   # shellcheck disable=SC2086
   "$build/bench/flashlane_softmax_sweep" --passes "${SWEEP_PASSES:-3}" --reps "${SWEEP_REPS:-15}" \
     ${SWEEP_ARGS:-} > "$out/sweep.jsonl" 2> "$out/sweep.err" || tail -5 "$out/sweep.err"
-  python3 "$root/bench/ab/softmax_sweep/summarize.py" "$out/sweep.jsonl" > "$out/sweep-summary.txt"
+  python3 "$root/bench/ab/softmax_sweep/summarize.py" "$out/sweep.jsonl" "${SWEEP_BASELINE:-auto}" \
+    > "$out/sweep-summary.txt"
   sed -n '/per head dim/,$p' "$out/sweep-summary.txt"
 fi
 if has ncu; then
