@@ -112,6 +112,11 @@ Status select_kvcache(const KvCacheProblem& problem, const Request& request, Pla
 /// layout), else "paged_decode" with a page_table, else "decode".
 const char* kvcache_runtime_mode(const KvCacheProblem& problem);
 
+/// The same names from the two facts that decide them, for callers that have no problem yet
+/// (ServingPlan names the decode mode of a configuration): append (k_new given) wins over paged
+/// (a page_table given).
+const char* kvcache_runtime_mode(bool append, bool paged);
+
 /// Attention against a KV cache, appending k_new / v_new first when given. Dispatch, strict
 /// mode, receipts and error rules as forward() (dispatch.h); the receipt's runtime_mode is
 /// kvcache_runtime_mode(problem). Backends with decode code: reference_cpu (host tensors,

@@ -595,8 +595,12 @@ Status validate_kvcache(const KvCacheProblem& p, ProblemInfo* info_out) {
 }
 
 const char* kvcache_runtime_mode(const KvCacheProblem& p) {
-  if (p.k_new.defined()) return "append_decode";
-  if (p.page_table.defined()) return "paged_decode";
+  return kvcache_runtime_mode(p.k_new.defined(), p.page_table.defined());
+}
+
+const char* kvcache_runtime_mode(bool append, bool paged) {
+  if (append) return "append_decode";
+  if (paged) return "paged_decode";
   return "decode";
 }
 

@@ -9,6 +9,7 @@
 #include "dispatch/applicability.h"
 #include "dispatch/backend_registry.h"
 #include "dispatch/surfaces.h"
+#include "flashlane/kvcache.h"
 
 namespace flashlane {
 namespace {
@@ -144,7 +145,7 @@ Status ServingPlan::create(const ServingConfig& c, ServingPlan* out) {
   // the forward's mode, never a KV-cache call's.
   plan.prefill_mode_ =
       detail::attention_runtime_mode(Direction::kForward, c.prefill_varlen, c.learnable_sink);
-  plan.decode_mode_ = c.append ? "append_decode" : (paged ? "paged_decode" : "decode");
+  plan.decode_mode_ = kvcache_runtime_mode(c.append, paged);
   *out = std::move(plan);
   return Status::Ok();
 }

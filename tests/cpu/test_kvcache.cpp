@@ -537,6 +537,17 @@ TEST(KvCacheValidation, CodesAndNothingWritten) {
   }
 }
 
+// The runtime_mode names: appending wins over a page table; the problem overload and the
+// (append, paged) overload agree.
+TEST(KvCacheValidation, RuntimeModeNames) {
+  EXPECT_STREQ(fl::kvcache_runtime_mode(false, false), "decode");
+  EXPECT_STREQ(fl::kvcache_runtime_mode(false, true), "paged_decode");
+  EXPECT_STREQ(fl::kvcache_runtime_mode(true, false), "append_decode");
+  EXPECT_STREQ(fl::kvcache_runtime_mode(true, true), "append_decode");
+  const fl::KvCacheProblem none;
+  EXPECT_STREQ(fl::kvcache_runtime_mode(none), "decode");
+}
+
 // learnable_sink: float32 [heads_q], stride 1, on q's device; each fault its code, nothing
 // written.
 TEST(KvCacheValidation, SinkCodesAndNothingWritten) {
