@@ -167,11 +167,21 @@ def _closure(fn) -> Dict[str, Any]:
     return {name: c.cell_contents for name, c in zip(fn.__code__.co_freevars, cells)}
 
 
+# Stands in _components' output for transformers' remap of packed rows' positions.
+_REMAPPED_POSITIONS = object()
+
+
 def _components(fn):
-    """Flattens transformers' and_masks(...) into its mask functions."""
-    if getattr(fn, "__qualname__", "") == "and_masks.<locals>.and_mask":
+    """Flattens transformers' and_masks(...) into its mask functions. The remap of packed rows to
+    per-sequence positions (remap_positions_for_packed_sequence, newer transformers 5.x) yields
+    _REMAPPED_POSITIONS, then the mask functions it wraps."""
+    qual = getattr(fn, "__qualname__", "")
+    if qual == "and_masks.<locals>.and_mask":
         for f in _closure(fn).get("mask_functions", ()):
             yield from _components(f)
+    elif qual == "remap_positions_for_packed_sequence.<locals>.inner_mask":
+        yield _REMAPPED_POSITIONS
+        yield from _components(_closure(fn)["mask_function"])
     else:
         yield fn
 
@@ -183,9 +193,12 @@ def _classify(mask_function):
     causal = bidirectional = 0
     window = bidir_window = -1
     packed = None
+    remapped = False
     for f in _components(mask_function):
         qual = getattr(f, "__qualname__", repr(f))
-        if f is mu.causal_mask_function:
+        if f is _REMAPPED_POSITIONS:
+            remapped = True
+        elif f is mu.causal_mask_function:
             causal += 1
         elif f is mu.bidirectional_mask_function:
             bidirectional += 1
@@ -197,6 +210,11 @@ def _classify(mask_function):
             packed = _closure(f)["packed_sequence_mask"]
         else:
             return "unsupported", -1, None, f"transformers.mask_function_unsupported:{qual}"
+    # Remapped positions are served only together with the packed-sequence mask: transformers
+    # starts a new sequence wherever the position does not grow by 1, so inside a sequence the
+    # position differences, hence the causal and window masks, are those of the rows.
+    if remapped and packed is None:
+        return "unsupported", -1, None, "transformers.mask_combination_unsupported"
     if causal == 1 and bidirectional == 0 and bidir_window < 0:
         return "causal", window, packed, ""
     if bidirectional == 1 and causal == 0 and window < 0:
