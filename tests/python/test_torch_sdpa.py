@@ -200,11 +200,18 @@ def _within_rule(ours, peer, ref64, what):
     assert err <= 2 * base + slack, f"{what}: flashlane {err:.3e} vs PyTorch flash {base:.3e}"
 
 
+# Under torch.compile, transformers (checked with 5.24 and torch 2.11) does not skip the causal
+# mask for SDPA: before torch 2.14 it cannot tell, while compiling, that the mask would be plain
+# causal (transformers' masking_utils._ignore_causal_mask_sdpa), so SDPA gets an explicit
+# attn_mask, which PyTorch's flash backend does not take: PyTorch sends the call to another
+# backend and flashlane is never called (test_transformers_passes_a_mask_under_compile shows the
+# mask on the CPU). Plain SDPA calls under torch.compile do reach flashlane
+# (test_sdpa_under_torch_compile_runs_flashlane).
 @pytest.mark.gpu
 @pytest.mark.transformers
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.xfail(
-    reason="under torch.compile the compiled attention has not reached flashlane's kernels yet "
-           "(no receipts on an H200 with torch 2.11)", strict=False))],
+    reason="under torch.compile (torch < 2.14) transformers passes SDPA an explicit causal mask, "
+           "which PyTorch's flash backend does not take: no call reaches flashlane", strict=False))],
     ids=["eager", "torch.compile"])
 def test_llama_sdpa_under_activation_runs_flashlane(compiled):
     ref64 = _llama(torch.float64)
@@ -224,6 +231,80 @@ def test_llama_sdpa_under_activation_runs_flashlane(compiled):
     _within_rule(logits_fl, logits_pt, logits64, "logits")
     for n in grads64:
         _within_rule(grads_fl[n], grads_pt[n], grads64[n], n)
+
+
+@pytest.mark.torch
+@pytest.mark.transformers
+def test_transformers_passes_a_mask_under_compile():
+    """The reason of the torch.compile xfail above, on the CPU: eager, transformers' "sdpa"
+    attention calls SDPA with is_causal and no mask; in a torch.compile graph it passes a mask."""
+    transformers = pytest.importorskip("transformers", reason="needs transformers: not installed")
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128,
+                                   num_hidden_layers=1, num_attention_heads=4,
+                                   num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    ids = torch.randint(3, 97, (2, 16), generator=torch.Generator().manual_seed(0))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    eager_calls = []
+
+    def spy(*args, **kwargs):
+        eager_calls.append((kwargs.get("attn_mask") is None, kwargs.get("is_causal")))
+        return sdpa(*args, **kwargs)
+
+    graph_masks = []
+
+    def backend(gm, example_inputs):
+        for node in gm.graph.nodes:
+            if "scaled_dot_product" in str(node.target):
+                graph_masks.append(node.kwargs.get("attn_mask") is not None)
+        return gm
+
+    with torch.no_grad():
+        torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            model(input_ids=ids)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+        torch._dynamo.reset()
+        torch.compile(model, backend=backend)(input_ids=ids)
+    torch._dynamo.reset()
+    assert eager_calls == [(True, True)]
+    if graph_masks == [False]:
+        pytest.fail("transformers now skips the mask under torch.compile: the torch.compile "
+                    "case of test_llama_sdpa_under_activation_runs_flashlane should pass")
+    assert graph_masks == [True]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_sdpa_under_torch_compile_runs_flashlane(backend):
+    """A causal SDPA call compiled with torch.compile runs flashlane's forward and backward (the
+    compiled graph calls the aten flash ops, whose kernels the activation replaced)."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(2, 8, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+               for _ in range(3))
+
+    def attention(q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def run(fn, dtype):
+        leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        out.float().square().sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    ref64 = run(attention, torch.float64)
+    peer = run(attention, torch.bfloat16)  # PyTorch's own bf16 kernel (its priority order)
+    torch._dynamo.reset()
+    compiled = torch.compile(attention, backend=backend)
+    with fl_torch.activated(), flashlane.receipt_log() as receipts:
+        ours = run(compiled, torch.bfloat16)
+    torch._dynamo.reset()
+    modes = sorted(r["runtime_mode"] for r in receipts)
+    assert modes == ["bwd", "fwd"], receipts
+    assert all(r["actual_backend"] == "sm90" and r["status"] == "ok" for r in receipts), receipts
+    for name, a, b, r in zip(("out", "dq", "dk", "dv"), ours, peer, ref64):
+        _within_rule(a, b, r, name)
 
 
 @pytest.mark.gpu
