@@ -19,12 +19,14 @@ import sys
 def main(path, baseline_schedule="auto"):
     rows = [json.loads(line) for line in open(path) if line.startswith("{")]
     cells = collections.defaultdict(lambda: collections.defaultdict(list))
+    tflops = collections.defaultdict(list)
     diffs = {}
     for r in rows:
         cell = (r["hdim"], r["causal"], r["seqlen"])
         var = (r["exp2_emulated_per16"], r["rescale_threshold"], r.get("tile_group", 1),
                r.get("schedule", "auto"))
         cells[cell][var].append(r["median_ms"])
+        tflops[cell + var].append(r["tflops"])
         diffs[cell + var] = tuple(float("nan") if r[k] is None else r[k]
                                   for k in ("max_abs_diff_o", "max_abs_diff_lse"))
     by_hd = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -54,7 +56,7 @@ def main(path, baseline_schedule="auto"):
             w[1] = max(w[1], d[1]) if not math.isnan(d[1]) else float("nan")
             if var != base_key:
                 print(f"{cell[0]:4d} {str(cell[1]):6s} {cell[2]:6d}  {str(var):30s}  {ratio:.3f}  "
-                      f"{spread:.3f}  {r_tflops(rows, cell, var):.0f}")
+                      f"{spread:.3f}  {statistics.median(tflops[cell + var]):.0f}")
     print(f"\nper head dim: geomean ratio, worst cell, best cell, max |dO|, max |dLSE| vs schedule "
           f"{baseline_schedule}")
     for hd in sorted(by_hd):
@@ -64,15 +66,6 @@ def main(path, baseline_schedule="auto"):
             w = worst_diff[(hd,) + var]
             print(f"  hdim {hd:3d} {str(var):30s}  geomean {g:.3f}  worst {max(rs):.3f}  best {min(rs):.3f}"
                   f"  dO {w[0]:.3g}  dLSE {w[1]:.3g}")
-
-
-def r_tflops(rows, cell, var):
-    """Median TFLOP/s of one (cell, variant) over its passes."""
-    ts = [r["tflops"] for r in rows
-          if (r["hdim"], r["causal"], r["seqlen"]) == cell
-          and (r["exp2_emulated_per16"], r["rescale_threshold"], r.get("tile_group", 1),
-               r.get("schedule", "auto")) == var]
-    return statistics.median(ts) if ts else float("nan")
 
 
 if __name__ == "__main__":
