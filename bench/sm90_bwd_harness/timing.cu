@@ -1,7 +1,8 @@
 // Timing of the sm90 backward through the public API (flashlane::backward, sm90, strict):
 // random bf16 inputs, O and LSE from the sm90 forward, CUDA events around `reps` backward calls
-// after one warm-up call, median of 3 reported. FLOPs: 2.5 x the forward's 4 * pairs * head_dim.
-//   timing [batch seqlen heads head_dim causal deterministic]...  (default: the issue's cells)
+// after one warm-up call, the median of FLASHLANE_TIMING_REPS calls (default 3) reported. FLOPs:
+// 2.5 x the forward's 4 * pairs * head_dim.
+//   timing [batch seqlen heads head_dim causal deterministic]...  (default: four fixed cells)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -109,11 +110,13 @@ void run_cell(int b, int s, int h, int d, bool causal, bool det, int reps) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const char* reps_env = std::getenv("FLASHLANE_TIMING_REPS");
+  const int reps = reps_env ? std::max(1, std::atoi(reps_env)) : 3;
   if (argc > 1 && (argc - 1) % 6 == 0) {
     for (int i = 1; i < argc; i += 6) {
       run_cell(std::atoi(argv[i]), std::atoi(argv[i + 1]), std::atoi(argv[i + 2]),
                std::atoi(argv[i + 3]), std::atoi(argv[i + 4]) != 0, std::atoi(argv[i + 5]) != 0,
-               3);
+               reps);
     }
     return 0;
   }

@@ -190,7 +190,10 @@ double g_worst_ratio = 0;
 
 /// Attention sinks: cfg.learnable_sink for the references' forward and backward and the kernel's
 /// backward; dlearnable_sink is then checked by the same rule, and bitwise across two runs.
-void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
+/// nan_o_without_keys: O of every row that sees no key (LSE = -inf) is NaN in the kernel's
+/// input, as an O from another implementation may be; the gradients must not notice.
+void check_case(HostProblemConfig cfg, Path path = Path::kDirect,
+                bool nan_o_without_keys = false) {
   const bool sinks = !cfg.learnable_sink.empty();
   SCOPED_TRACE(describe(cfg));
   cfg.with_grads = true;
@@ -211,6 +214,20 @@ void check_case(HostProblemConfig cfg, Path path = Path::kDirect) {
   ASSERT_TRUE(fl::detail::reference_cpu_forward(low_problem, info_low).ok());
   std::memcpy(got.o.bytes.data(), low.o.bytes.data(), low.o.bytes.size());
   std::memcpy(got.lse.bytes.data(), low.lse.bytes.data(), low.lse.bytes.size());
+  if (nan_o_without_keys) {
+    int64_t rows = 0;
+    for (int64_t b = 0; b < got.batch(); ++b) {
+      for (int64_t i = 0; i < got.seqlen_q(b); ++i) {
+        for (int64_t h = 0; h < cfg.heads_q; ++h) {
+          if (got.lse.get(got.lse_offset(b, i, h)) != -INFINITY) continue;
+          ++rows;
+          const int64_t off = got.row_offset(got.o, b, i, h, false);
+          for (int64_t c = 0; c < got.head_dim_v(); ++c) got.o.set(off + c, NAN);
+        }
+      }
+    }
+    ASSERT_GT(rows, 0) << "the case has no row without a visible key";
+  }
   ASSERT_TRUE(fl::validate(ref_problem, fl::Direction::kBackward, &info64).ok());
   ASSERT_TRUE(fl::validate(low_problem, fl::Direction::kBackward, &info_low).ok());
   ASSERT_EQ(info64.has_dsink, sinks);
@@ -385,6 +402,76 @@ TEST(Sm90Backward, GqaMqaStridesDeterministic) {
   }
 }
 
+// The wide head dims (192, 192/128, 256) with softcap and with varlen, and head_dim 96 with
+// windows: the combinations the tests above exercise only at head_dim 64 and 128.
+TEST(Sm90Backward, WideHeadDimsSoftcapVarlenAndWindows96) {
+  SKIP_UNLESS_SM90();
+  int n = 0;
+  for (auto& dd : kDims) {
+    if (dd[0] < 192 || !fl::detail::sm90_backward_supports(dd[0], dd[1])) continue;
+    HostProblemConfig c = base(n++ % 2 ? DType::kFloat16 : DType::kBFloat16, dd[0], dd[1],
+                               fresh_seed());
+    c.batch = 2;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.seqlen_q = 300;
+    c.seqlen_k = 257;
+    c.mask = MaskType::kCausal;
+    c.softcap = 30.0;
+    check_case(c);
+    c.softcap = 0.0;
+    c.seqlens_q = {1, 190, 333};
+    c.seqlens_k = {64, 200, 301};
+    c.mask = MaskType::kCausalBottomRight;
+    c.window_left = 100;
+    c.deterministic = true;
+    c.pad_tokens = 3;
+    check_case(c);
+  }
+  if (!fl::detail::sm90_backward_supports(96, 96)) return;
+  struct W { MaskType mask; int64_t wl, wr; };
+  for (const W& w : {W{MaskType::kNoMask, 64, 0}, W{MaskType::kNoMask, 100, 37},
+                     W{MaskType::kCausal, 50, -1}, W{MaskType::kNoMask, -1, 5}}) {
+    for (auto [sq, sk] : {std::pair<int64_t, int64_t>{300, 300}, {113, 400}, {400, 113}}) {
+      HostProblemConfig c = base(n++ % 2 ? DType::kFloat16 : DType::kBFloat16, 96, 96,
+                                 fresh_seed());
+      c.heads_q = 4;
+      c.heads_kv = 2;
+      c.seqlen_q = sq;
+      c.seqlen_k = sk;
+      c.mask = w.mask;
+      c.window_left = w.wl;
+      c.window_right = w.wr;
+      c.softcap = n % 3 == 0 ? 20.0 : 0.0;
+      check_case(c);
+    }
+  }
+}
+
+// Rows that see no key (bottom-right causal and a bottom-right window, with more queries than
+// keys) with NaN in their O: delta must be 0 there, with and without softcap.
+TEST(Sm90Backward, RowsWithoutKeysIgnoreTheirO) {
+  SKIP_UNLESS_SM90();
+  for (double softcap : {0.0, 25.0}) {
+    HostProblemConfig c = base(DType::kBFloat16, 128, 128, fresh_seed());
+    c.batch = 2;
+    c.heads_q = 4;
+    c.heads_kv = 2;
+    c.seqlen_q = 400;
+    c.seqlen_k = 113;
+    c.mask = MaskType::kCausalBottomRight;
+    c.softcap = softcap;
+    check_case(c, Path::kDirect, /*nan_o_without_keys=*/true);
+    // Windows align bottom-right like the causal mask: with (0, 0) row i sees key
+    // i - (400 - 113) only, so the first 287 rows see none.
+    c.mask = MaskType::kNoMask;
+    c.window_left = 0;
+    c.window_right = 0;
+    c.deterministic = true;
+    check_case(c, Path::kDirect, /*nan_o_without_keys=*/true);
+  }
+}
+
 TEST(Sm90Backward, VarlenSequsedAndNaNPadding) {
   SKIP_UNLESS_SM90();
   std::mt19937 rng{unsigned(fresh_seed())};
@@ -420,6 +507,88 @@ TEST(Sm90Backward, VarlenSequsedAndNaNPadding) {
   c.seqlen_k = 300;
   c.seqused_k = {300, 129, 1};
   check_case(c);
+}
+
+// Deterministic mode with many more CTAs than the GPU holds at once (the small cases above all
+// fit in one wave): ten runs give the same bits, every gradient fully written, and the values
+// agree with the atomic mode's (the same per-tile products summed in another order; the float64
+// checks of deterministic mode are the small cases above). O and LSE come from the sm90 forward.
+TEST(Sm90Backward, DeterministicBeyondOneWave) {
+  SKIP_UNLESS_SM90();
+  struct Case { int64_t d, batch, hq, hkv, seqlen; MaskType mask; bool varlen; };
+  const Case cases[] = {{64, 2, 16, 16, 2048, MaskType::kNoMask, false},
+                        {128, 2, 16, 16, 2048, MaskType::kNoMask, false},
+                        {256, 2, 16, 16, 1024, MaskType::kNoMask, false},
+                        {128, 2, 16, 4, 3000, MaskType::kCausal, false},
+                        {128, 8, 8, 8, 0, MaskType::kCausalBottomRight, true}};
+  std::mt19937 rng{unsigned(fresh_seed())};
+  for (const Case& k : cases) {
+    if (!fl::detail::sm90_backward_supports(k.d, k.d)) continue;  // build-limited
+    HostProblemConfig c = base(DType::kBFloat16, k.d, k.d, fresh_seed());
+    c.batch = k.batch;
+    c.heads_q = k.hq;
+    c.heads_kv = k.hkv;
+    c.seqlen_q = c.seqlen_k = k.seqlen;
+    c.mask = k.mask;
+    if (k.varlen) {
+      std::uniform_int_distribution<int> len(300, 3000);
+      for (int64_t b = 0; b < k.batch; ++b) {
+        c.seqlens_q.push_back(len(rng));
+        c.seqlens_k.push_back(len(rng));
+      }
+    }
+    c.with_grads = true;
+    SCOPED_TRACE(describe(c));
+    const HostProblem poisoned(c);  // inputs, and NaN-poisoned gradient buffers
+    HostProblem out(c);
+    DeviceCopy dev(poisoned);
+    fl::Request req;
+    req.backend = fl::Backend::kSm90;
+    req.strict = true;
+    ASSERT_TRUE(fl::forward(dev.problem(), req).ok());
+
+    auto run = [&](bool deterministic) {
+      fl::AttentionProblem prob = dev.problem();
+      prob.deterministic = deterministic;
+      dev.reupload_grads(poisoned);
+      const fl::Status st = fl::backward(prob, req);
+      EXPECT_TRUE(st.ok()) << st.to_string();
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      dev.download_grads(out);
+      for (const HostTensor* g : {&out.dq, &out.dk, &out.dv}) {
+        EXPECT_EQ(g->count_poisoned(), 0) << "a gradient is not fully written";
+      }
+    };
+    // A copy of a HostTensor whose view reads its own bytes (a plain copy's view does not).
+    auto snapshot = [](const HostTensor& t) {
+      HostTensor s = t;
+      s.view.data = s.bytes.data();
+      return s;
+    };
+    run(false);
+    const HostTensor atomic_dq = snapshot(out.dq), atomic_dk = snapshot(out.dk),
+                     atomic_dv = snapshot(out.dv);
+    run(true);
+    const std::vector<unsigned char> dq = out.dq.bytes, dk = out.dk.bytes, dv = out.dv.bytes;
+    struct Pair { const char* name; const HostTensor* det; const HostTensor* atomic; };
+    for (const Pair& g : {Pair{"dQ", &out.dq, &atomic_dq}, Pair{"dK", &out.dk, &atomic_dk},
+                          Pair{"dV", &out.dv, &atomic_dv}}) {
+      double peak = 0, worst = 0;
+      g.atomic->for_each_offset([&](int64_t off) { peak = std::max(peak, std::fabs(g.atomic->get(off))); });
+      g.atomic->for_each_offset([&](int64_t off) {
+        const double a = g.atomic->get(off), x = g.det->get(off);
+        worst = std::max(worst, std::fabs(x - a) - std::fabs(a) / 64);
+      });
+      EXPECT_LE(worst, 1e-3 * peak) << g.name << ": deterministic and atomic modes disagree";
+    }
+    for (int again = 1; again < 10; ++again) {
+      run(true);
+      EXPECT_EQ(out.dq.bytes, dq) << "dQ differs in deterministic run " << again;
+      EXPECT_EQ(out.dk.bytes, dk) << "dK differs in deterministic run " << again;
+      EXPECT_EQ(out.dv.bytes, dv) << "dV differs in deterministic run " << again;
+      if (HasFailure()) return;
+    }
+  }
 }
 
 // Named to run last (GoogleTest runs a file's tests in order of definition).

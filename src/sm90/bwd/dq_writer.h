@@ -5,10 +5,11 @@
 //
 // Deterministic mode: the key tiles of a (query head, query tile) add in ascending key-tile
 // order. Each accumulator tile has a counter; the writer waits until it equals the number of key
-// tiles that add before this one (work.h), adds, waits for its add to complete and increments
-// the counter (FlashAttention-3's deterministic backward uses the same semaphore scheme).
-// Forward progress: blocks are dispatched in blockIdx.x order within a (head, batch), so every
-// key tile a CTA waits for was dispatched before it.
+// tiles that add before this one (work.h), adds, hands the shared buffer back once the add has
+// read it, then waits for the add to land and increments the counter (FlashAttention-3's
+// deterministic backward uses a semaphore per tile too). Forward progress does not depend on the
+// order the hardware starts CTAs in: every key tile a CTA waits for holds a lower ticket
+// (work.h, deterministic_tile), so a CTA that is running or done has it.
 #pragma once
 
 #include <cutlass/arch/barrier.h>
@@ -57,6 +58,8 @@ struct BwdDqWriter {
       const int64_t tile = int64_t(hq) * p.ws_tiles + w.tile_base + m;
       float* dst = p.dq_accum + tile * Traits::kDqTileFloats;
       int* counter = p.dq_semaphore + tile;
+      // Deterministic mode: this tile's turn, counted while the consumers still compute its dQ.
+      const int before = p.deterministic ? key_tiles_before<kBlockM, kBlockN>(p, w, m, lane) : 0;
       // The consumers hand the tile over in kDqRounds parts of up to kDqRoundFloats each.
       for (int r = 0; r < Traits::kDqRounds; ++r) {
         cutlass::arch::NamedBarrier::sync(kDqSyncThreads, uint32_t(BwdBarrier::kDqFull));
@@ -64,25 +67,27 @@ struct BwdDqWriter {
           const int bytes = Traits::dq_round_floats(r) * int(sizeof(float));
           float* part = dst + r * Traits::kDqRoundFloats;
           if (p.deterministic && r == 0) {
-            const int before = key_tiles_before<kBlockM, kBlockN>(p, w, m);
             while (load_acquire(counter) != before) {
             }
             asm volatile("fence.proxy.async.global;\n" ::: "memory");
           }
           bulk_reduce_add_f32(part, ss.dq.data(), bytes);
-          if (p.deterministic && r + 1 == Traits::kDqRounds) {
-            bulk_wait_complete_all();
-            asm volatile("fence.proxy.async.global;\n" ::: "memory");
-            __threadfence();
-            atomicAdd(counter, 1);
-          } else {
-            bulk_wait_read_all();
-          }
+          bulk_wait_read_all();
         }
         __syncwarp();
+        // The buffer goes back to the consumers as soon as it has been read ...
         if (t + 1 < w.count || r + 1 < Traits::kDqRounds) {
           cutlass::arch::NamedBarrier::arrive(kDqSyncThreads, uint32_t(BwdBarrier::kDqEmpty));
         }
+        // ... and the next key tile's turn comes once the adds have landed, while the consumers
+        // already compute the next tile.
+        if (p.deterministic && r + 1 == Traits::kDqRounds && lane == 0) {
+          bulk_wait_complete_all();
+          asm volatile("fence.proxy.async.global;\n" ::: "memory");
+          __threadfence();
+          atomicAdd(counter, 1);
+        }
+        __syncwarp();
       }
     }
   }

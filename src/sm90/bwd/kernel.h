@@ -1,5 +1,6 @@
 // kernel.h: the warp-specialized sm90 WGMMA backward kernel (dK, dV and the fp32 dQ sum).
-// Grid (key tiles, KV heads, batch), 3 warpgroups per CTA, one CTA per SM:
+// Grid (key tiles, KV heads, batch; in deterministic mode a CTA takes its key tile from a ticket
+// instead, work.h), 3 warpgroups per CTA, one CTA per SM:
 //   warpgroup 0: warp 0 issues the TMA loads (mainloop_load.h), warp 1 adds dQ into the global
 //                accumulator (dq_writer.h), warps 2-3 exit; registers handed to the consumers.
 //   warpgroups 1-2: consumers (mainloop_compute.h; the split of the kernel-table row decides
@@ -39,8 +40,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw);
   const BwdParams& p = args.p;
 
-  const KeyTileWork w = key_tile_work<Traits::kBlockM, Traits::kBlockN>(
-      p, int(blockIdx.x), int(blockIdx.y), int(blockIdx.z));
+  KeyTileCoord tile{int(blockIdx.x), int(blockIdx.y), int(blockIdx.z)};
+  if (p.deterministic) {  // the key tile comes from a ticket (work.h, deterministic_tile)
+    if (threadIdx.x == 0) ss.tile_ticket = atomicAdd(p.tile_ticket, 1);
+    __syncthreads();
+    tile = deterministic_tile(ss.tile_ticket, int(gridDim.x), int(gridDim.y), int(gridDim.z),
+                              p.det_key_chunk);
+  }
+  const KeyTileWork w =
+      key_tile_work<Traits::kBlockM, Traits::kBlockN>(p, tile.n_block, tile.h_kv, tile.b);
   if (w.n0 >= w.len_k) return;  // the whole CTA: past this sequence's keys
 
   const int warp_idx = cutlass::canonical_warp_idx_sync();

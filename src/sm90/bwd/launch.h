@@ -1,7 +1,8 @@
 // launch.h: host side of one WGMMA backward instantiation (included only by the generated
 // instantiation files of the kernel table). One workspace allocation on the stream
 // (cudaMallocAsync, graph-capturable): LSE (log2) and delta per query row, the fp32 dQ
-// accumulator and, in deterministic mode, one counter per accumulator tile. Launch sequence,
+// accumulator and, in deterministic mode, one counter per accumulator tile and the CTAs' ticket
+// counter. Launch sequence,
 // all on `stream`, every launch checked:
 //   memset(dQ accumulator, counters) -> preprocess [-> sink_grad] -> bwd_kernel -> postprocess [-> zero tails]
 #pragma once
@@ -53,6 +54,19 @@ void zero_varlen_tails(const BwdParams& p, cudaStream_t stream) {
   }
 }
 
+/// Deterministic mode: key tiles per chunk of the ticket order (work.h, deterministic_tile): 16,
+/// or all the key tiles when there are fewer. Within a chunk, the resident key tiles of one
+/// (KV head, batch entry) add into each query tile one after another, so the last of a chunk
+/// starts its adds about `chunk` add latencies (each a bulk reduce landing in L2, a fence and a
+/// counter read by the next tile) after the first: a longer chunk waits longer. A shorter one
+/// shares each Q/dO tile and dQ accumulator tile among fewer resident CTAs: on an H200, chunks
+/// of 2 tiles at 1k-2k tokens (head_dim 128, non-causal) ran 14-15% slower than the earlier
+/// order, all of a pair's key tiles at once (docs/sm90_backward.md, "Deterministic mode").
+inline int deterministic_key_chunk(const BwdParams& p, int block_n) {
+  const int64_t key_tiles = std::max<int64_t>(1, (p.seqlen_k + block_n - 1) / block_n);
+  return int(std::min<int64_t>(key_tiles, 16));
+}
+
 /// True when some gradient is packed and has tail rows to zero.
 inline bool has_packed_gradients(const BwdParams& p) {
   return p.varlen_q || p.kv_layout == KvLayout::kVarlenPacked;
@@ -85,7 +99,8 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
                         : int64_t(p.batch) * ((p.seqlen_q + BM - 1) / BM);
   const int64_t stat_floats = int64_t(p.heads_q) * p.ws_tiles * BM;
   const int64_t accum_floats = stat_floats * D;
-  const int64_t counters = p.deterministic ? int64_t(p.heads_q) * p.ws_tiles : 0;
+  // Deterministic mode: a counter per accumulator tile, then the CTAs' ticket counter.
+  const int64_t counters = p.deterministic ? int64_t(p.heads_q) * p.ws_tiles + 1 : 0;
   const size_t bytes = size_t(2 * stat_floats + accum_floats + counters) * sizeof(float) + 16;
   char* ws = nullptr;
   cudaError_t err = cudaMallocAsync(reinterpret_cast<void**>(&ws), bytes, stream);
@@ -94,6 +109,8 @@ Status launch_bwd_wgmma(BwdParams p, cudaStream_t stream) {
   p.delta = p.lse_log2 + stat_floats;
   p.dq_accum = p.delta + stat_floats;
   p.dq_semaphore = reinterpret_cast<int*>(p.dq_accum + accum_floats);
+  p.tile_ticket = p.deterministic ? p.dq_semaphore + (counters - 1) : nullptr;
+  p.det_key_chunk = deterministic_key_chunk(p, BN);
 
   Status st = Status::Ok();
   auto check = [&](const char* what) {

@@ -1,8 +1,9 @@
 // pre_post.h: the kernels around the WGMMA backward's main kernel. Grid (query tiles, query
 // heads, batch); one CTA per workspace tile (params.h).
-//   preprocess:  delta = rowsum(dO * O) (fp32) and LSE in log2 units (+inf where LSE is -inf:
-//                every P of a row that sees no key is exp2(-inf) = 0, never NaN); rows of the
-//                tile past the sequence get +inf / 0.
+//   preprocess:  delta = rowsum(dO * O) (fp32) and LSE in log2 units. Where LSE is -inf (a
+//                row that sees no key) lse_log2 is +inf, so every P of the row is
+//                exp2(-inf) = 0, and delta is 0 whatever O holds there, so dS = P * (dP - delta)
+//                is 0, never NaN; rows of the tile past the sequence get +inf / 0.
 //   sink_grad:   dlearnable_sink (problem.h) from the preprocess's LSE and delta, when asked.
 //   postprocess: dQ = softmax_scale * accumulator in the output dtype, undoing the
 //                accumulator's MMA thread order (kernel_traits.h).
@@ -63,7 +64,9 @@ __global__ void __launch_bounds__(kRowThreads) bwd_preprocess_kernel(const BwdPa
       CUTE_UNROLL
       for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
       const float lse = p.lse[batch_lse + int64_t(h) * p.lse_head_stride + row * p.lse_row_stride];
-      lse_log2 = lse == -INFINITY ? INFINITY : lse * kLog2eF;
+      const bool sees_no_key = lse == -INFINITY;
+      lse_log2 = sees_no_key ? INFINITY : lse * kLog2eF;
+      if (sees_no_key) sum = 0.f;
     }
     if (lane == 0) {
       p.delta[ws + r] = i < s.len_q ? sum : 0.f;

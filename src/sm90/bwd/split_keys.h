@@ -128,6 +128,7 @@ struct KeysSplitTraits
     alignas(16) cutlass::arch::ClusterTransactionBarrier kv_full;
     alignas(16) typename Pipeline::SharedStorage pipeline_q;
     alignas(16) typename Pipeline::SharedStorage pipeline_do;
+    int tile_ticket;  // deterministic mode: the CTA's ticket (work.h)
   };
   static constexpr int kSharedBytes = int(sizeof(SharedStorage));
   static_assert(kSharedBytes <= 227 * 1024, "shared memory over the sm_90 per-block limit");

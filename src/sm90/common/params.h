@@ -101,8 +101,11 @@ struct BwdParams : FwdParams {
 
   bool deterministic = false;
   // Deterministic mode: one counter per (query head, query tile); the key tiles add their dQ in
-  // ascending order (bwd/dq_writer.h).
+  // ascending order (bwd/dq_writer.h). CTAs take their key tile from a ticket counter, in chunks
+  // of det_key_chunk key tiles per (KV head, batch entry) (bwd/work.h).
   int* dq_semaphore = nullptr;
+  int* tile_ticket = nullptr;
+  int det_key_chunk = 1;
 };
 
 }  // namespace flashlane::sm90
