@@ -54,6 +54,18 @@ std::string DecodeCell::describe() const {
 
 std::vector<DecodeCell> decode_grid() {
   std::vector<DecodeCell> g;
+  for (auto [b, s] : {std::pair<int64_t, int64_t>{2, 8192}, {8, 32768}})
+    for (int64_t ps : {0, 16, 64}) {
+      DecodeCell c;
+      c.batch = b;
+      c.cache_len = s;
+      c.heads_q = 32;
+      c.heads_kv = 8;
+      c.head_dim = 64;
+      c.page_size = ps;
+      c.seed = static_cast<uint64_t>(b * 1000003 + s * 7 + 64 * 131 + ps);
+      g.push_back(c);
+    }
   for (int64_t b : {1, 4, 16, 64, 256})
     for (int64_t s : {1024, 4096, 8192, 32768, 131072})
       for (int64_t ps : {0, 16, 64})

@@ -4,7 +4,8 @@
 //
 //   grid: batch {1, 4, 16, 64, 256} x cache length {1k, 4k, 8k, 32k, 128k} x layout {dense,
 //         paged page_size 16, paged page_size 64} x GQA {32/8, 64/8}, head_dim 128, bf16,
-//         seqlen_q 1, every sequence's cache_seqlens = the full cache length: 150 cells.
+//         seqlen_q 1, every sequence's cache_seqlens = the full cache length: 150 cells; before
+//         them 6 head_dim 64 cells (batch 2 x 8k and batch 8 x 32k, GQA 32/8, each layout).
 //   bytes moved by a call: K and V of the keys the sequences attend to (heads_kv heads), plus q
 //         and o: sum_b cache_seqlens[b] x heads_kv x (head_dim + head_dim_v) x elt
 //         + batch x seqlen_q x heads_q x (head_dim + head_dim_v) x elt. The page table and LSE
@@ -61,8 +62,12 @@ struct DecodeCell {
   std::string describe() const;
 };
 
-/// The 150 cells of the decode preset, ordered so the cells of one (batch, cache_len) follow
-/// one another (one fill of the cache serves them).
+/// The 156 cells of the decode preset, ordered so the cells of one (batch, cache_len) follow
+/// one another (one fill of the cache serves them): first 6 head_dim 64 cells (batch 2 with an
+/// 8k cache and batch 8 with a 32k cache, GQA 32/8, dense and paged 16 and 64; batch sizes the
+/// head_dim 128 part does not use, so every group has one head_dim), then the 150 head_dim 128
+/// cells: batch {1, 4, 16, 64, 256} x cache length {1k, 4k, 8k, 32k, 128k} x layout {dense,
+/// paged 16, paged 64} x GQA {32/8, 64/8}.
 std::vector<DecodeCell> decode_grid();
 /// Two small cells (batch 2, cache 256, GQA 4/2, head_dim 64; dense and paged 16) for the host
 /// lane when no GPU is present.

@@ -61,11 +61,13 @@ fb::ProofRow decode_row(const fb::DecodeCell& c) {
 
 TEST(BenchDecode, GridIsTheBriefsCrossProduct) {
   const auto g = fb::decode_grid();
-  ASSERT_EQ(g.size(), 150u);  // 5 batches x 5 cache lengths x 3 layouts x 2 GQA
+  // 6 head_dim 64 cells, then 5 batches x 5 cache lengths x 3 layouts x 2 GQA at head_dim 128.
+  ASSERT_EQ(g.size(), 156u);
   std::set<std::string> names;
-  for (const auto& c : g) {
+  for (size_t i = 0; i < g.size(); ++i) {
+    const auto& c = g[i];
     names.insert(c.describe());
-    EXPECT_EQ(c.head_dim, 128);
+    EXPECT_EQ(c.head_dim, i < 6 ? 64 : 128);
     EXPECT_EQ(c.heads_kv, 8);
     EXPECT_EQ(c.seqlen_q, 1);
     EXPECT_EQ(c.dtype, fl::DType::kBFloat16);
@@ -73,7 +75,7 @@ TEST(BenchDecode, GridIsTheBriefsCrossProduct) {
     // The paged pool is exactly the dense buffer's memory: one fill serves every layout.
     EXPECT_EQ(c.cache_rows(), c.batch * c.cache_len);
   }
-  EXPECT_EQ(names.size(), 150u);
+  EXPECT_EQ(names.size(), 156u);
   // Cells of one (batch, cache length) are adjacent and share the K/V seed.
   for (size_t i = 1; i < g.size(); ++i)
     if (g[i].batch == g[i - 1].batch && g[i].cache_len == g[i - 1].cache_len)
