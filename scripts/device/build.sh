@@ -9,6 +9,9 @@ deps="$root/.gpu_carry/deps"
 build="${FLASHLANE_BUILD_DIR:-$root/build-device}"
 test -d "$deps/include/cute" || { echo "no $deps (scripts/device/pack_deps.sh)" >&2; exit 1; }
 start=$(date +%s)
+if [[ -s "$deps/COMMIT" && -z "${FLASHLANE_GIT_COMMIT:-}" ]]; then
+  export FLASHLANE_GIT_COMMIT="$(cat "$deps/COMMIT")"  # written by pack_deps.sh
+fi
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$deps" \
   -DFLASHLANE_NLOHMANN_INCLUDE="$deps/include" -DFLASHLANE_CUTLASS_INCLUDE="$deps/include" \
   "$@" > "$build.configure.log" 2>&1 || { tail -30 "$build.configure.log"; exit 1; }

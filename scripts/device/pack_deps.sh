@@ -18,5 +18,9 @@ cp -L /usr/$multiarch/libgtest.a /usr/$multiarch/libgtest_main.a /usr/$multiarch
       /usr/$multiarch/libgmock_main.a "$dst/$multiarch/"
 cp -rL /usr/$multiarch/cmake/GTest "$dst/$multiarch/cmake/"
 cp -rL /usr/share/cmake/CLI11 "$dst/share/cmake/"
+# The commit this tree is (the GPU machine's copy may have a stale git HEAD): build.sh there
+# passes it to the build info, so receipts name it.
+( cd "$root" && c="$(git rev-parse --short=12 HEAD)" && \
+  { [[ -z "$(git status --porcelain --untracked-files=no)" ]] || c="$c-dirty"; } && echo "$c" ) > "$dst/COMMIT"
 du -sh "$dst"
 echo "copy with the checkout: .gpu_carry/deps"
