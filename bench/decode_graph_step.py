@@ -434,7 +434,8 @@ def environment(torch, flashlane, backend):
            "library_version": flashlane.version(), "git_commit": flashlane.git_commit(),
            "compiled_archs": flashlane.compiled_architectures()}
     if backend == BACKEND:
-        env["kernel_fingerprint"] = flashlane.kernel_fingerprint(backend)
+        # Every flashlane row here is a decode mode: the decode family's fingerprint.
+        env["kernel_fingerprint"] = flashlane.kernel_fingerprint(backend, "decode")
     return env
 
 

@@ -124,7 +124,8 @@ bench::ProofRow measure_row(const Measure& m, const bench::ProblemSpec& spec,
   row.direction = dir == Direction::kForward ? "fwd" : "bwd";
   row.runtime_mode = row.direction;
   row.environment = *m.env;
-  row.environment.kernel_fingerprint = kernel_fingerprint(row.requested_backend.c_str());
+  row.environment.kernel_fingerprint =
+      kernel_fingerprint(row.requested_backend.c_str(), row.runtime_mode.c_str());
   row.surface = bench::bench_surface(row.direction, spec.varlen(), !spec.learnable_sink.empty());
   row.gpu_lane.ran = m.lane->gpu;
   row.gpu_lane.reason = m.lane->gpu_reason;

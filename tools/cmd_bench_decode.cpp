@@ -185,7 +185,7 @@ bench::ProofRow base_row(const Run& run, const DecodeCell& c, const std::string&
   row.runtime_mode = problem ? kvcache_runtime_mode(*problem) : (c.paged() ? "paged_decode" : "decode");
   row.surface = detail::surface_for_mode(row.runtime_mode);
   row.environment = run.env;
-  row.environment.kernel_fingerprint = kernel_fingerprint(backend.c_str());
+  row.environment.kernel_fingerprint = kernel_fingerprint(backend.c_str(), row.runtime_mode.c_str());
   row.gpu_lane.ran = run.gpu;
   row.gpu_lane.reason = run.gpu_reason;
   row.problem = bench::decode_problem_json(c);

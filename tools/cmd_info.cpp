@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/gate.h"
 #include "cli_common.h"
 #include "dispatch/backend_registry.h"
 #include "flashlane/flashlane.h"
@@ -39,9 +40,7 @@ int run_info(bool as_json) {
   nlohmann::json j;
   j["library"] = {{"version", version()}, {"git_commit", git_commit()},
                   {"compiled_architectures", compiled_architectures()},
-                  {"kernel_fingerprints", {{"sm90", kernel_fingerprint("sm90")},
-                                           {"reference_cuda", kernel_fingerprint("reference_cuda")},
-                                           {"reference_cpu", kernel_fingerprint("reference_cpu")}}}};
+                  {"kernel_fingerprints", bench::build_kernel_fingerprints()}};
   int count = 0;
   cudaError_t e = cudaGetDeviceCount(&count);
   std::string driver_error;
@@ -93,7 +92,9 @@ int run_info(bool as_json) {
   }
   std::cout << "flashlane " << version() << " (commit " << git_commit() << ")\n"
             << "compiled architectures: " << compiled_architectures() << "\n"
-            << "kernel fingerprints: sm90 " << kernel_fingerprint("sm90") << ", reference_cuda "
+            << "kernel fingerprints: sm90 " << kernel_fingerprint("sm90") << " (fwd "
+            << kernel_fingerprint("sm90_fwd") << ", bwd " << kernel_fingerprint("sm90_bwd")
+            << ", decode " << kernel_fingerprint("sm90_decode") << "), reference_cuda "
             << kernel_fingerprint("reference_cuda") << ", reference_cpu "
             << kernel_fingerprint("reference_cpu") << "\n"
             << "CUDA driver "

@@ -41,7 +41,8 @@ struct Receipt {
   bool deterministic = false;
   std::string status;       // "ok" or the error code name
   std::string error_reason; // reason tag of a refusal, empty otherwise
-  /// kernel_fingerprint(actual_backend) of the build that ran the call; empty when nothing ran
+  /// kernel_fingerprint(actual_backend, runtime_mode) of the build that ran the call (the
+  /// fingerprint of the kernel family that ran, flashlane/version.h); empty when nothing ran
   /// (or the backend has no kernel sources). Receipts written before the field read as empty.
   std::string kernel_fingerprint;
 

@@ -53,10 +53,13 @@ def compiled_architectures() -> str:
     return _C.compiled_architectures()
 
 
-def kernel_fingerprint(backend: str) -> str:
+def kernel_fingerprint(backend: str, runtime_mode: str = "") -> str:
     """The build's kernel fingerprint of `backend` (16 hex digits over its kernel sources; ""
-    for a backend without kernel sources). Receipts of other fingerprints are stale."""
-    return _C.kernel_fingerprint(backend)
+    for a backend without kernel sources). With a `runtime_mode` ("fwd", "varlen_bwd",
+    "decode", ...): the fingerprint of the sm90 kernel family that serves it (flashlane's C++
+    kernel_family: the forward's, the backward's or the decode's sources and the shared ones),
+    which receipts carry. Rows of other fingerprints are stale."""
+    return _C.kernel_fingerprint(backend, runtime_mode)
 
 
 def backend_priority() -> list:

@@ -432,8 +432,14 @@ NB_MODULE(_C, m) {
   m.def("version", []() { return std::string(flashlane::version()); });
   m.def("git_commit", []() { return std::string(flashlane::git_commit()); });
   m.def("kernel_fingerprint",
-        [](const std::string& backend) { return std::string(flashlane::kernel_fingerprint(backend.c_str())); },
-        "backend"_a, "The build's kernel fingerprint of a backend (\"\" when it has no kernel sources).");
+        [](const std::string& backend, const std::string& runtime_mode) {
+          return std::string(runtime_mode.empty()
+                                 ? flashlane::kernel_fingerprint(backend.c_str())
+                                 : flashlane::kernel_fingerprint(backend.c_str(), runtime_mode.c_str()));
+        },
+        "backend"_a, "runtime_mode"_a = "",
+        "The build's kernel fingerprint of a backend, or with a runtime_mode of the kernel family "
+        "that serves it (\"\" when it has no kernel sources).");
   m.def("surface_ids", []() { return flashlane::surface_ids(); },
         "The surface catalog's ids, in its order (receipts' `surface`, bench rows, the gate, status).");
   m.def("compiled_architectures", []() { return std::string(flashlane::compiled_architectures()); });

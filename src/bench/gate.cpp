@@ -82,7 +82,10 @@ std::string validation_scope_problem(const ProofRow& r) {
 
 std::map<std::string, std::string> build_kernel_fingerprints() {
   std::map<std::string, std::string> out;
-  for (const char* b : {"sm90", "reference_cuda", "reference_cpu"}) out[b] = kernel_fingerprint(b);
+  for (const char* b : {"sm90", "sm90_fwd", "sm90_bwd", "sm90_decode", "reference_cuda",
+                        "reference_cpu"}) {
+    out[b] = kernel_fingerprint(b);
+  }
   return out;
 }
 
@@ -168,10 +171,8 @@ GateResult run_gate(const std::vector<ProofRow>& rows, const GateConfig& config,
   if (!config.current_fingerprints.empty()) {
     for (auto& r : derived_rows) {
       if (!r.counts_for_status) continue;
-      const auto it = config.current_fingerprints.find(r.requested_backend);
-      const std::string current = it == config.current_fingerprints.end() ? "" : it->second;
       std::string why;
-      if (row_is_fresh(r, current, &why)) continue;
+      if (row_is_fresh(r, config.current_fingerprints, &why)) continue;
       add("stale_fingerprint", row_key(r), why);
       ++g.stale_rows;
       r.counts_for_status = false;

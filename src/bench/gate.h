@@ -66,14 +66,16 @@ struct GateConfig {
   std::vector<BaselineEntry> baseline;
   double throughput_tolerance = 0.10;
   double memory_tolerance = 0.05;
-  /// backend -> the current build's kernel fingerprint (build_kernel_fingerprints()). Empty: the
+  /// backend or kernel family -> the current build's kernel fingerprint
+  /// (build_kernel_fingerprints(); rows are judged by row_is_fresh, bench/proof.h). Empty: the
   /// stale_fingerprint rule is off (library callers judging rows of a known build); the
   /// `flashlane gate` command always sets it.
   std::map<std::string, std::string> current_fingerprints;
 };
 
-/// backend -> kernel_fingerprint() of this build, for every backend with kernel sources
-/// (sm90, reference_cuda, reference_cpu).
+/// backend or kernel family -> kernel_fingerprint() of this build, for every backend with kernel
+/// sources (sm90, reference_cuda, reference_cpu) and sm90's kernel families (sm90_fwd, sm90_bwd,
+/// sm90_decode; flashlane/version.h).
 std::map<std::string, std::string> build_kernel_fingerprints();
 
 /// Parses a gate configuration; unknown top-level keys are an error (a typo must not disable a

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -434,16 +435,44 @@ std::vector<std::string> surfaces_of_row(const ProofRow& r) {
   return {};
 }
 
-bool row_is_fresh(const ProofRow& r, const std::string& current, std::string* why) {
+namespace {
+/// row_is_fresh against the accepted fingerprints `current` (empty strings are not accepted).
+bool fresh_against(const ProofRow& r, const std::vector<std::string>& current, std::string* why) {
   auto no = [&](const std::string& m) { if (why) *why = m; return false; };
+  std::string names;
+  for (const std::string& c : current) {
+    if (c.empty()) continue;
+    names += (names.empty() ? "" : " or ") + c;
+  }
+  auto accepted = [&](const std::string& fp) {
+    return !fp.empty() && std::find(current.begin(), current.end(), fp) != current.end();
+  };
   const std::string& fp = r.environment.kernel_fingerprint;
-  if (current.empty()) return no("the build has no kernel fingerprint for " + r.requested_backend);
+  if (names.empty()) return no("the build has no kernel fingerprint for " + r.requested_backend);
   if (fp.empty()) return no("no kernel fingerprint (row written before fingerprints)");
-  if (fp != current) return no("kernel fingerprint " + fp + " != current " + current);
-  if (r.has_receipt && !r.receipt.kernel_fingerprint.empty() && r.receipt.kernel_fingerprint != current)
-    return no("receipt kernel fingerprint " + r.receipt.kernel_fingerprint + " != current " + current);
+  if (!accepted(fp)) return no("kernel fingerprint " + fp + " != current " + names);
+  if (r.has_receipt && !r.receipt.kernel_fingerprint.empty() && !accepted(r.receipt.kernel_fingerprint))
+    return no("receipt kernel fingerprint " + r.receipt.kernel_fingerprint + " != current " + names);
   if (why) why->clear();
   return true;
+}
+}  // namespace
+
+bool row_is_fresh(const ProofRow& r, const std::string& current, std::string* why) {
+  return fresh_against(r, {current}, why);
+}
+
+bool row_is_fresh(const ProofRow& r, const std::map<std::string, std::string>& fingerprints,
+                  std::string* why) {
+  const std::string mode =
+      r.has_receipt && !r.receipt.runtime_mode.empty() ? r.receipt.runtime_mode : r.runtime_mode;
+  std::vector<std::string> current;
+  for (const std::string& key :
+       {r.requested_backend, std::string(kernel_family(r.requested_backend.c_str(), mode.c_str()))}) {
+    const auto it = fingerprints.find(key);
+    if (it != fingerprints.end()) current.push_back(it->second);
+  }
+  return fresh_against(r, current, why);
 }
 
 std::string utc_timestamp() {

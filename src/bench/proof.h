@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -171,6 +172,15 @@ std::string bench_surface(const std::string& direction, bool varlen, bool sinks 
 /// words when it is not ("no kernel fingerprint (row written before fingerprints)",
 /// "kernel fingerprint 1234 != current abcd"). `current` empty: nothing is current (false).
 bool row_is_fresh(const ProofRow& row, const std::string& current, std::string* why);
+
+/// The same against every fingerprint of a build (build_kernel_fingerprints(): backend and
+/// kernel family -> fingerprint): a row is current when its fingerprints equal its backend's
+/// or the backend's fingerprint of the kernel family that serves the row's runtime_mode (the
+/// receipt's when it has one; flashlane::kernel_family). So a forward row stays current across
+/// an edit of the backward's sources, and a row of the whole backend's fingerprint stays current
+/// until any kernel source of the backend changes.
+bool row_is_fresh(const ProofRow& row, const std::map<std::string, std::string>& fingerprints,
+                  std::string* why);
 
 std::string utc_timestamp();
 

@@ -389,8 +389,7 @@ StatusReport compute_status(const Manifest& manifest, const std::vector<SourcedR
     ProofRow r = s.row;
     compute_counts_for_status(&r);
     j.counts = r.counts_for_status;
-    const auto it = fingerprints.find(s.row.requested_backend);
-    j.fresh = row_is_fresh(s.row, it == fingerprints.end() ? "" : it->second, nullptr);
+    j.fresh = row_is_fresh(s.row, fingerprints, nullptr);
     j.surfaces = surfaces_of_row(s.row);
     for (auto& f : files)
       if (f.path == s.file) {

@@ -179,8 +179,8 @@ bool read_receipts_dir(const std::string& dir, std::vector<SourcedRow>* rows,
 
 /// Computes the status. Inputs: the manifest, the rows (read_receipts_dir), the files they came
 /// from (updated with counting / stale counts), and the current kernel fingerprints per backend
-/// (build_kernel_fingerprints(); a backend missing from the map has no current kernels, so none
-/// of its rows count). Never throws.
+/// and kernel family (build_kernel_fingerprints(); a row is current by row_is_fresh, a backend
+/// missing from the map has no current kernels, so none of its rows count). Never throws.
 StatusReport compute_status(const Manifest& manifest, const std::vector<SourcedRow>& rows,
                             std::vector<ReceiptFile> files,
                             const std::map<std::string, std::string>& fingerprints);

@@ -204,7 +204,7 @@ Status run_with_receipt(Receipt r, bool names_cuda, Select&& select_fn, Run&& ru
       r.variant = variant;
       if (st.ok()) {
         r.actual_backend = backend_name(plan.backend);
-        r.kernel_fingerprint = kernel_fingerprint(r.actual_backend.c_str());
+        r.kernel_fingerprint = kernel_fingerprint(r.actual_backend.c_str(), r.runtime_mode.c_str());
       }
     }
   }

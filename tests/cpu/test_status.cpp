@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include <sys/wait.h>
@@ -281,6 +282,59 @@ TEST(KernelFingerprint, ProofRowsCarryItAndFreshnessNeedsIt) {
   r.receipt.kernel_fingerprint = "1111111111111111";  // the receipt disagrees with the row
   EXPECT_FALSE(fb::row_is_fresh(r, current, &why));
   EXPECT_FALSE(fb::row_is_fresh(row(), "", &why));
+}
+
+// sm90's kernel families: each mode maps to the family that serves it, each family has its own
+// fingerprint (the backend's sources without the other families' files), and a row is current
+// with its family's fingerprint or the whole backend's, never with another family's.
+TEST(KernelFingerprint, Sm90FamiliesAndTheirRows) {
+  struct M { const char* backend; const char* mode; const char* family; };
+  for (const M& m : {M{"sm90", "fwd", "sm90_fwd"}, M{"sm90", "varlen_fwd", "sm90_fwd"},
+                     M{"sm90", "sinks_varlen_fwd", "sm90_fwd"}, M{"sm90", "cp_fwd", "sm90_fwd"},
+                     M{"sm90", "bwd", "sm90_bwd"}, M{"sm90", "sinks_bwd", "sm90_bwd"},
+                     M{"sm90", "decode", "sm90_decode"}, M{"sm90", "paged_decode", "sm90_decode"},
+                     M{"sm90", "append_decode", "sm90_decode"}, M{"sm90", "short_train", "sm90"},
+                     M{"sm90", "", "sm90"}, M{"reference_cuda", "bwd", "reference_cuda"},
+                     M{"reference_cpu", "decode", "reference_cpu"}}) {
+    EXPECT_EQ(std::string(fl::kernel_family(m.backend, m.mode)), m.family) << m.backend << " " << m.mode;
+    EXPECT_EQ(std::string(fl::kernel_fingerprint(m.backend, m.mode)), fl::kernel_fingerprint(m.family));
+  }
+  EXPECT_EQ(std::string(fl::kernel_family(nullptr, nullptr)), "");
+  std::set<std::string> distinct;
+  for (const char* f : {"sm90", "sm90_fwd", "sm90_bwd", "sm90_decode"}) {
+    const std::string fp = fl::kernel_fingerprint(f);
+    EXPECT_EQ(fp.size(), 16u) << f;
+    distinct.insert(fp);
+  }
+  EXPECT_EQ(distinct.size(), 4u) << "a family's file set is the whole backend's or another's";
+
+  const auto fps = fb::build_kernel_fingerprints();
+  ASSERT_EQ(fps.count("sm90_bwd"), 1u);
+  std::string why;
+  auto stamped = [](const std::string& mode, const char* fp) {
+    fb::ProofRow r = row("sm90", mode);
+    r.environment.kernel_fingerprint = r.receipt.kernel_fingerprint = fp;
+    return r;
+  };
+  EXPECT_TRUE(fb::row_is_fresh(stamped("fwd", fl::kernel_fingerprint("sm90_fwd")), fps, &why)) << why;
+  EXPECT_TRUE(fb::row_is_fresh(stamped("fwd", fl::kernel_fingerprint("sm90")), fps, &why)) << why;
+  EXPECT_TRUE(fb::row_is_fresh(stamped("varlen_bwd", fl::kernel_fingerprint("sm90_bwd")), fps, &why))
+      << why;
+  EXPECT_FALSE(fb::row_is_fresh(stamped("fwd", fl::kernel_fingerprint("sm90_bwd")), fps, &why));
+  EXPECT_NE(why.find("!= current"), std::string::npos) << why;
+  EXPECT_FALSE(fb::row_is_fresh(stamped("decode", fl::kernel_fingerprint("sm90_fwd")), fps, &why));
+  // The receipt's mode decides the family: a row claiming fwd whose receipt ran bwd.
+  fb::ProofRow r = stamped("fwd", fl::kernel_fingerprint("sm90_fwd"));
+  r.receipt.runtime_mode = "bwd";
+  EXPECT_FALSE(fb::row_is_fresh(r, fps, &why));
+  // A receipt of another family's fingerprint makes the row stale too.
+  r = stamped("fwd", fl::kernel_fingerprint("sm90_fwd"));
+  r.receipt.kernel_fingerprint = fl::kernel_fingerprint("sm90_decode");
+  EXPECT_FALSE(fb::row_is_fresh(r, fps, &why));
+  EXPECT_NE(why.find("receipt kernel fingerprint"), std::string::npos) << why;
+  // Without the build's fingerprints nothing is current.
+  EXPECT_FALSE(fb::row_is_fresh(stamped("fwd", fl::kernel_fingerprint("sm90_fwd")),
+                                std::map<std::string, std::string>{}, &why));
 }
 
 TEST(KernelFingerprint, SurfacesOfRows) {
@@ -665,14 +719,14 @@ TEST(StatusTest, CheckedInReceiptsCountOnlyWithTheCurrentFingerprint) {
   }
   EXPECT_GT(without, 0);
   EXPECT_GE(stale, without);
-  // Every counting row carries this build's fingerprint of the backend that ran.
+  // Every counting row carries this build's fingerprint of the backend that ran (the whole
+  // backend's or that of the kernel family of its mode).
   int64_t current = 0;
   for (const auto& r : rows) {
-    const std::string& fp = r.row.environment.kernel_fingerprint;
-    if (!fp.empty() && r.row.counts_for_status && r.row.has_receipt) {
-      for (const auto& [backend, value] : fingerprints) {
-        if (backend == r.row.receipt.actual_backend && value == fp) ++current;
-      }
+    if (r.row.counts_for_status && r.row.has_receipt &&
+        r.row.receipt.actual_backend == r.row.requested_backend &&
+        fb::row_is_fresh(r.row, fingerprints, nullptr)) {
+      ++current;
     }
   }
   EXPECT_LE(counting, current);

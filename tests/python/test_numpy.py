@@ -306,6 +306,19 @@ def test_receipt_round_trip_and_schema():
     assert _C.receipt_roundtrip("{not json") is None
 
 
+def test_kernel_fingerprint_of_a_mode_is_its_family():
+    # reference backends have no families: the backend's fingerprint whatever the mode.
+    assert flashlane.kernel_fingerprint("reference_cpu", "bwd") == flashlane.kernel_fingerprint("reference_cpu")
+    # sm90: each mode's family has its own fingerprint (the sources are hashed whether or not
+    # the build compiles them).
+    fams = {m: flashlane.kernel_fingerprint("sm90", m) for m in ("fwd", "varlen_bwd", "paged_decode")}
+    assert fams["fwd"] == flashlane.kernel_fingerprint("sm90_fwd")
+    assert fams["varlen_bwd"] == flashlane.kernel_fingerprint("sm90_bwd")
+    assert fams["paged_decode"] == flashlane.kernel_fingerprint("sm90_decode")
+    assert len(set(fams.values()) | {flashlane.kernel_fingerprint("sm90")}) == 4
+    assert flashlane.kernel_fingerprint("sm90", "short_train") == flashlane.kernel_fingerprint("sm90")
+
+
 def test_surface_ids_are_the_catalog():
     """The receipt's surface, the catalog (_C.surface_ids()) and the tests' `surface` markers
     (conftest.py refuses an id outside the catalog) share one list."""
