@@ -7,6 +7,7 @@
 //              the output and every row say that the GPU lane did not run and why (exit 0).
 //   canonical  the canonical grid (BENCHMARKS.md), backends as for default.
 //   smoke      8 canonical cells, backends as for default.
+//   varlen     6 packed varlen batches (src/bench/grid.h), backends as for default.
 //   cpu        the cpu grid on reference_cpu only.
 //   decode     the decode grid through forward_kvcache (cmd_bench_decode.cpp), direction
 //              "decode", GB/s against the copy bandwidth measured in the same run.
@@ -410,9 +411,10 @@ int run_bench(const BenchOptions& o) {
   const bool cuda = bench::cuda_present(&no_gpu);
   const DeviceInfo d0 = query_device(0);
   Lane lane;
-  if (o.preset != "default" && o.preset != "canonical" && o.preset != "smoke" && o.preset != "cpu") {
+  if (o.preset != "default" && o.preset != "canonical" && o.preset != "smoke" &&
+      o.preset != "varlen" && o.preset != "cpu") {
     std::cerr << "flashlane bench: unknown --preset '" << o.preset
-              << "' (default, canonical, smoke, cpu, decode)" << std::endl;
+              << "' (default, canonical, smoke, varlen, cpu, decode)" << std::endl;
     return kExitRefused;
   }
   std::vector<Backend> asked;
@@ -458,7 +460,7 @@ int run_bench(const BenchOptions& o) {
       lane.notes.push_back("preset " + o.preset + " needs a GPU; ran the cpu grid instead");
   } else {
     lane.gpu = true;
-    lane.grid_name = o.preset == "smoke" ? "smoke" : "canonical";
+    lane.grid_name = o.preset == "smoke" || o.preset == "varlen" ? o.preset : "canonical";
     bench::grid_for_preset(lane.grid_name, &lane.grid);
     if (!asked.empty()) lane.backends = asked;
     else if (d0.sm == 90) lane.backends = {Backend::kSm90, Backend::kReferenceCuda};
@@ -598,7 +600,7 @@ void add_bench_command(CLI::App& app, int* exit_code) {
   auto o = std::make_shared<BenchOptions>();
   CLI::App* sub = app.add_subcommand("bench", "Benchmark a grid; write proof rows (JSON lines)");
   sub->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  sub->add_option("--preset", o->preset, "default, canonical, smoke, cpu or decode")->capture_default_str();
+  sub->add_option("--preset", o->preset, "default, canonical, smoke, varlen, cpu or decode")->capture_default_str();
   sub->add_option("--backends", o->backends, "Comma-separated backends (default: by preset and device)");
   sub->add_option("--out", o->out, "Proof rows file (JSON lines, appended)")->capture_default_str();
   sub->add_option("--dirs", o->dirs, "fwd, bwd or fwd,bwd")->capture_default_str();

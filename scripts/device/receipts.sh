@@ -8,19 +8,21 @@
 #             sm90 with reference_cuda as peer, every row validated): training-default-preset.jsonl
 #   peers     the PyTorch SDPA peers (cuDNN, FlashAttention-2) of both directions, timed after
 #             the training step in the same call and appended to its file
+#   varlen    `flashlane bench --preset varlen` (packed varlen batches, forward and backward, sm90
+#             with reference_cuda as peer): varlen.jsonl
 #   decode    `flashlane bench --preset decode` (budget DECODE_BUDGET_S, default 150 s), then
 #             bench/peers/torch_sdpa_decode.py appending to the same file: decode-with-peers.jsonl
-#   sinks     `flashlane bench --preset SINKS_PRESET (default canonical) --backends sm90 --dirs
-#             fwd,bwd --learnable-sink random` (budget SINKS_BUDGET_S, default 150 s):
-#             sinks-<preset>.jsonl
+#   sinks     `flashlane bench --preset SINKS_PRESET (default canonical) --backends SINKS_BACKENDS
+#             (default sm90,reference_cuda: the peer the rung above R2 asks for) --dirs fwd,bwd
+#             --learnable-sink random` (budget SINKS_BUDGET_S, default 150 s): sinks-<preset>.jsonl
 #   graph     the Python package (scripts/device/python_install.sh, head dims PY_HEAD_DIMS,
 #             default "64;128", headers from .gpu_carry/deps), then bench/decode_graph_step.py
 #             with GRAPH_ARGS: decode-graph-step.jsonl
-# Default RECEIPT_STEPS: "training decode sinks graph".
+# Default RECEIPT_STEPS: "training varlen decode sinks graph".
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 out="${OUT:-$root/out}"; mkdir -p "$out"
-steps="${RECEIPT_STEPS:-training decode sinks graph}"
+steps="${RECEIPT_STEPS:-training varlen decode sinks graph}"
 build="$root/build-device"
 tool="$build/tools/flashlane"
 summary=()
@@ -43,6 +45,13 @@ if has training; then
     cat "$out/peer-sdpa.jsonl" >> "$f" && rm -f "$out/peer-sdpa.jsonl"
   fi
 fi
+if has varlen; then
+  t0=$(date +%s); f="$out/varlen.jsonl"
+  ( cd "$root" && "$tool" bench --preset varlen --budget-s 0 --out "$f" --overwrite \
+      > "$out/varlen.log" 2>&1 )
+  summary+=("varlen: rc=$? $(grep -cE '"requested_backend": *"sm90"' "$f") sm90 rows, $(took "$t0")")
+  tail -2 "$out/varlen.log"
+fi
 if has decode; then
   t0=$(date +%s); f="$out/decode-with-peers.jsonl"
   ( cd "$root" && timeout 420 "$tool" bench --preset decode --budget-s "${DECODE_BUDGET_S:-150}" \
@@ -55,7 +64,8 @@ if has decode; then
 fi
 if has sinks; then
   t0=$(date +%s); f="$out/sinks-${SINKS_PRESET:-canonical}.jsonl"
-  ( cd "$root" && "$tool" bench --preset "${SINKS_PRESET:-canonical}" --backends sm90 --dirs fwd,bwd \
+  ( cd "$root" && "$tool" bench --preset "${SINKS_PRESET:-canonical}" \
+      --backends "${SINKS_BACKENDS:-sm90,reference_cuda}" --dirs fwd,bwd \
       --learnable-sink random --budget-s "${SINKS_BUDGET_S:-150}" --out "$f" --overwrite \
       > "$out/sinks.log" 2>&1 )
   summary+=("sinks: rc=$? $(grep -cE '"surface": *"attention_sinks"' "$f") rows, $(took "$t0")")

@@ -34,6 +34,20 @@ std::vector<ProblemSpec> smoke_grid() {
   return g;
 }
 
+std::vector<ProblemSpec> varlen_grid() {
+  std::vector<ProblemSpec> g;
+  for (int64_t d : {64, 128, 256})
+    for (bool causal : {false, true}) {
+      ProblemSpec s = canonical_cell(d, causal, 16384);
+      s.batch = 5;
+      s.seqlens_q = s.seqlens_k = {512, 1536, 2048, 4096, 8192};
+      s.seqlen_q = s.seqlen_k = 8192;  // the longest sequence
+      s.seed += 17;
+      g.push_back(s);
+    }
+  return g;
+}
+
 std::vector<ProblemSpec> cpu_grid() {
   std::vector<ProblemSpec> g;
   for (bool causal : {false, true}) {
@@ -53,6 +67,7 @@ std::vector<ProblemSpec> cpu_grid() {
 bool grid_for_preset(const std::string& name, std::vector<ProblemSpec>* out) {
   if (name == "canonical") *out = canonical_grid();
   else if (name == "smoke") *out = smoke_grid();
+  else if (name == "varlen") *out = varlen_grid();
   else if (name == "cpu") *out = cpu_grid();
   else return false;
   return true;

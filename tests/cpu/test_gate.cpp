@@ -553,6 +553,22 @@ TEST(HarnessTest, Grids) {
     EXPECT_EQ(s.dtype, fl::DType::kBFloat16);
   }
   EXPECT_EQ(fb::smoke_grid().size(), 8u);
+  const auto varlen = fb::varlen_grid();
+  ASSERT_EQ(varlen.size(), 6u);
+  for (const auto& s : varlen) {
+    EXPECT_TRUE(s.varlen());
+    EXPECT_EQ(s.total_q(), 16384);
+    EXPECT_EQ(s.total_k(), 16384);
+    EXPECT_EQ(s.max_seqlen_q(), 8192);
+    EXPECT_EQ(s.heads_q * s.head_dim, 2048);
+    EXPECT_EQ(s.dtype, fl::DType::kBFloat16);
+    std::string why;
+    EXPECT_TRUE(s.check(&why)) << why;
+    EXPECT_TRUE(fb::spec_to_json(s).at("varlen").get<bool>());
+  }
+  std::vector<fb::ProblemSpec> by_name;
+  ASSERT_TRUE(fb::grid_for_preset("varlen", &by_name));
+  EXPECT_EQ(by_name.size(), varlen.size());
   ASSERT_EQ(fb::cpu_grid().size(), 2u);
   EXPECT_EQ(fb::cpu_grid()[0].seqlen_q, 256);
   EXPECT_DOUBLE_EQ(fb::median({3, 1, 2}), 2.0);
