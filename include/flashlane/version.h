@@ -26,7 +26,7 @@ const char* kernel_family(const char* backend, const char* runtime_mode);
 /// an sm90 family, a hash over sm90's kernel sources without the other families' own files
 /// (cmake/kernel_fingerprints.cmake), so an edit of the backward's files leaves the forward's and
 /// the decode's fingerprints as they were; otherwise kernel_fingerprint(backend). Receipts and
-/// bench rows carry this one; a row whose fingerprint equals neither it nor the backend's is
+/// bench rows record this one; a row whose fingerprint equals neither it nor the backend's is
 /// stale (docs/RECEIPTS.md, section 4).
 const char* kernel_fingerprint(const char* backend, const char* runtime_mode);
 }  // namespace flashlane

@@ -58,7 +58,7 @@ def kernel_fingerprint(backend: str, runtime_mode: str = "") -> str:
     for a backend without kernel sources). With a `runtime_mode` ("fwd", "varlen_bwd",
     "decode", ...): the fingerprint of the sm90 kernel family that serves it (flashlane's C++
     kernel_family: the forward's, the backward's or the decode's sources and the shared ones),
-    which receipts carry. Rows of other fingerprints are stale."""
+    which receipts record. Rows of other fingerprints are stale."""
     return _C.kernel_fingerprint(backend, runtime_mode)
 
 

@@ -433,9 +433,8 @@ NB_MODULE(_C, m) {
   m.def("git_commit", []() { return std::string(flashlane::git_commit()); });
   m.def("kernel_fingerprint",
         [](const std::string& backend, const std::string& runtime_mode) {
-          return std::string(runtime_mode.empty()
-                                 ? flashlane::kernel_fingerprint(backend.c_str())
-                                 : flashlane::kernel_fingerprint(backend.c_str(), runtime_mode.c_str()));
+          // An empty mode belongs to no family: the backend's fingerprint (kernel_family).
+          return std::string(flashlane::kernel_fingerprint(backend.c_str(), runtime_mode.c_str()));
         },
         "backend"_a, "runtime_mode"_a = "",
         "The build's kernel fingerprint of a backend, or with a runtime_mode of the kernel family "
