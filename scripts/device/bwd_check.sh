@@ -9,11 +9,12 @@
 #                            from 1k timed in both modes back to back (build/bench/
 #                            flashlane_bwd_timing, FLASHLANE_TIMING_REPS=BWD_TIMING_REPS, default
 #                            10; head dims BWD_DET_HEAD_DIMS, default "64;128;256"): det.txt
-#                            and the ratio table det-summary.txt. With a second
-#                            source tree in .gpu_carry/old (the sources before a change), that
-#                            tree is built too (head dims BWD_OLD_HEAD_DIMS, default 128) and its
-#                            timing program runs each of its cells right after the new one's, so
-#                            the table also gives new/old in both modes.
+#                            and the ratio table det-summary.txt. Every other source tree in
+#                            .gpu_carry/ab/<label>/ (the sources before a change, or variants of
+#                            it) is built too (its timing program only, head dims
+#                            BWD_OLD_HEAD_DIMS, default 128), and its timing program runs each of
+#                            its cells right after this tree's, so the table also gives this
+#                            tree ("new") against each of them in both modes.
 #                  sanitize  compute-sanitizer memcheck and racecheck on small backward tests
 #                  default "tests det sanitize"
 # The receipts of the canonical grid come from scripts/device/receipts.sh.
@@ -27,16 +28,23 @@ has() { [[ " $steps " == *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 FLASHLANE_BUILD_DIR="$build" "$root/scripts/device/build.sh" \
   -DFLASHLANE_SM90_HEAD_DIMS="${BWD_HEAD_DIMS:-64;128;256}" || exit 1
-grep -E "Registers are spilled" "$build.build.log" | sed -E 's/.*function .(_Z[^ ]*). , (.*)/\2  \1/' \
+grep -E "Registers are spilled" "$build.build.log" | sed -E "s/.*function '(_Z[^']*)', (.*)/\2  \1/" \
   | sort -u > "$out/spills.txt"
 summary+=("build: ok; $(wc -l < "$out/spills.txt") kernels with spills (spills.txt)")
-old_timing=""
-if has det && [[ -f "$root/.gpu_carry/old/CMakeLists.txt" ]]; then
-  old_src="$root/.gpu_carry/old"
-  ln -sfn "$root/.gpu_carry" "$old_src/.gpu_carry"  # its build.sh reads .gpu_carry/deps
-  FLASHLANE_BUILD_DIR="$root/build-device-old" "$old_src/scripts/device/build.sh" \
-    -DFLASHLANE_SM90_HEAD_DIMS="${BWD_OLD_HEAD_DIMS:-128}" && old_timing="$root/build-device-old/bench/flashlane_bwd_timing"
-  summary+=("old build: ${old_timing:-failed}")
+alt_labels=()
+if has det && [[ -d "$root/.gpu_carry/ab" ]]; then
+  for tree in "$root"/.gpu_carry/ab/*/; do
+    [[ -f "$tree/CMakeLists.txt" ]] || continue
+    label="$(basename "$tree")"
+    if FLASHLANE_SOURCE_DIR="$tree" FLASHLANE_BUILD_DIR="$root/build-device-$label" \
+        FLASHLANE_BUILD_TARGET=flashlane_bwd_timing "$root/scripts/device/build.sh" \
+        -DFLASHLANE_SM90_HEAD_DIMS="${BWD_OLD_HEAD_DIMS:-128}"; then
+      alt_labels+=("$label")
+      grep -E "Registers are spilled" "$root/build-device-$label.build.log" \
+        | sed -E "s/.*function '(_Z[^']*)', (.*)/\2  \1/" | sort -u > "$out/spills-$label.txt"
+    fi
+    summary+=("build of .gpu_carry/ab/$label: $([[ " ${alt_labels[*]} " == *" $label "* ]] && echo ok || echo failed)")
+  done
 fi
 if has tests; then
   # gtest directly: the GPU machine's CMake reads this build's discovered-test files poorly.
@@ -62,36 +70,49 @@ if has det; then
     # shellcheck disable=SC2086
     FLASHLANE_TIMING_REPS="${BWD_TIMING_REPS:-10}" timeout 60 "$build/bench/flashlane_bwd_timing" \
       $cell | sed 's/^bwd /bwd new /' >> "$out/det.txt" 2>&1
-    if [[ -n "$old_timing" && " ${old_dims[*]} " == *" $d "* ]]; then
-      # shellcheck disable=SC2086
-      FLASHLANE_TIMING_REPS="${BWD_TIMING_REPS:-10}" timeout 60 "$old_timing" $cell \
-        | sed 's/^bwd /bwd old /' >> "$out/det.txt" 2>&1
+    if [[ " ${old_dims[*]} " == *" $d "* ]]; then
+      for label in "${alt_labels[@]}"; do
+        # shellcheck disable=SC2086
+        FLASHLANE_TIMING_REPS="${BWD_TIMING_REPS:-10}" timeout 60 \
+          "$root/build-device-$label/bench/flashlane_bwd_timing" $cell \
+          | sed "s/^bwd /bwd $label /" >> "$out/det.txt" 2>&1
+      done
     fi
   done
   summary+=("det: $(grep -c '^bwd ' "$out/det.txt") timed cells (det.txt)")
-  python3 - "$out/det.txt" > "$out/det-summary.txt" <<'EOF'
+  python3 - "$out/det.txt" "${alt_labels[@]}" > "$out/det-summary.txt" <<'EOF'
 import re, sys
+labels = sys.argv[2:]
 t = {}
 for line in open(sys.argv[1]):
-    m = re.match(r"bwd (new|old) b=\d+ s=(\d+) h=\d+ d=(\d+) causal=(\d) det=(\d): "
+    m = re.match(r"bwd (\S+) b=\d+ s=(\d+) h=\d+ d=(\d+) causal=(\d) det=(\d): "
                  r"[\d.]+ ms\s+([\d.]+) TFLOP/s", line)
     if m:
         side, s, d, c, det, tf = m.groups()
         t[(side, int(d), int(c), int(s), int(det))] = float(tf)
 def ratio(a, b):
-    return f"{t[a] / t[b]:6.3f}" if a in t and b in t else "     -"
+    return f"{t[a] / t[b]:.3f}" if a in t and b in t else "-"
 print("TFLOP/s of the backward, bf16, canonical grid (batch 16k/seqlen, heads 2048/head_dim)")
-print("head_dim causal seqlen  atomic   det  det/atomic | old: atomic   det  new/old atomic  new/old det")
+head = "head_dim causal seqlen  atomic    det det/atomic"
+for l in labels:
+    head += f" | {l}: atomic    det det/atomic new/{l}(atomic) new/{l}(det)"
+print(head)
 worst = {}
 for (side, d, c, s, det) in sorted(k for k in t if k[0] == "new" and k[4] == 0):
     a, x = ("new", d, c, s, 0), ("new", d, c, s, 1)
-    oa, ox = ("old", d, c, s, 0), ("old", d, c, s, 1)
-    print(f"{d:8d} {c:6d} {s:6d} {t[a]:7.1f} {t.get(x, 0):5.1f}  {ratio(x, a)}    | "
-          f"{t.get(oa, 0):11.1f} {t.get(ox, 0):5.1f}  {ratio(a, oa):>14}  {ratio(x, ox):>11}")
-    if s >= 4096 and x in t:
-        worst[(d, c)] = min(worst.get((d, c), 9), t[x] / t[a])
-print("worst det/atomic from 4k per (head_dim, causal):",
-      {f"{d}/{c}": round(r, 3) for (d, c), r in sorted(worst.items())})
+    row = f"{d:8d} {c:6d} {s:6d} {t[a]:7.1f} {t.get(x, 0):6.1f} {ratio(x, a):>10}"
+    for l in labels:
+        la, lx = (l, d, c, s, 0), (l, d, c, s, 1)
+        row += (f" | {t.get(la, 0):{len(l) + 8}.1f} {t.get(lx, 0):6.1f} {ratio(lx, la):>10}"
+                f" {ratio(a, la):>{len(l) + 13}} {ratio(x, lx):>{len(l) + 9}}")
+    print(row)
+    for l in ["new"] + labels:
+        la, lx = (l, d, c, s, 0), (l, d, c, s, 1)
+        if s >= 4096 and la in t and lx in t:
+            worst[(l, d, c)] = min(worst.get((l, d, c), 9), t[lx] / t[la])
+for l in ["new"] + labels:
+    print(f"worst det/atomic from 4k per (head_dim, causal), {l}:",
+          {f"{d}/{c}": round(r, 3) for (k, d, c), r in sorted(worst.items()) if k == l})
 EOF
   cat "$out/det-summary.txt"
 fi
