@@ -14,13 +14,12 @@
 #
 # A family is the backend's set without the other families' own files: src/sm90/fwd, bwd and
 # decode and their entry points sm90_forward.cu, sm90_backward.cu and sm90_decode.cu (none of
-# them includes another family's files; src/sm90/common, the src/core rules headers the kernels
-# compute with, and the backend's dispatch and build files belong to every family). An edit of the backward's files changes the sm90 and sm90 bwd
+# them includes another family's files; src/sm90/common and the backend's dispatch and build
+# files belong to every family). An edit of the backward's files changes the sm90 and sm90 bwd
 # fingerprints and leaves the forward's and the decode's as they were.
 function(flashlane_kernel_fingerprints source_dir output)
   # set name -> globs (relative to source_dir); a glob starting with "!" removes its files
-  set(_rules "src/core/attention_rules.h|src/core/numeric.h")
-  set(_sm90 "src/sm90/*|${_rules}|src/dispatch/backends/sm90.cpp|cmake/sm90_kernels.cmake")
+  set(_sm90 "src/sm90/*|src/dispatch/backends/sm90.cpp|cmake/sm90_kernels.cmake")
   set(_fwd "!src/sm90/fwd/*|!src/sm90/sm90_forward.cu")
   set(_bwd "!src/sm90/bwd/*|!src/sm90/sm90_backward.cu")
   set(_decode "!src/sm90/decode/*|!src/sm90/sm90_decode.cu")
@@ -29,8 +28,8 @@ function(flashlane_kernel_fingerprints source_dir output)
     "sm90_fwd|${_sm90}|${_bwd}|${_decode}"
     "sm90_bwd|${_sm90}|${_fwd}|${_decode}"
     "sm90_decode|${_sm90}|${_fwd}|${_bwd}"
-    "reference_cuda|${_rules}|src/reference/reference_cuda.cu|src/reference/reference_cuda_kvcache.cu|src/dispatch/backends/reference_cuda.cpp"
-    "reference_cpu|${_rules}|src/reference/reference_cpu.cpp|src/reference/reference_cpu_kvcache.cpp|src/dispatch/backends/reference_cpu.cpp")
+    "reference_cuda|src/reference/reference_cuda.cu|src/reference/reference_cuda_kvcache.cu|src/dispatch/backends/reference_cuda.cpp"
+    "reference_cpu|src/reference/reference_cpu.cpp|src/reference/reference_cpu_kvcache.cpp|src/dispatch/backends/reference_cpu.cpp")
   set(_content "// Generated at configure time by cmake/kernel_fingerprints.cmake; do not edit.\n#pragma once\n")
   foreach(_set IN LISTS _sets)
     string(REPLACE "|" ";" _parts "${_set}")

@@ -59,7 +59,7 @@ struct BwdDqWriter {
       float* dst = p.dq_accum + tile * Traits::kDqTileFloats;
       int* counter = p.dq_semaphore + tile;
       // Deterministic mode: this tile's turn, counted while the consumers still compute its dQ.
-      const int before = p.deterministic ? key_tiles_before<kBlockM, kBlockN>(p, w, m) : 0;
+      const int before = p.deterministic ? key_tiles_before<kBlockM, kBlockN>(p, w, m, lane) : 0;
       // The consumers hand the tile over in kDqRounds parts of up to kDqRoundFloats each.
       for (int r = 0; r < Traits::kDqRounds; ++r) {
         cutlass::arch::NamedBarrier::sync(kDqSyncThreads, uint32_t(BwdBarrier::kDqFull));

@@ -13,7 +13,6 @@
 
 #include "core/attention_rules.h"
 #include "sm90/bwd/params.h"
-#include "sm90/bwd/visits.h"
 #include "sm90/common/seqlen.h"
 
 namespace flashlane::sm90::bwd {
@@ -36,6 +35,21 @@ struct KeyTileWork {
     return descending ? m_end - 1 - i : m_begin + i;
   }
 };
+
+/// Query tiles [m_begin, m_end) of kBlockM rows that see some key of [n0, n0 + rows_used):
+/// visible(i, j) needs j - shift - window_right <= i <= j - shift + window_left.
+template <int kBlockM>
+__device__ inline void visiting_query_tiles(const MaskRule& mask, int len_q, int used_k, int n0,
+                                            int rows_used, int* m_begin, int* m_end) {
+  const int64_t shift = mask.diagonal_shift(len_q, used_k);
+  int64_t i_lo = 0, i_end = rows_used > 0 ? len_q : 0;
+  if (mask.window_right >= 0) i_lo = max(int64_t(0), n0 - shift - mask.window_right);
+  if (mask.window_left >= 0) {
+    i_end = min(i_end, int64_t(n0) + rows_used - 1 - shift + mask.window_left + 1);
+  }
+  *m_begin = int(i_lo / kBlockM);
+  *m_end = i_end > i_lo ? int((i_end + kBlockM - 1) / kBlockM) : *m_begin;
+}
 
 template <int kBlockM, int kBlockN>
 __device__ inline KeyTileWork key_tile_work(const BwdParams& p, int n_block, int h_kv, int b) {
@@ -62,18 +76,29 @@ __device__ inline KeyTileWork key_tile_work(const BwdParams& p, int n_block, int
 }
 
 /// Deterministic dQ: how many key tiles add into query tile m before key tile n_block, i.e. the
-/// key tiles below n_block whose visiting range contains m, in closed form (visits.h; the CPU
-/// tests check it against visiting_query_tiles, the function that decides the visits).
+/// key tiles below n_block whose visiting range contains m (the same function that decides the
+/// visits, so the count can never disagree with what runs). Called by the 32 lanes of a warp,
+/// which split the key tiles and sum their counts: one lane alone takes about 50 cycles per
+/// lower key tile, which at 16k keys (128 tiles) is longer than the consumers' work per visit.
 ///
 /// Why the visits descend: the key tiles of one (KV head, batch entry) that run at the same time
 /// add into each query tile one after another, each after the one below it. In ascending order
 /// with a causal mask, key tile n's first query tile is one that tile n - 1 reaches only after
 /// kBlockN / kBlockM visits, so a chain of k resident tiles waits about k times that many visits
 /// before its last tile starts. Descending, every tile's first visit is to the last query tile,
-/// which the tile below also visits first: each link of the chain waits for one visit.
+/// which the tile below also visits first: each link of the chain waits for one add to land.
 template <int kBlockM, int kBlockN>
-__device__ inline int key_tiles_before(const BwdParams& p, const KeyTileWork& w, int m) {
-  return lower_key_tiles_visiting<kBlockM, kBlockN>(p.mask, w.len_q, w.used_k, w.n_block, m);
+__device__ inline int key_tiles_before(const BwdParams& p, const KeyTileWork& w, int m,
+                                       int lane) {
+  int before = 0;
+  for (int n = lane; n < w.n_block; n += 32) {
+    const int n0 = n * kBlockN;
+    const int rows_used = max(0, min(kBlockN, w.used_k - n0));
+    int lo, hi;
+    visiting_query_tiles<kBlockM>(p.mask, w.len_q, w.used_k, n0, rows_used, &lo, &hi);
+    before += (lo <= m && m < hi) ? 1 : 0;
+  }
+  return __reduce_add_sync(0xffffffffu, before);
 }
 
 struct KeyTileCoord {
