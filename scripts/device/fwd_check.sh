@@ -32,7 +32,7 @@ cmake_args=(-DFLASHLANE_SOFTMAX_SWEEP_VARIANTS="$variants")
 [[ -n "${SWEEP_HEAD_DIMS:-}" ]] && cmake_args+=(-DFLASHLANE_SM90_HEAD_DIMS="$SWEEP_HEAD_DIMS")
 FLASHLANE_BUILD_DIR="$build" "$root/scripts/device/build.sh" "${cmake_args[@]}" || exit 1
 cp "$build.build.log" "$out/build.log"
-grep -E "Registers are spilled" "$out/build.log" | sed -E 's/.*function .(_Z[^ ]*). , (.*)/\2  \1/' \
+grep -E "Registers are spilled" "$out/build.log" | sed -E "s/.*function '(_Z[^']*)', (.*)/\2  \1/" \
   | sort -u > "$out/spills.txt"
 summary+=("build: ok; $(wc -l < "$out/spills.txt") kernels with spills (spills.txt)")
 has() { [[ " $steps " == *" $1 "* ]]; }
